@@ -1,0 +1,169 @@
+"""MiniMindConfig: every field the MiniMind model reads, with MiniMind's defaults, plus named presets.
+
+The field names are MiniMind's (and mostly Hugging Face Llama's), so a `config.json` written by the
+public MiniMind project loads here and ours loads there.
+"""
+
+import math
+
+from transformers import PretrainedConfig
+
+SCORING_FUNCS = ("softmax",)
+
+# YaRN settings used when `inference_rope_scaling=True` (MiniMind's values).
+YARN_SCALING = {
+    "type": "yarn",
+    "factor": 16,
+    "original_max_position_embeddings": 2048,
+    "beta_fast": 32.0,
+    "beta_slow": 1.0,
+    "attention_factor": 1.0,
+}
+
+
+class MiniMindConfig(PretrainedConfig):
+    model_type = "minimind"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        hidden_size: int = 512,
+        num_hidden_layers: int = 8,
+        num_attention_heads: int = 8,
+        num_key_value_heads: int = 2,
+        vocab_size: int = 6400,
+        max_position_embeddings: int = 32768,
+        intermediate_size: int | None = None,
+        rms_norm_eps: float = 1e-5,
+        rope_theta: float = 1e6,
+        inference_rope_scaling: bool = False,
+        dropout: float = 0.0,
+        flash_attn: bool = True,
+        hidden_act: str = "silu",
+        initializer_range: float = 0.02,
+        # MoE
+        use_moe: bool = False,
+        num_experts_per_tok: int = 2,
+        n_routed_experts: int = 4,
+        n_shared_experts: int = 1,
+        scoring_func: str = "softmax",
+        aux_loss_alpha: float = 0.01,
+        seq_aux: bool = True,
+        norm_topk_prob: bool = True,
+        # special tokens (ids of the shipped tokenizer)
+        pad_token_id: int = 0,
+        bos_token_id: int = 1,
+        eos_token_id: int = 2,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ):
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.num_key_value_heads = num_key_value_heads
+        self.vocab_size = vocab_size
+        self.max_position_embeddings = max_position_embeddings
+        if intermediate_size is None:  # 8/3 * hidden, rounded up to a multiple of 64 (SwiGLU sizing)
+            intermediate_size = 64 * math.ceil(8 * hidden_size / 3 / 64)
+        self.intermediate_size = intermediate_size
+        self.rms_norm_eps = rms_norm_eps
+        self.rope_theta = rope_theta
+        self.inference_rope_scaling = inference_rope_scaling
+        # MiniMind's config.json carries the YaRN parameters as `rope_scaling`; kept here as `yarn_scaling`
+        # (transformers 5 reserves the name `rope_scaling` for its own RoPE machinery).
+        yarn_scaling = kwargs.pop("yarn_scaling", None) or kwargs.pop("rope_scaling", None)
+        self.yarn_scaling = dict(YARN_SCALING, **(yarn_scaling or {})) if inference_rope_scaling else None
+        self.dropout = dropout
+        self.flash_attn = flash_attn
+        self.hidden_act = hidden_act
+        self.initializer_range = initializer_range
+        self.use_moe = use_moe
+        self.num_experts_per_tok = num_experts_per_tok
+        self.n_routed_experts = n_routed_experts
+        self.n_shared_experts = n_shared_experts
+        self.scoring_func = scoring_func
+        self.aux_loss_alpha = aux_loss_alpha
+        self.seq_aux = seq_aux
+        self.norm_topk_prob = norm_topk_prob
+        super().__init__(
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            tie_word_embeddings=tie_word_embeddings,
+            **kwargs,
+        )
+        self.validate()
+
+    @property
+    def rope_scaling(self) -> dict | None:
+        """The YaRN parameters in effect, under MiniMind's name. As in MiniMind, YaRN applies only when
+        `inference_rope_scaling` is on and max_position_embeddings exceeds the original context."""
+        y = self.yarn_scaling
+        if y is None or self.max_position_embeddings <= y["original_max_position_embeddings"]:
+            return None
+        return y
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate(self):
+        """Raise a ValueError naming the field for any combination the model cannot build."""
+        positive = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                    "vocab_size", "max_position_embeddings", "intermediate_size")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"MiniMindConfig.{name} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"MiniMindConfig.num_attention_heads ({self.num_attention_heads}) must divide "
+                             f"hidden_size ({self.hidden_size})")
+        if self.head_dim % 2:
+            raise ValueError(f"MiniMindConfig: head dimension hidden_size / num_attention_heads = {self.head_dim} "
+                             "must be even for rotary embeddings")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"MiniMindConfig.num_key_value_heads ({self.num_key_value_heads}) must divide "
+                             f"num_attention_heads ({self.num_attention_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"MiniMindConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.rms_norm_eps <= 0 or self.rope_theta <= 0:
+            raise ValueError("MiniMindConfig.rms_norm_eps and rope_theta must be positive")
+        if self.hidden_act != "silu":
+            raise ValueError(f"MiniMindConfig.hidden_act: only 'silu' (SwiGLU) is supported, got {self.hidden_act!r}")
+        if self.use_moe:
+            if self.n_routed_experts < 1:
+                raise ValueError(f"MiniMindConfig.n_routed_experts must be >= 1, got {self.n_routed_experts}")
+            if not 1 <= self.num_experts_per_tok <= self.n_routed_experts:
+                raise ValueError(f"MiniMindConfig.num_experts_per_tok ({self.num_experts_per_tok}) must be between 1 "
+                                 f"and n_routed_experts ({self.n_routed_experts})")
+            if self.n_shared_experts < 0:
+                raise ValueError(f"MiniMindConfig.n_shared_experts must be >= 0, got {self.n_shared_experts}")
+            if self.scoring_func not in SCORING_FUNCS:
+                raise ValueError(f"MiniMindConfig.scoring_func: unknown scoring function {self.scoring_func!r}; "
+                                 f"supported: {', '.join(SCORING_FUNCS)}")
+            if self.aux_loss_alpha < 0:
+                raise ValueError(f"MiniMindConfig.aux_loss_alpha must be >= 0, got {self.aux_loss_alpha}")
+
+
+# The seed quick reference's presets (plus a tiny one for tests and quick CPU runs).
+PRESETS = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                 vocab_size=6400, max_position_embeddings=1024),
+    "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
+                  vocab_size=6400, max_position_embeddings=2048),
+    "medium": dict(hidden_size=1024, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=4,
+                   vocab_size=32000, max_position_embeddings=4096),
+    "large": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=8,
+                  vocab_size=32000, max_position_embeddings=8192),
+    "small-moe": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
+                      vocab_size=6400, max_position_embeddings=2048, use_moe=True, num_experts_per_tok=2,
+                      n_routed_experts=8, n_shared_experts=1, aux_loss_alpha=0.1),
+}
+PRESETS["moe"] = PRESETS["small-moe"]
+
+
+def preset(name: str, **overrides) -> MiniMindConfig:
+    """Build a named preset config (`tiny`, `small`, `medium`, `large`, `small-moe`/`moe`), with overrides."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return MiniMindConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,402 @@
+"""The MiniMind model: a Llama-style decoder-only transformer, dense or mixture-of-experts.
+
+Read top to bottom: RMSNorm, rotary embeddings (with YaRN), the KV cache, attention (grouped-query,
+through `F.scaled_dot_product_attention`), the SwiGLU feed-forward, the MoE layer, the block, the
+model. Parameter names are MiniMind's, which are Hugging Face Llama's (`model.layers.0.self_attn.q_proj`
+...), so a dense state dict loads unchanged into `transformers.LlamaForCausalLM` and back, and the
+public MiniMind checkpoints load here.
+
+Notable choices:
+- GQA is left to SDPA (`enable_gqa=True`); K/V are never materialised per query head.
+- The KV cache is preallocated and written in place; it grows by doubling, never by a `cat` per token.
+- MoE dispatch sorts token slots by expert and runs each expert once on its contiguous group, the
+  same path in training and inference (no Python loop over tokens).
+- `loss` is the shifted next-token cross-entropy alone; the MoE load-balancing loss is returned
+  separately as `aux_loss` (a 0-dim tensor, zero for dense models) for the caller to add, as MiniMind.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+
+from .config import MiniMindConfig
+
+
+class RMSNorm(nn.Module):
+    """weight * x / sqrt(mean(x^2) + eps), computed in fp32."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.type_as(x)
+
+
+def rope_frequencies(head_dim: int, theta: float, rope_scaling: dict | None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies theta^(-2i/d), with YaRN's per-dimension interpolation when scaling is on."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    if rope_scaling is None:
+        return inv_freq.float(), 1.0
+    factor = rope_scaling["factor"]
+    orig_max = rope_scaling["original_max_position_embeddings"]
+    # Dimension whose wavelength completes `rotations` turns over the original context.
+    def dim_for(rotations):
+        return head_dim * math.log(orig_max / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+    low = max(math.floor(dim_for(rope_scaling["beta_fast"])), 0)
+    high = min(math.ceil(dim_for(rope_scaling["beta_slow"])), head_dim // 2 - 1)
+    # ramp = 0: high-frequency dims, kept (extrapolated); ramp = 1: low-frequency dims, divided by factor.
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float64) - low) / max(high - low, 1e-3)).clamp(0, 1)
+    inv_freq = inv_freq * (1 - ramp) + inv_freq / factor * ramp
+    return inv_freq.float(), float(rope_scaling.get("attention_factor", 1.0))
+
+
+def rope_cos_sin(config: MiniMindConfig, length: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables (length, head_dim) for positions 0..length-1, attention factor folded in."""
+    inv_freq, attn_factor = rope_frequencies(config.head_dim, config.rope_theta, config.rope_scaling)
+    angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (L, D/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (L, D)
+    return (angles.cos() * attn_factor).to(device), (angles.sin() * attn_factor).to(device)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(q, k, cos, sin):
+    """q (B, H, T, D), k (B, Hkv, T, D); cos/sin broadcastable to (B, 1, T, D)."""
+    q_out = q * cos + rotate_half(q) * sin
+    k_out = k * cos + rotate_half(k) * sin
+    return q_out.to(q.dtype), k_out.to(k.dtype)
+
+
+class KVCache:
+    """Per-layer key/value buffers (B, Hkv, capacity, D), written in place.
+
+    `update` appends this step's keys/values and returns views of everything cached so far. The
+    buffers grow by doubling, so a generation of n tokens costs O(log n) reallocations, not n.
+    Also accepts MiniMind-style lists of (k, v) tuples via `from_legacy`.
+    """
+
+    def __init__(self, num_layers: int, capacity: int = 0):
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.lengths = [0] * num_layers
+        self.capacity = capacity
+
+    @classmethod
+    def from_legacy(cls, past) -> "KVCache":
+        cache = cls(len(past))
+        for i, (k, v) in enumerate(past):
+            cache.update(k, v, i)
+        return cache
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.lengths[layer_idx]
+
+    def _reserve(self, layer_idx: int, like: torch.Tensor, needed: int):
+        buf_k, buf_v = self.keys[layer_idx], self.values[layer_idx]
+        if buf_k is not None and buf_k.shape[2] >= needed:
+            return
+        capacity = max(needed, self.capacity, 2 * (buf_k.shape[2] if buf_k is not None else 0), 16)
+        B, H, _, D = like.shape
+        new_k = like.new_empty(B, H, capacity, D)
+        new_v = like.new_empty(B, H, capacity, D)
+        n = self.lengths[layer_idx]
+        if n:
+            new_k[:, :, :n] = buf_k[:, :, :n]
+            new_v[:, :, :n] = buf_v[:, :, :n]
+        self.keys[layer_idx], self.values[layer_idx] = new_k, new_v
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs=None):
+        """key/value (B, Hkv, T, D) -> all cached keys/values (B, Hkv, past + T, D)."""
+        start = self.lengths[layer_idx]
+        end = start + key.shape[2]
+        self._reserve(layer_idx, key, end)
+        self.keys[layer_idx][:, :, start:end] = key
+        self.values[layer_idx][:, :, start:end] = value
+        self.lengths[layer_idx] = end
+        return self.keys[layer_idx][:, :, :end], self.values[layer_idx][:, :, :end]
+
+    def to_legacy(self):
+        return [(k[:, :, :n], v[:, :, :n]) for k, v, n in zip(self.keys, self.values, self.lengths)]
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, layer_idx):
+        n = self.lengths[layer_idx]
+        return self.keys[layer_idx][:, :, :n], self.values[layer_idx][:, :, :n]
+
+    def __iter__(self):
+        return iter(self.to_legacy())
+
+
+class Attention(nn.Module):
+    def __init__(self, config: MiniMindConfig):
+        super().__init__()
+        self.n_heads = config.num_attention_heads
+        self.n_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.flash = config.flash_attn
+        self.layer_idx = 0  # set by the model
+
+    def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        q, k = apply_rope(q, k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # (B, Hkv, S, D), S = past + T
+        dropout = self.dropout if self.training else 0.0
+        if self.flash:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
+                                               enable_gqa=self.n_kv_heads != self.n_heads)
+        else:  # explicit attention, for reading and for checking SDPA
+            rep = self.n_heads // self.n_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, H, S, D)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
+            if is_causal:
+                mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            y = F.dropout(scores.float().softmax(-1).type_as(q), dropout, self.training) @ v
+        y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
+        return self.resid_dropout(self.o_proj(y))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: MiniMindConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)))
+
+
+class MoEFeedForward(nn.Module):
+    """Top-k routed SwiGLU experts plus always-on shared experts, with a load-balancing aux loss."""
+
+    def __init__(self, config: MiniMindConfig):
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.n_experts = config.n_routed_experts
+        self.norm_topk_prob = config.norm_topk_prob
+        self.alpha = config.aux_loss_alpha
+        self.seq_aux = config.seq_aux
+        self.experts = nn.ModuleList(FeedForward(config) for _ in range(config.n_routed_experts))
+        self.gate = nn.Linear(config.hidden_size, config.n_routed_experts, bias=False)
+        self.shared_experts = nn.ModuleList(FeedForward(config) for _ in range(config.n_shared_experts))
+
+    def route(self, x):
+        """x (B, T, C) -> top-k weights and expert ids (B*T, k), routing probabilities (B*T, E)."""
+        scores = self.gate(x).reshape(-1, self.n_experts).float().softmax(dim=-1)  # (N, E)
+        weights, idx = scores.topk(self.top_k, dim=-1)  # (N, k)
+        if self.top_k > 1 and self.norm_topk_prob:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights, idx, scores
+
+    def aux_loss(self, scores, idx, batch_size):
+        """alpha * sum_i f_i * P_i; equals alpha at uniform routing and grows as routing collapses."""
+        if not self.training or self.alpha == 0.0:
+            return scores.new_zeros(())
+        E, k = self.n_experts, self.top_k
+        if self.seq_aux:  # per sequence: f_i counts expert i's share of that sequence's slots
+            idx = idx.reshape(batch_size, -1)  # (B, T*k)
+            f = torch.zeros(batch_size, E, device=scores.device).scatter_add_(
+                1, idx, torch.ones_like(idx, dtype=torch.float32)) / (idx.shape[1] / E)  # (B, E)
+            P = scores.reshape(batch_size, -1, E).mean(dim=1)  # (B, E)
+            return (f * P).sum(dim=1).mean() * self.alpha
+        f = F.one_hot(idx.reshape(-1), E).float().mean(0) * E  # (E,)
+        return (f * scores.mean(0)).sum() * self.alpha
+
+    def forward(self, x):
+        B, T, C = x.shape
+        weights, idx, scores = self.route(x)
+        flat = x.reshape(-1, C)  # (N, C)
+        # Sort the N*k (token, expert) slots by expert; each expert then sees one contiguous slice.
+        slot_expert = idx.reshape(-1)  # (N*k,)
+        order = slot_expert.argsort(stable=True)
+        token = order // self.top_k  # token of each sorted slot
+        counts = torch.bincount(slot_expert, minlength=self.n_experts).tolist()
+        grouped = flat[token]  # (N*k, C)
+        outs, start = [], 0
+        for expert, count in zip(self.experts, counts):
+            if count:
+                outs.append(expert(grouped[start:start + count]))
+            start += count
+        out = torch.cat(outs)  # (N*k, C)
+        out = out * weights.reshape(-1)[order].unsqueeze(-1).to(out.dtype)
+        y = torch.zeros(flat.shape[0], C, dtype=out.dtype, device=x.device).index_add_(0, token, out)
+        y = y.view(B, T, C)
+        for shared in self.shared_experts:
+            y = y + shared(x)
+        return y, self.aux_loss(scores, idx, B)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(norm(x)), then x + ffn(norm(x))."""
+
+    def __init__(self, config: MiniMindConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.self_attn.layer_idx = layer_idx
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MoEFeedForward(config) if config.use_moe else FeedForward(config)
+
+    def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, cache)
+        h = self.mlp(self.post_attention_layernorm(x))
+        if isinstance(h, tuple):  # MoE returns (output, aux_loss)
+            h, aux = h
+        else:
+            aux = None
+        return x + h, aux
+
+
+def attention_mask_for(attention_mask, past: int, T: int, device):
+    """Boolean SDPA mask (B, 1, T, past + T), or None with `is_causal`, from a (B, past + T) 0/1 padding mask.
+
+    Returns (mask, is_causal). A padded query row that could attend to nothing attends to itself, so
+    SDPA never returns NaN there (those positions are padding; their output is ignored).
+    """
+    S = past + T
+    if attention_mask is not None and attention_mask.shape[-1] != S:
+        raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions but past ({past}) + "
+                         f"input ({T}) = {S}; pass the mask for the whole sequence so far")
+    if attention_mask is None or bool(attention_mask.all()):
+        if T == 1:
+            return None, False
+        if past == 0:
+            return None, True
+        attention_mask = None
+    causal = torch.ones(T, S, dtype=torch.bool, device=device).tril(past)  # query i sees keys <= past + i
+    if attention_mask is None:
+        return causal, False
+    mask = causal[None, None] & attention_mask.bool()[:, None, None, :]  # (B, 1, T, S)
+    return mask | ~mask.any(dim=-1, keepdim=True), False
+
+
+@dataclass
+class MiniMindOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: KVCache | None = None
+    hidden_states: torch.Tensor | None = None
+
+
+class MiniMindPreTrainedModel(PreTrainedModel):
+    config_class = MiniMindConfig
+    base_model_prefix = "model"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["Block"]
+    _supports_sdpa = True
+
+
+class MiniMindModel(MiniMindPreTrainedModel):
+    def __init__(self, config: MiniMindConfig):
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        cos, sin = rope_cos_sin(config, config.max_position_embeddings)
+        self.register_buffer("freqs_cos", cos, persistent=False)
+        self.register_buffer("freqs_sin", sin, persistent=False)
+        self.post_init()
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if module is self:  # rebuilt after meta-device construction (from_pretrained)
+            cos, sin = rope_cos_sin(self.config, self.config.max_position_embeddings)
+            with torch.no_grad():
+                self.freqs_cos.copy_(cos)
+                self.freqs_sin.copy_(sin)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
+        B, T = input_ids.shape
+        cache = past_key_values
+        if cache is not None and not hasattr(cache, "update"):  # MiniMind-style list of (k, v)
+            cache = KVCache.from_legacy(cache)
+        if cache is None and use_cache:
+            cache = KVCache(len(self.layers))
+        past = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            if past + T > self.freqs_cos.shape[0]:
+                raise ValueError(f"sequence length {past + T} exceeds max_position_embeddings "
+                                 f"({self.freqs_cos.shape[0]})")
+            cos, sin = self.freqs_cos[past:past + T], self.freqs_sin[past:past + T]  # (T, D)
+        else:
+            cos, sin = self.freqs_cos[position_ids].unsqueeze(1), self.freqs_sin[position_ids].unsqueeze(1)
+        mask, is_causal = attention_mask_for(attention_mask, past, T, input_ids.device)
+
+        x = self.dropout(self.embed_tokens(input_ids))
+        aux_loss = x.new_zeros((), dtype=torch.float32)
+        for layer in self.layers:
+            x, aux = layer(x, cos.to(x.dtype), sin.to(x.dtype), mask, is_causal, cache)
+            if aux is not None:
+                aux_loss = aux_loss + aux
+        return self.norm(x), aux_loss, cache
+
+
+class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: MiniMindConfig):
+        super().__init__(config)
+        self.model = MiniMindModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value):
+        self.model.embed_tokens = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
+                labels=None, logits_to_keep: int = 0, **kwargs) -> MiniMindOutput:
+        """input_ids (B, T) -> MiniMindOutput(loss, aux_loss, logits (B, T, V), past_key_values, hidden_states).
+
+        labels (B, T) are the input ids themselves (shifted inside); -100 marks positions without loss.
+        `logits_to_keep=n` computes logits for the last n positions only (generation).
+        """
+        hidden, aux_loss, cache = self.model(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        h = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
+        logits = self.lm_head(h)  # (B, T, V), contiguous
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                   ignore_index=-100)
+        return MiniMindOutput(loss=loss, aux_loss=aux_loss, logits=logits,
+                              past_key_values=cache,
+                              hidden_states=hidden)
