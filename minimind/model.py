@@ -395,8 +395,9 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         logits = self.lm_head(h)  # (B, T, V), contiguous
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                   ignore_index=-100)
+            # Shift the labels, not the logits: slicing (B, T, V) logits would copy them and their gradient.
+            targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): token t predicts labels[t + 1]
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
         return MiniMindOutput(loss=loss, aux_loss=aux_loss, logits=logits,
                               past_key_values=cache,
                               hidden_states=hidden)
