@@ -35,3 +35,61 @@ def load_config(spec: str, config_path: str | None = None) -> MiniMindConfig:
     fields.pop("model_type", None)
     fields.pop("architectures", None)
     return MiniMindConfig(**fields)
+
+
+def read_state_dict(path: str | Path) -> dict:
+    """Weights from a `.pth`/`.pt` state dict (loaded with weights_only=True), a `.safetensors` file, or a
+    model directory (its model.safetensors, else model_final.pth). Errors name the file and say what to do."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.safetensors", "model_final.pth"):
+            if (path / name).is_file():
+                return read_state_dict(path / name)
+        raise FileNotFoundError(f"{path}: no model.safetensors or model_final.pth in this directory")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ValueError(f"{path}: not a readable safetensors file ({e}); it may be truncated or corrupt") from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors vary by how the file is damaged
+        raise ValueError(f"{path}: cannot load as a PyTorch state dict ({type(e).__name__}: {str(e)[:200]}); "
+                         "it may be truncated, corrupt, or not a weights-only checkpoint") from None
+    if isinstance(state, dict) and "model_state_dict" in state:  # the seed's checkpoint dict
+        state = state["model_state_dict"]
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):  # our training state
+        state = state["model"]
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors (name -> tensor)")
+    return state
+
+
+def load_weights(model, path: str | Path) -> None:
+    """Load weights into `model` after checking every name and shape; a mismatch is one readable report."""
+    state = read_state_dict(path)
+    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+    expected = model.state_dict()
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    if tied and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        lines = [f"{path}: the weights do not fit this model"]
+        for title, items in (("shape mismatch", mismatched), ("missing from the file", missing),
+                             ("not in the model", unexpected)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
+        lines.append("  check the architecture flags (--preset, --hidden_size, --num_layers, --num_heads, "
+                     "--num_kv_heads, --vocab_size, --use_moe) against the checkpoint's config.json")
+        raise ValueError("\n".join(lines))
+    model.load_state_dict(state, strict=True)

@@ -221,7 +221,7 @@ class MoEFeedForward(nn.Module):
         """alpha * sum_i f_i * P_i; equals alpha at uniform routing and grows as routing collapses."""
         if not self.training or self.alpha == 0.0:
             return scores.new_zeros(())
-        E, k = self.n_experts, self.top_k
+        E, _k = self.n_experts, self.top_k
         if self.seq_aux:  # per sequence: f_i counts expert i's share of that sequence's slots
             idx = idx.reshape(batch_size, -1)  # (B, T*k)
             f = torch.zeros(batch_size, E, device=scores.device).scatter_add_(

@@ -1,8 +1,6 @@
 import subprocess
 import sys
 
-import pytest
-import torch
 
 from minimind import MiniMindForCausalLM, preset
 from minimind.cli import main

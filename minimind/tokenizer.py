@@ -1,0 +1,141 @@
+"""The tokenizer: byte-level BPE trained with Hugging Face `tokenizers`, loaded as a `transformers` fast tokenizer.
+
+Special tokens sit at MiniMind's ids: 0 `<|endoftext|>` (padding), 1 `<|im_start|>` (begin of a document or a
+message), 2 `<|im_end|>` (end of one). The chat template is ChatML:
+
+    <|im_start|>system\\nYou are helpful.<|im_end|>\\n<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n
+
+The package ships the 6400-token tokenizer that `minimind tokenizer train --vocab_size 6400` builds on the
+built-in corpus (`minimind/assets/tokenizer/`). Byte-level means every string round-trips, whatever its language.
+`tokenizer_config.json` names `PreTrainedTokenizerFast`, which both transformers 4.x and 5.x load.
+
+    minimind tokenizer train --data corpus/ --vocab_size 32000 --out my-tokenizer
+"""
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+SHIPPED = Path(__file__).parent / "assets" / "tokenizer"
+
+PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS]  # ids 0, 1, 2
+ROLES = ("system", "user", "assistant")
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] not in ['system', 'user', 'assistant'] %}"
+    "{{- raise_exception(\"unknown role '\" + message['role'] + \"'; expected system, user or assistant\") }}"
+    "{%- endif %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, model_max_length: int = 32768):
+    """Train a byte-level BPE tokenizer on `texts` and save it to `out_dir` as a Hugging Face tokenizer directory
+    (tokenizer.json, tokenizer_config.json, special_tokens_map.json). Returns the loaded tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size {vocab_size} is too small: a byte-level BPE needs at least "
+                         f"{256 + len(SPECIAL_TOKENS)} tokens (256 bytes + {len(SPECIAL_TOKENS)} special tokens)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    for i, token in enumerate(SPECIAL_TOKENS):
+        assert tok.token_to_id(token) == i, f"special token {token} landed at id {tok.token_to_id(token)}, not {i}"
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out / "tokenizer.json"))
+    special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": PAD}
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",  # not 5.x's "TokenizersBackend", which 4.x cannot load
+        **special,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": model_max_length,
+        "added_tokens_decoder": {str(i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                          "single_word": False, "special": True}
+                                 for i, t in enumerate(SPECIAL_TOKENS)},
+        "chat_template": CHAT_TEMPLATE,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                                encoding="utf-8")
+    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
+    return load_tokenizer(out)
+
+
+def load_tokenizer(path: str | Path | None = None):
+    """A `transformers` fast tokenizer from a tokenizer directory, a model/output directory holding tokenizer files,
+    or a tokenizer.json file; None gives the shipped 6400-token tokenizer.
+
+    A tokenizer without a pad token pads with its eos token; one without a chat template gets the ChatML one."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(SHIPPED if path is None else path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such tokenizer file or directory")
+    if path.is_file():
+        if path.suffix != ".json":
+            raise ValueError(f"{path}: not a tokenizer; expected a tokenizer directory or a tokenizer.json file")
+        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(path))
+    else:
+        if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+            raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer_config.json in this directory")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(path))
+        except (OSError, ValueError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: cannot load the tokenizer ({str(e).splitlines()[0]})") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"{path}: a fast (tokenizer.json) tokenizer is needed, got {type(tokenizer).__name__}")
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
+    """`save_pretrained`, made loadable by transformers 4.x as well as 5.x: tokenizer_config.json names
+    `PreTrainedTokenizerFast` (5.x writes "TokenizersBackend", which 4.x refuses) and holds the chat template."""
+    out = Path(out_dir)
+    tokenizer.save_pretrained(str(out))
+    path = out / "tokenizer_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("backend", "is_local", "local_files_only"):  # 5.x bookkeeping, meaningless to 4.x
+        config.pop(key, None)
+    if tokenizer.chat_template:
+        config["chat_template"] = tokenizer.chat_template
+        (out / "chat_template.jinja").unlink(missing_ok=True)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """A short fingerprint of everything that decides a tokenizer's ids (vocabulary, merges, special tokens)."""
+    cached = getattr(tokenizer, "_minimind_hash", None)
+    if cached is None:
+        h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8"))
+        h.update(repr((tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)).encode())
+        cached = h.hexdigest()[:16]
+        tokenizer._minimind_hash = cached
+    return cached
+
+
+def check_tokenizer_fits(tokenizer, config) -> None:
+    """Raise ValueError at start-up when the tokenizer's ids do not all fit the model's embedding table."""
+    size = len(tokenizer)
+    if tokenizer.all_special_ids:
+        size = max(size, max(tokenizer.all_special_ids) + 1)
+    if size > config.vocab_size:
+        raise ValueError(f"the tokenizer has {size} tokens but the model's vocab_size is {config.vocab_size}: "
+                         f"token ids would index past the embedding table; use --vocab_size {size} (or more), "
+                         f"or a tokenizer with at most {config.vocab_size} tokens")

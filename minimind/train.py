@@ -1,0 +1,249 @@
+"""`python train.py` / `minimind train`: pretrain or fine-tune (SFT) a MiniMind model.
+
+Takes every flag of the seed's train.py with its default, plus the ones a real run needs. With no
+arguments it pretrains the seed's model on the built-in corpus.
+
+    python train.py                                                    # seed defaults, built-in corpus
+    python train.py --preset tiny --max_steps 300 --output_dir out     # a quick CPU run
+    python train.py --stage sft --pretrained_path out --output_dir sft # fine-tune on conversations
+    torchrun --nproc_per_node 4 train.py --batch_size 16               # DDP on 4 GPUs
+"""
+
+import argparse
+import json
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from .config import PRESETS, MiniMindConfig
+from .trainer import STATE_FILE, Trainer, TrainingError, atomic_save, best_device, init_distributed
+
+# The seed's model flags and defaults (None in the parser, so a --preset can fill what was not given).
+SEED_MODEL_DEFAULTS = {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2, "vocab_size": 6400,
+                       "use_moe": 0}
+FLAG_TO_FIELD = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+                 "num_kv_heads": "num_key_value_heads", "vocab_size": "vocab_size", "use_moe": "use_moe"}
+
+
+def add_training_flags(p: argparse.ArgumentParser, stage_choices=("pretrain", "sft")):
+    """The flags every training stage shares (used by train, and by lora / dpo / distill)."""
+    g = p.add_argument_group("model (seed flags; a --preset fills those not given)")
+    g.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named model size")
+    g.add_argument("--hidden_size", type=int, default=None, help="hidden dimension (default: 512)")
+    g.add_argument("--num_layers", type=int, default=None, help="number of layers (default: 8)")
+    g.add_argument("--num_heads", type=int, default=None, help="attention heads (default: 8)")
+    g.add_argument("--num_kv_heads", type=int, default=None, help="key/value heads, GQA (default: 2)")
+    g.add_argument("--vocab_size", type=int, default=None, help="vocabulary size (default: 6400)")
+    g.add_argument("--max_seq_len", type=int, default=512, help="training sequence length (default: 512)")
+    g.add_argument("--dropout", type=float, default=0.1, help="dropout rate (default: 0.1)")
+    g.add_argument("--use_moe", type=int, choices=(0, 1), default=None, help="mixture of experts (default: 0)")
+
+    g = p.add_argument_group("training (seed flags)")
+    g.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
+    g.add_argument("--batch_size", type=int, default=4, help="micro-batch size per process (default: 4)")
+    g.add_argument("--learning_rate", type=float, default=1e-4, help="peak learning rate (default: 1e-4)")
+    g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
+    g.add_argument("--grad_clip", type=float, default=1.0, help="gradient clipping norm, 0 = off (default: 1.0)")
+
+    g = p.add_argument_group("other (seed flags)")
+    g.add_argument("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)")
+    g.add_argument("--output_dir", default="./output", help="where models and state go (default: ./output)")
+    g.add_argument("--pretrained_path", default="", help="start from these weights: .pth, .safetensors or a "
+                                                         "model directory (default: none)")
+    g.add_argument("--log_interval", type=int, default=10, help="log every N steps (default: 10)")
+    g.add_argument("--save_interval", type=int, default=1, help="save model_epoch_N.pth every N epochs (default: 1)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--stage", choices=stage_choices, default=stage_choices[0], help="what to train on")
+    g.add_argument("--data", default=None, help="file, folder, glob or prepared shards (default: built-in corpus)")
+    g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the shipped 6400-token one)")
+    g.add_argument("--skip_bad_records", action="store_true", help="warn about and skip malformed records")
+    g.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
+    g.add_argument("--warmup_ratio", type=float, default=0.05, help="warmup as a fraction of all steps")
+    g.add_argument("--warmup_steps", type=int, default=None, help="warmup steps (overrides --warmup_ratio)")
+    g.add_argument("--min_lr_ratio", type=float, default=0.1, help="cosine decays to learning_rate * this")
+    g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast precision (auto: bf16 where supported, else fp16 on GPU, else fp32)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--max_steps", type=int, default=0, help="stop after N optimizer steps (0 = all epochs); "
+                                                            "the schedule is planned for the capped length")
+    g.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model with FSDP2 instead of DDP")
+
+    g = p.add_argument_group("checkpoints and monitoring")
+    g.add_argument("--save_steps", type=int, default=200, help="write the resumable state every N steps (0 = "
+                                                               "only at epoch ends)")
+    g.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="continue from a training state (bare --resume: the latest in --output_dir)")
+    g.add_argument("--eval_interval", type=int, default=200, help="evaluate and sample every N steps (0 = "
+                                                                  "only at the end)")
+    g.add_argument("--eval_batches", type=int, default=50, help="held-out batches per evaluation")
+    g.add_argument("--report_to", default="none", help="none, tensorboard, wandb (comma-separated)")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minimind train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_training_flags(p)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    return resolve_args(args)
+
+
+def resolve_args(args):
+    """Fill model flags from --preset (or the seed defaults) where not given; pick the device."""
+    base = PRESETS.get(args.preset, {}) if args.preset else {}
+    for flag, default in SEED_MODEL_DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, int(base.get(FLAG_TO_FIELD[flag], default)))
+    args.device = args.device or best_device()
+    if args.resume == "latest":
+        args.resume = str(Path(args.output_dir) / STATE_FILE)
+    return args
+
+
+def model_config(args, tokenizer=None) -> MiniMindConfig:
+    """The architecture: from the checkpoint's config.json when fine-tuning one, else from the flags."""
+    pretrained = Path(args.pretrained_path) if args.pretrained_path else None
+    cfg_file = None
+    if pretrained is not None:
+        cfg_file = pretrained / "config.json" if pretrained.is_dir() else pretrained.parent / "config.json"
+    if cfg_file is not None and cfg_file.is_file():
+        from .checkpoint import load_config
+        config = load_config(str(cfg_file))
+        config.dropout = args.dropout
+        return config
+    fields = dict(PRESETS.get(args.preset, {})) if args.preset else {}
+    fields.update(hidden_size=args.hidden_size, num_hidden_layers=args.num_layers, num_attention_heads=args.num_heads,
+                  num_key_value_heads=args.num_kv_heads, vocab_size=args.vocab_size, use_moe=bool(args.use_moe),
+                  dropout=args.dropout)
+    fields.setdefault("max_position_embeddings", max(args.max_seq_len, 2048))
+    fields["max_position_embeddings"] = max(fields["max_position_embeddings"], args.max_seq_len)
+    return MiniMindConfig(**fields)
+
+
+def print_banner(args):
+    print("=" * 50)
+    print("MiniMind 训练配置:")
+    print("=" * 50)
+    for key, value in vars(args).items():
+        print(f"{key}: {value}")
+    print("=" * 50)
+
+
+def load_data(args, tokenizer):
+    from .data import PretrainDataset, SFTDataset
+    cls = {"pretrain": PretrainDataset, "sft": SFTDataset}[args.stage]
+    train = cls(args.data, tokenizer, args.max_seq_len, split="train", skip_bad_records=args.skip_bad_records)
+    val = cls(args.data, tokenizer, args.max_seq_len, split="val", skip_bad_records=args.skip_bad_records)
+    return train, val
+
+
+def sampler_for(tokenizer, stage: str, max_new_tokens: int = 48):
+    """A function model -> text that continues a fixed prompt (chat-formatted for SFT)."""
+    from .generate import sample
+
+    if stage == "sft":
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hello, how are you?"}], tokenize=False,
+                                               add_generation_prompt=True)
+    else:
+        prompt = tokenizer.bos_token + "In the beginning"
+
+    def fn(model):
+        device = next(model.parameters()).device
+        ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)], device=device)
+        out = sample(model, ids, max_new_tokens, temperature=0.8, top_k=50, eos_token_id=tokenizer.eos_token_id)
+        return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return fn
+
+
+def model_saver(tokenizer):
+    """save_model(model, out, final, epoch): the seed's .pth files, plus a Hugging Face directory at the end."""
+    from .tokenizer import save_tokenizer
+
+    def save(model, out: Path, final: bool, epoch: int | None = None):
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        if not final:
+            path = out / f"model_epoch_{epoch}.pth"
+            atomic_save(state, path)
+            print(f"模型已保存到: {path}")
+            return
+        path = out / "model_final.pth"
+        atomic_save(state, path)
+        model.save_pretrained(out)
+        save_tokenizer(tokenizer, out)
+        print(f"训练完成! 最终模型已保存到: {path}")
+    return save
+
+
+def run(args) -> dict | None:
+    """Train as `args` say (see add_training_flags). Returns the final evaluation."""
+    from .checkpoint import load_weights
+    from .data import collate
+    from .model import MiniMindForCausalLM
+    from .tokenizer import check_tokenizer_fits, load_tokenizer
+
+    dist_info = init_distributed(args.device)
+    if dist_info.world > 1 and args.device.startswith("cuda"):
+        args.device = f"cuda:{dist_info.local_rank}"
+        torch.cuda.set_device(args.device)
+    if dist_info.main:
+        print_banner(args)
+        print(f"使用设备: {args.device}" + (f" x {dist_info.world} processes" if dist_info.world > 1 else ""))
+    torch.manual_seed(args.seed)
+    tokenizer = load_tokenizer(args.tokenizer)
+    config = model_config(args, tokenizer)
+    check_tokenizer_fits(tokenizer, config)
+    if dist_info.main:
+        print("初始化模型...")
+    model = MiniMindForCausalLM(config)
+    if args.pretrained_path:
+        load_weights(model, args.pretrained_path)
+        if dist_info.main:
+            print(f"已加载预训练权重: {args.pretrained_path}")
+    train_set, val_set = load_data(args, tokenizer)
+    if dist_info.main:
+        n_params = sum(p.numel() for p in model.parameters())
+        print(f"模型参数: {n_params / 1e6:.2f}M; 训练样本: {len(train_set)} x {args.max_seq_len} tokens; "
+              f"验证样本: {len(val_set)}")
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "args.json").write_text(json.dumps(vars(args), indent=2, ensure_ascii=False), encoding="utf-8")
+    trainer = Trainer(model, args, train_set, val_set, collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
+                      save_model=model_saver(tokenizer), sample_fn=sampler_for(tokenizer, args.stage),
+                      dist_info=dist_info)
+    if dist_info.main:
+        print(f"开始训练 {args.epochs} 个epoch... ({trainer.total_steps} steps of "
+              f"{trainer.global_batch} x {args.max_seq_len} tokens, {trainer.dtype})".replace("torch.", ""))
+    result = trainer.fit()
+    if dist_info.main and result:
+        print(f"Held-out loss {result['eval_loss']:.4f}, perplexity {result['eval_ppl']:.2f}")
+    if dist_info.world > 1:
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def main(argv=None):
+    from .data import DataError
+
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (DataError, FileNotFoundError, ValueError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with --resume (state in {args.output_dir})", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
