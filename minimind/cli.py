@@ -11,6 +11,12 @@ def cmd_info(args):
     print(describe(load_config(args.model, args.config)))
 
 
+def cmd_train(args):
+    from .train import resolve_args, run
+
+    run(resolve_args(args))
+
+
 def cmd_tokenizer_train(args):
     import time
 
@@ -66,6 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="config.json to use instead of the one beside MODEL")
     p.set_defaults(func=cmd_info)
 
+    from .train import __doc__ as train_doc
+    from .train import add_training_flags
+
+    p = sub.add_parser("train", help="pretrain or fine-tune (SFT) a model; same as python train.py",
+                       description=train_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_flags(p)
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer",
                        description="Tokenizer tools. `minimind tokenizer train` trains a byte-level BPE tokenizer "
                                    "(special tokens <|endoftext|> 0, <|im_start|> 1, <|im_end|> 2; ChatML chat "
@@ -106,12 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    from .trainer import TrainingError
+
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, TrainingError) as e:  # DataError is a ValueError
         print(f"minimind {args.command}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"\nminimind {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
