@@ -104,6 +104,14 @@ def lm_loss(model, batch):
     return out.loss + out.aux_loss, {"ce": out.loss.detach(), "aux": out.aux_loss.detach()}
 
 
+def count_tokens(batch: dict) -> int:
+    """Real tokens in a batch: the ones of every `*attention_mask` (DPO batches have two), else every `*input_ids`."""
+    masks = [v for k, v in batch.items() if k.endswith("attention_mask")]
+    if masks:
+        return sum(int(m.sum()) for m in masks)
+    return sum(v.numel() for k, v in batch.items() if k.endswith("input_ids"))
+
+
 def atomic_save(obj, path: Path) -> None:
     """torch.save to a temporary file in the same directory, then rename: a reader never sees half a file."""
     path = Path(path)
@@ -193,6 +201,7 @@ class Trainer:
         self.out = Path(args.output_dir)
         self.state = TrainState()
 
+        self.sharded = bool(getattr(args, "fsdp", False)) and self.dist.world > 1  # FSDP2: parameters are DTensors
         self.global_batch = args.batch_size * self.dist.world * args.accumulation_steps
         self.steps_per_epoch = len(train_set) // self.global_batch
         if self.steps_per_epoch == 0:
@@ -215,7 +224,7 @@ class Trainer:
 
     # -- setup --
     def _wrap(self, model):
-        if getattr(self.args, "fsdp", False) and self.dist.world > 1:
+        if self.sharded:
             from torch.distributed.fsdp import fully_shard
             for layer in model.model.layers:
                 fully_shard(layer)
@@ -247,17 +256,31 @@ class Trainer:
 
     # -- checkpoints --
     def model_state_dict(self):
-        if getattr(self.args, "fsdp", False) and self.dist.world > 1:
+        if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
             return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
 
     def optimizer_state_dict(self):
-        if getattr(self.args, "fsdp", False) and self.dist.world > 1:
+        if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
             return get_optimizer_state_dict(self.model, self.optimizer,
                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return self.optimizer.state_dict()
+
+    def export_model(self, final: bool, epoch: int | None = None):
+        """Hand the model to the stage's `save_model` on rank 0; under FSDP, as a plain unsharded copy."""
+        if self.save_model is None:
+            return
+        model = self.model
+        if self.sharded:
+            state = self.model_state_dict()  # a collective: every rank takes part
+            if not self.dist.main:
+                return
+            model = type(self.model)(self.model.config)
+            model.load_state_dict(state)
+        if self.dist.main:
+            self.save_model(model, self.out, final=final, epoch=epoch)
 
     def save_state(self):
         model_sd, optim_sd = self.model_state_dict(), self.optimizer_state_dict()  # collective under FSDP
@@ -278,7 +301,7 @@ class Trainer:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ValueError(f"{path}: cannot read the training state ({type(e).__name__}); it may be damaged") from None
-        if getattr(self.args, "fsdp", False) and self.dist.world > 1:
+        if self.sharded:
             from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                                  set_optimizer_state_dict)
             opts = StateDictOptions(full_state_dict=True)
@@ -302,13 +325,18 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.metrics_file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
         for kind in (getattr(self.args, "report_to", "none") or "none").split(","):
-            if kind == "tensorboard":
-                from torch.utils.tensorboard import SummaryWriter
-                self.writers.append(("tb", SummaryWriter(str(self.out / "tensorboard"))))
-            elif kind == "wandb":
-                import wandb
-                wandb.init(project="minimind", config=vars(self.args), dir=str(self.out))
-                self.writers.append(("wandb", wandb))
+            try:
+                if kind == "tensorboard":
+                    from torch.utils.tensorboard import SummaryWriter
+                    self.writers.append(("tb", SummaryWriter(str(self.out / "tensorboard"))))
+                elif kind == "wandb":
+                    import wandb
+                    wandb.init(project="minimind", config=vars(self.args), dir=str(self.out))
+                    self.writers.append(("wandb", wandb))
+                elif kind != "none":
+                    raise ValueError(f"--report_to: unknown target {kind!r}; use none, tensorboard or wandb")
+            except ImportError:
+                raise ValueError(f"--report_to {kind} needs the {kind} package: pip install {kind}") from None
 
     def log(self, record: dict):
         if not self.dist.main:
@@ -332,12 +360,14 @@ class Trainer:
     # -- evaluation --
     @torch.no_grad()
     def evaluate(self, max_batches: int | None = None):
-        """Mean loss over the held-out set (all ranks' batches averaged) and its perplexity."""
+        """Mean loss over the held-out set (all ranks' batches averaged), its perplexity, and the mean of each metric
+        the loss_fn returns (as eval_NAME: DPO's accuracy and margin, distillation's KL)."""
         if self.val_set is None or len(self.val_set) == 0:
             return None
         max_batches = max_batches or getattr(self.args, "eval_batches", 50)
         self.model.eval()
         total = torch.zeros(2, device=self.device)
+        metric_sums = {}
         per_rank, n = self.args.batch_size, len(self.val_set)
         n_batches = min(max_batches, max(1, n // (per_rank * self.dist.world)))  # the same on every rank
         collate = self.collate_fn or torch.utils.data.default_collate
@@ -345,15 +375,21 @@ class Trainer:
             start = (i * self.dist.world + self.dist.rank) * per_rank
             batch = collate([self.val_set[j % n] for j in range(start, start + per_rank)])
             with self.autocast():
-                loss, _ = self.loss_fn(self.wrapped, self.to_device(batch))
+                loss, metrics = self.loss_fn(self.wrapped, self.to_device(batch))
             total += torch.stack([loss.float().detach(), torch.ones((), device=self.device)])
+            for k, v in metrics.items():
+                metric_sums[k] = metric_sums.get(k, 0.0) + torch.as_tensor(v, device=self.device).float().detach()
+        names = sorted(metric_sums)
+        sums = torch.stack([metric_sums[k] for k in names]) if names else torch.zeros(0, device=self.device)
         if self.dist.world > 1:
             dist.all_reduce(total)
+            dist.all_reduce(sums)
         self.model.train()
         if total[1] == 0:
             return None
         loss = (total[0] / total[1]).item()
-        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50))}
+        means = dict(zip(names, (sums / total[1]).tolist()))
+        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50)), **{f"eval_{k}": v for k, v in means.items()}}
 
     def run_eval(self):
         if self.last_eval is not None and self.last_eval[0] == self.state.step:
@@ -364,8 +400,7 @@ class Trainer:
             self.say(f"Eval @ step {self.state.step}: loss {result['eval_loss']:.4f}, "
                      f"perplexity {result['eval_ppl']:.2f}")
             self.log({"step": self.state.step, "epoch": self.state.epoch + 1, **result})
-        sharded = getattr(self.args, "fsdp", False) and self.dist.world > 1  # rank 0 alone cannot run the model
-        if self.sample_fn is not None and self.dist.main and not sharded:
+        if self.sample_fn is not None and self.dist.main and not self.sharded:  # rank 0 alone can't run a shard
             with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(self.args.seed)
                 self.model.eval()
@@ -393,7 +428,7 @@ class Trainer:
                 loss = loss / len(batches)
             self.scaler.scale(loss).backward()
             total_loss += loss.detach().float()
-            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+            tokens += count_tokens(batch)
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / len(batches)
         if self.dist.world > 1:
@@ -420,8 +455,9 @@ class Trainer:
         st = self.state
         self.model.train()
         from tqdm import tqdm
+        live = sys.stderr.isatty()  # in a log file, redraw rarely
         bar = tqdm(total=self.total_steps, initial=st.step, disable=not self.dist.main, dynamic_ncols=True,
-                   unit="step", mininterval=1.0, file=sys.stderr)
+                   unit="step", mininterval=1.0 if live else 30.0, file=sys.stderr)
         t_last, tokens_since = time.perf_counter(), 0
         done = st.step >= self.total_steps
         while not done and st.epoch < args.epochs:
@@ -473,16 +509,15 @@ class Trainer:
         bar.close()
         result = self.run_eval()
         self.save_state()
-        if self.dist.main and self.save_model:
-            self.save_model(self.model, self.out, final=True)
+        self.export_model(final=True)
         self.finish(result)
         return result
 
     def end_epoch(self):
         st, args = self.state, self.args
         finished_epoch = st.epoch + 1
-        if self.dist.main and self.save_model and args.save_interval and finished_epoch % args.save_interval == 0:
-            self.save_model(self.model, self.out, final=False, epoch=finished_epoch)
+        if args.save_interval and finished_epoch % args.save_interval == 0:
+            self.export_model(final=False, epoch=finished_epoch)
         st.epoch += 1
         st.consumed = 0
         st.epoch_loss_sum, st.epoch_loss_count = 0.0, 0

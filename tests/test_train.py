@@ -185,29 +185,40 @@ def test_pretrained_path_loads_and_reports_mismatch(corpus, tmp_path, capsys):
         run(args_for(corpus, tmp_path / "y", "--pretrained_path", str(broken)))
 
 
-def test_two_process_gloo_matches_single_process(corpus, tmp_path):
-    common = [*TINY, "--data", str(corpus), "--max_steps", "6", "--dropout", "0", "--dtype", "fp32",
-              "--learning_rate", "2e-3", "--log_interval", "1", "--batch_size", "2"]
-    single = tmp_path / "single"
-    subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--accumulation_steps", "2",
-                    "--output_dir", str(single)], check=True, capture_output=True, timeout=300)
-    ddp = tmp_path / "ddp"
+GLOO_COMMON = [*TINY, "--max_steps", "6", "--dropout", "0", "--dtype", "fp32", "--learning_rate", "2e-3",
+               "--log_interval", "1", "--batch_size", "2"]
+
+
+def logged_losses(out):
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
+
+
+@pytest.fixture(scope="module")
+def single_process_losses(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    subprocess.run([sys.executable, str(ROOT / "train.py"), *GLOO_COMMON, "--data", str(corpus),
+                    "--accumulation_steps", "2", "--output_dir", str(out)], check=True, capture_output=True,
+                   timeout=300)
+    return logged_losses(out)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_process_gloo_matches_single_process(corpus, tmp_path, single_process_losses, mode):
+    out = tmp_path / mode
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        str(ROOT / "train.py"), *common, "--output_dir", str(ddp)], capture_output=True, text=True,
-                       env=env, timeout=300)
+                        str(ROOT / "train.py"), *GLOO_COMMON, "--data", str(corpus), "--output_dir", str(out),
+                        *(["--fsdp"] if mode == "fsdp" else [])], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-
-    def losses(out):
-        return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
-                if '"loss"' in line]
-    a, b = losses(single), losses(ddp)
+    a, b = single_process_losses, logged_losses(out)
     assert len(a) == len(b) == 6
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
+    assert MiniMindForCausalLM.from_pretrained(out).config.hidden_size == 32  # saved unsharded
     # Resume the 2-process run's state in one process (a different world size) and go on.
-    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *common, "--accumulation_steps", "2",
-                        "--max_steps", "8", "--output_dir", str(ddp), "--resume"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "Resumed from" in r.stderr + r.stdout
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *GLOO_COMMON, "--data", str(corpus),
+                        "--accumulation_steps", "2", "--max_steps", "8", "--output_dir", str(out), "--resume"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "Resumed from" in r.stderr + r.stdout, r.stderr[-3000:]
 
 
 def test_sft_stage_trains_on_assistant_tokens(tmp_path, capsys):
