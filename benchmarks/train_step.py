@@ -48,8 +48,9 @@ def measure(args, dtype):
     for step in steps.values():  # warm-up
         step()
     times = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
+    for r in range(args.rounds):
+        order = list(steps.items()) if r % 2 == 0 else list(steps.items())[::-1]  # ABBA: no first-mover bias
+        for name, step in order:
             t = time.perf_counter()
             for _ in range(args.steps):
                 step()
@@ -65,7 +66,7 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--dtypes", default="fp32,bf16")
     args = p.parse_args()
