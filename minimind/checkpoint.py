@@ -93,3 +93,76 @@ def load_weights(model, path: str | Path) -> None:
                      "--num_kv_heads, --vocab_size, --use_moe) against the checkpoint's config.json")
         raise ValueError("\n".join(lines))
     model.load_state_dict(state, strict=True)
+
+
+DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "float16": "float16"}
+
+
+def load_model(spec, config=None, device="cpu", dtype=None, adapter=None):
+    """(model, tokenizer) ready for inference (eval mode) from a training output directory, a Hugging Face style
+    model directory, or a `.pth` / `.pt` / `.safetensors` weights file with its config.json beside it (or given as
+    `config`). The tokenizer comes from the same directory when it has tokenizer files, else the shipped one (a
+    warning says so). `dtype`: None (as built, fp32), "fp32", "bf16", "fp16" or a torch dtype. `adapter`: a LoRA
+    adapter to apply (see `minimind.lora.load_adapter`).
+    """
+    import logging
+
+    import torch
+
+    from .model import MiniMindForCausalLM
+    from .tokenizer import check_tokenizer_fits, load_tokenizer
+
+    path = Path(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"{spec}: no such file or directory; MODEL is a training output directory, a model "
+                                "directory, or a .pth / .safetensors file")
+    if path.is_dir():
+        if not any((path / name).is_file() for name in ("model.safetensors", "model_final.pth")):
+            raise ValueError(f"{spec}: not a model directory (no model.safetensors or model_final.pth in it); MODEL "
+                             "is a training output directory, a model directory, or a .pth / .safetensors file")
+    elif path.suffix not in (".pth", ".pt", ".safetensors"):
+        raise ValueError(f"{spec}: not a model; MODEL is a training output directory, a model directory, or a "
+                         ".pth / .safetensors file")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device}: MPS is not available on this machine; use --device cpu")
+    cfg = load_config(str(path), config)
+    model = MiniMindForCausalLM(cfg)
+    load_weights(model, path)
+
+    folder = path if path.is_dir() else path.parent
+    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
+        tokenizer = load_tokenizer(folder)
+    else:
+        tokenizer = load_tokenizer(None)
+        logging.getLogger("minimind").warning(f"{spec}: no tokenizer files beside the model; using the shipped "
+                                              f"{len(tokenizer)}-token tokenizer")
+    check_tokenizer_fits(tokenizer, cfg)
+
+    if adapter is not None:
+        from .lora import load_adapter
+
+        model = load_adapter(model, adapter)
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of fp32, bf16, fp16")
+        dtype = getattr(torch, DTYPES[dtype])
+    model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+    return model.eval(), tokenizer
+
+
+def training_args(spec) -> dict:
+    """The arguments of the training run that wrote the model at `spec` (its args.json), or {} when there are none."""
+    path = Path(spec)
+    folder = path if path.is_dir() else path.parent
+    try:
+        args = json.loads((folder / "args.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return args if isinstance(args, dict) else {}

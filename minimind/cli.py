@@ -17,6 +17,27 @@ def cmd_train(args):
     run(resolve_args(args))
 
 
+def cmd_lora(args):
+    from .finetune import run_lora
+    from .train import resolve_args
+
+    run_lora(resolve_args(args))
+
+
+def cmd_dpo(args):
+    from .finetune import run_dpo
+    from .train import resolve_args
+
+    run_dpo(resolve_args(args))
+
+
+def cmd_distill(args):
+    from .finetune import run_distill
+    from .train import resolve_args
+
+    run_distill(resolve_args(args))
+
+
 def cmd_tokenizer_train(args):
     import time
 
@@ -60,6 +81,102 @@ def cmd_data_stats(args):
           f"{counts['tokens']:,} tokens (with bos/eos)")
 
 
+def load_for_inference(args):
+    """(model, tokenizer) for generate / chat / eval from MODEL and the shared --config/--adapter/--device/--dtype."""
+    from .checkpoint import load_model
+    from .trainer import best_device
+
+    device = args.device or best_device()
+    dtype = args.dtype
+    if dtype == "auto":  # fp32 on CPU; half precision on a GPU
+        import torch
+        dtype = "fp32" if not device.startswith("cuda") else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    return load_model(args.model, args.config, device=device, dtype=dtype, adapter=args.adapter)
+
+
+def sampling_settings(args) -> dict:
+    """The sampling flags as keyword arguments of minimind.generate's text functions."""
+    return dict(do_sample=args.temperature > 0, temperature=args.temperature, top_k=args.top_k or None,
+                top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_strings=args.stop or None,
+                compile=args.compile)
+
+
+def cmd_generate(args):
+    from .generate import GenerationStats, generate_text, make_generator, stream
+
+    model, tokenizer = load_for_inference(args)
+    if args.num_samples < 1:
+        raise ValueError(f"--num_samples must be at least 1, got {args.num_samples}")
+    prompts = args.prompt
+    if args.chat:
+        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                                 add_generation_prompt=True) for p in prompts]
+    settings = sampling_settings(args)
+    generator = make_generator(args.seed, next(model.parameters()).device)
+    jobs = [(shown, prompt) for shown, prompt in zip(args.prompt, prompts) for _ in range(args.num_samples)]
+    stats = GenerationStats()
+    if args.stream:
+        for i, (shown, prompt) in enumerate(jobs):
+            if len(jobs) > 1:
+                print(f"--- sample {i + 1} ---")
+            print("" if args.chat else shown, end="", flush=True)
+            for piece in stream(model, tokenizer, prompt, args.max_new_tokens, generator=generator, stats=stats,
+                                add_bos=not args.no_bos, **settings):
+                print(piece, end="", flush=True)
+            print()
+    else:
+        texts = generate_text(model, tokenizer, [p for _, p in jobs], args.max_new_tokens, generator=generator,
+                              stats=stats, add_bos=not args.no_bos, **settings)
+        for i, ((shown, _), text) in enumerate(zip(jobs, texts)):
+            if len(jobs) > 1:
+                print(f"--- sample {i + 1} ---")
+            print(text if args.chat else shown + text)
+    if args.show_speed:
+        print(f"[{stats.new_tokens} new tokens, {stats.tokens_per_second:.1f} tokens/s]", file=sys.stderr)
+
+
+def cmd_chat(args):
+    from .chat import COMMANDS, ChatSession, completion_reason, run_chat
+
+    model, tokenizer = load_for_inference(args)
+    reason = "asked for with --completion" if args.completion else completion_reason(args.model, tokenizer)
+    settings = sampling_settings(args)
+    settings["seed"] = args.seed
+    session = ChatSession(model, tokenizer, system=args.system, chat=reason is None, context=args.context,
+                          max_new_tokens=args.max_new_tokens, **settings)
+    if reason is None:
+        banner = (f"minimind chat: {args.model} (context {session.context} tokens). Commands: {COMMANDS}; "
+                  "Ctrl-C stops an answer.")
+    else:
+        banner = (f"minimind chat: {args.model} runs as plain completion, {reason}: each line is continued as "
+                  f"text, without history. Commands: {COMMANDS}.")
+    run_chat(session, show_speed=args.show_speed, banner=banner)
+
+
+def cmd_eval(args):
+    import json
+
+    from . import corpus
+    from .checkpoint import training_args
+    from .data import read_texts
+    from .evaluate import evaluate
+
+    model, tokenizer = load_for_inference(args)
+    texts = corpus.pretrain_texts("val") if args.data is None else list(read_texts(args.data, args.skip_bad_records))
+    if args.limit:
+        texts = texts[:args.limit]
+    seq_len = args.seq_len or training_args(args.model).get("max_seq_len") or 512
+    seq_len = min(int(seq_len), model.config.max_position_embeddings)
+    result = evaluate(model, tokenizer, texts, seq_len=seq_len, batch_tokens=args.batch_tokens, progress=None)
+    data = args.data or "the built-in held-out split"
+    if args.json:
+        print(json.dumps({"model": args.model, "data": data, **result}))
+    else:
+        print(f"{args.model} on {data}: loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}, "
+              f"bits per byte {result['bits_per_byte']:.4f} ({result['tokens']:,} tokens predicted, "
+              f"{result['bytes']:,} bytes, {result['documents']:,} documents, windows of {seq_len})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimind", description="Train small language models from scratch.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -79,6 +196,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description=train_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_training_flags(p)
     p.set_defaults(func=cmd_train)
+
+    from . import finetune
+
+    p = sub.add_parser("lora", help="LoRA fine-tuning of a base model: saves the adapter (--merge: a full model too)",
+                       description=finetune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    finetune.add_lora_flags(p)
+    p.set_defaults(func=cmd_lora)
+    p = sub.add_parser("dpo", help="DPO on preference pairs (default: the built-in ones) against a frozen reference",
+                       description=finetune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    finetune.add_dpo_flags(p)
+    p.set_defaults(func=cmd_dpo)
+    p = sub.add_parser("distill", help="knowledge distillation: a teacher MODEL trains a smaller student",
+                       description=finetune.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    finetune.add_distill_flags(p)
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("tokenizer", help="train a byte-level BPE tokenizer",
                        description="Tokenizer tools. `minimind tokenizer train` trains a byte-level BPE tokenizer "
@@ -116,6 +248,70 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the shipped one)")
     d.add_argument("--skip_bad_records", action="store_true", help="warn about bad records instead of stopping")
     d.set_defaults(func=cmd_data_stats)
+    model_help = ("a training output directory, a model directory (config.json + model.safetensors), or a .pth / "
+                  ".safetensors file with config.json beside it (or given with --config)")
+
+    def add_model_flags(p):
+        p.add_argument("model", metavar="MODEL", help=model_help)
+        p.add_argument("--config", default=None, help="config.json to use instead of the one beside MODEL")
+        p.add_argument("--adapter", default=None, help="a LoRA adapter to apply (from minimind lora)")
+        p.add_argument("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)")
+        p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                       help="weights precision (auto: fp32 on CPU, bf16/fp16 on GPU)")
+
+    def add_sampling_flags(p, max_new_tokens):
+        p.add_argument("--max_new_tokens", type=int, default=max_new_tokens,
+                       help=f"most tokens to generate (default: {max_new_tokens})")
+        p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature; 0 = greedy (default: 0.8)")
+        p.add_argument("--top_k", type=int, default=50, help="sample among the k most likely tokens; 0 = off "
+                                                             "(default: 50)")
+        p.add_argument("--top_p", type=float, default=0.9, help="sample within the smallest set of tokens of this "
+                                                                "probability; 1 = off (default: 0.9)")
+        p.add_argument("--repetition_penalty", type=float, default=1.0, help="> 1 discourages repeating tokens "
+                                                                             "(default: 1.0 = off)")
+        p.add_argument("--seed", type=int, default=None, help="random seed: the same seed gives the same sample")
+        p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                       help="stop when this text appears (not printed); repeatable")
+        p.add_argument("--compile", action="store_true", help="torch.compile the model first (slow start)")
+        p.add_argument("--show_speed", action="store_true", help="print tokens/s after each answer")
+
+    p = sub.add_parser("generate", help="complete a prompt (sampling flags, --stream, --num_samples)",
+                       description="Continue a prompt with a model. The prompt is continued as plain text (it gets "
+                                   "the <|im_start|> that begins every pretraining document); --chat wraps it as a "
+                                   "user message in the chat template instead.")
+    add_model_flags(p)
+    p.add_argument("--prompt", action="append", required=True, help="the text to continue; repeat for a batch")
+    add_sampling_flags(p, 256)
+    p.add_argument("--stream", action="store_true", help="print the text as it is generated")
+    p.add_argument("--num_samples", type=int, default=1, help="samples per prompt (default: 1)")
+    p.add_argument("--chat", action="store_true", help="format the prompt as a chat message (SFT models)")
+    p.add_argument("--no_bos", action="store_true", help="do not put <|im_start|> before the prompt")
+    p.set_defaults(func=cmd_generate)
+
+    from .chat import __doc__ as chat_doc
+    p = sub.add_parser("chat", help="interactive multi-turn chat in the terminal, streaming",
+                       description=chat_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_flags(p)
+    add_sampling_flags(p, 512)
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--context", type=int, default=None, help="context window for prompt + answer (default: the "
+                                                             "model's max_position_embeddings)")
+    p.add_argument("--completion", action="store_true", help="plain completion instead of chat")
+    p.set_defaults(func=cmd_chat)
+
+    from .evaluate import __doc__ as eval_doc
+    p = sub.add_parser("eval", help="loss, perplexity, bits per byte on held-out text",
+                       description=eval_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_flags(p)
+    p.add_argument("--data", default=None, help="file, folder or glob of .jsonl ({\"text\": ...}), .txt or .parquet "
+                                                "(default: the built-in corpus' held-out split)")
+    p.add_argument("--seq_len", type=int, default=None, help="window length (default: the training run's "
+                                                             "max_seq_len, else 512)")
+    p.add_argument("--batch_tokens", type=int, default=4096, help="tokens per forward pass (default: 4096)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N documents")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--skip_bad_records", action="store_true", help="warn about bad records instead of stopping")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

@@ -130,11 +130,16 @@ def model_config(args, tokenizer=None) -> MiniMindConfig:
     return MiniMindConfig(**fields)
 
 
+def settings(args) -> dict:
+    """The run's flags as plain values (not the CLI's dispatch function)."""
+    return {k: v for k, v in vars(args).items() if not callable(v)}
+
+
 def print_banner(args):
     print("=" * 50)
     print("MiniMind 训练配置:")
     print("=" * 50)
-    for key, value in vars(args).items():
+    for key, value in settings(args).items():
         print(f"{key}: {value}")
     print("=" * 50)
 
@@ -160,7 +165,10 @@ def sampler_for(tokenizer, stage: str, max_new_tokens: int = 48):
     def fn(model):
         device = next(model.parameters()).device
         ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)], device=device)
-        out = sample(model, ids, max_new_tokens, temperature=0.8, top_k=50, eos_token_id=tokenizer.eos_token_id)
+        room = min(max_new_tokens, model.config.max_position_embeddings - ids.shape[1])  # stay inside the context
+        if room <= 0:
+            return ""
+        out = sample(model, ids, room, temperature=0.8, top_k=50, eos_token_id=tokenizer.eos_token_id)
         return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     return fn
 
@@ -216,7 +224,7 @@ def run(args) -> dict | None:
               f"验证样本: {len(val_set)}")
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "args.json").write_text(json.dumps(vars(args), indent=2, ensure_ascii=False), encoding="utf-8")
+        (out / "args.json").write_text(json.dumps(settings(args), indent=2, ensure_ascii=False), encoding="utf-8")
     trainer = Trainer(model, args, train_set, val_set, collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
                       save_model=model_saver(tokenizer), sample_fn=sampler_for(tokenizer, args.stage),
                       dist_info=dist_info)

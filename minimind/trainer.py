@@ -331,7 +331,8 @@ class Trainer:
                     self.writers.append(("tb", SummaryWriter(str(self.out / "tensorboard"))))
                 elif kind == "wandb":
                     import wandb
-                    wandb.init(project="minimind", config=vars(self.args), dir=str(self.out))
+                    wandb.init(project="minimind", config={k: v for k, v in vars(self.args).items() if not callable(v)},
+                               dir=str(self.out))
                     self.writers.append(("wandb", wandb))
                 elif kind != "none":
                     raise ValueError(f"--report_to: unknown target {kind!r}; use none, tensorboard or wandb")

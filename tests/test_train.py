@@ -236,3 +236,12 @@ def test_sft_stage_trains_on_assistant_tokens(tmp_path, capsys):
     item = SFTDataset(str(convs), tok, 32)[0]
     learned = tok.decode(item["input_ids"][item["labels"] != -100])
     assert learned.startswith("It is ") and learned.endswith("<|im_end|>") and "plus one" not in learned
+
+
+def test_minimind_train_subcommand(corpus, tmp_path, capsys):
+    from minimind.cli import main
+
+    main(["train", *TINY, "--data", str(corpus), "--max_steps", "2", "--output_dir", str(tmp_path)])
+    assert "训练完成!" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "args.json").read_text())
+    assert saved["max_steps"] == 2 and "func" not in saved
