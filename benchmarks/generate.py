@@ -20,7 +20,6 @@ from transformers import LlamaForCausalLM
 
 from minimind import MiniMindForCausalLM, preset
 from minimind.export import llama_config
-from minimind.generate import generate
 
 
 def timed(fn, device) -> float:
@@ -75,8 +74,8 @@ def main():
           f"greedy; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads")
 
-    def ours_fn(ids, n, compile=False):
-        return lambda: generate(ours, ids, max_new_tokens=n, min_new_tokens=n, compile=compile)
+    def ours_fn(ids, n, compile=False):  # the same call as Hugging Face's (eos from the generation config)
+        return lambda: ours.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, compile=compile)
 
     def hf_fn(ids, n):
         return lambda: hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
@@ -102,10 +101,10 @@ def main():
                     best[name] = min(best[name], timed(fn, device))
             rate = {name: tokens / t for name, t in best.items()}
             rows.append((what, batch, rate, same))
+            print(f"  {what} batch {batch}: " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in rate.items()), flush=True)
             if what == "decode":
                 floor = batch * matmul_floor(ours, batch, device, args.rounds)
-                print(f"  (the matmuls alone, batch {batch}: {floor:,.0f} tok/s)")
-            print(f"  {what} batch {batch}: " + ", ".join(f"{k} {v:,.0f} tok/s" for k, v in rate.items()), flush=True)
+                print(f"  (decode bound: the step's matmuls alone, eager, batch {batch}: {floor:,.0f} tok/s)")
 
     names = list(rows[0][2])
     print("\n| measure | batch | " + " | ".join(f"{n} tok/s" for n in names) + " | minimind / HF | same tokens |")

@@ -37,7 +37,6 @@ import torch
 
 from .model import KVCache
 
-
 # --- sampling ------------------------------------------------------------------------------------------------------
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -196,7 +195,7 @@ def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         ids = torch.empty(B, total, dtype=torch.long, device=device)
         ids[:, :T] = input_ids
     forward = compiled_forward(model) if compile else model
-    cache = KVCache(len(model.model.layers), capacity=total) if use_cache else None
+    cache = KVCache(model.config.num_hidden_layers, capacity=total) if use_cache else None
 
     was_training = model.training
     model.eval()  # no dropout while generating; the mode is restored when the loop ends
@@ -238,7 +237,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
              repetition_penalty: float = 1.0, min_new_tokens: int = 0, eos_token_id=None,
              pad_token_id: int | None = None, stop_strings: Iterable[str] | None = None, tokenizer=None,
              seed: int | None = None, generator: torch.Generator | None = None, streamer=None,
-             use_cache: bool = True, compile: bool = False) -> torch.Tensor:
+             use_cache: bool = True, compile: bool = False, check_every: int | None = None) -> torch.Tensor:
     """input_ids (B, T) -> (B, T + n): the prompts followed by the new tokens, as Hugging Face's generate.
 
     A row ends at its first eos (kept) or when its text contains a stop string (needs `tokenizer`; the token that
@@ -246,6 +245,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     Generation ends when every row has ended, or after `max_new_tokens`, so n <= max_new_tokens.
     `seed` (or a seeded `generator`) makes sampling reproducible. `streamer`: a Hugging Face streamer
     (`put(tensor)` / `end()`, e.g. `TextStreamer`), given the prompt and then each step's tokens.
+    `check_every`: test whether every row has ended once per this many steps (default: 1 on CPU; 8 on a GPU, where
+    the test waits for the GPU); the result is the same, only the time differs.
     """
     eos_ids = as_id_list(eos_token_id)
     if pad_token_id is None:
@@ -257,11 +258,13 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     B, T = input_ids.shape
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
     out[:, :T] = input_ids
-    eos = torch.tensor(eos_ids, dtype=torch.long, device=input_ids.device)
-    finished = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    device = input_ids.device
+    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
+    finished = torch.zeros(B, dtype=torch.bool, device=device)
+    length = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)  # new tokens of each row, its end kept
     texts = [TextStream(tokenizer, stops) for _ in range(B)] if stops else None
-    # On a GPU, asking "all finished?" forces a sync; ask every few steps there (the extra tokens are padding).
-    check_every = 1 if input_ids.device.type == "cpu" else 8
+    # On a GPU, asking "all finished?" forces a sync; ask every few steps there (the extra steps are cut off below).
+    check_every = check_every or (1 if device.type == "cpu" else 8)
     if streamer is not None:
         streamer.put(input_ids.cpu())
     n = 0
@@ -275,14 +278,17 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
             if streamer is not None:
                 streamer.put(nxt.cpu())
             if len(eos):
-                finished |= torch.isin(nxt, eos)
+                ended = torch.isin(nxt, eos) & ~finished
+                length.masked_fill_(ended, n)
+                finished |= ended
             if texts is not None:
                 for b, token in enumerate(nxt.tolist()):
                     if not finished[b]:
                         texts[b].push(token)
                         if texts[b].stopped:
-                            finished[b] = True
+                            finished[b], length[b] = True, n
             if (len(eos) or texts is not None) and n % check_every == 0 and bool(finished.all()):
+                n = int(length.max())  # the step at which the last row ended
                 break
     finally:
         steps.close()
@@ -496,12 +502,13 @@ HF_IGNORED = {"num_beams": 1, "num_beam_groups": 1, "output_attentions": False, 
 HF_BOOKKEEPING = ("bos_token_id", "decoder_start_token_id", "transformers_version", "_from_model_config")
 
 
-def hf_generate(model, inputs=None, generation_config=None, streamer=None, **kwargs) -> torch.Tensor:
+def hf_generate(model, inputs=None, generation_config=None, streamer=None, **kwargs):
     """`model.generate(...)`: Hugging Face's arguments mapped onto `generate`. Returns (B, T + n) LongTensor.
 
     Settings come from the call, then `generation_config` (a GenerationConfig), then `model.generation_config`,
     then Hugging Face's defaults (max_length 20; top_k 50 when sampling). Also takes minimind's `seed`,
-    `generator`, `tokenizer` (for `stop_strings`) and `compile`. Beam search, logits processors and other
+    `generator`, `tokenizer` (for `stop_strings`), `compile`, and `stream=True` (with `tokenizer`, one prompt):
+    then it returns an iterator of text pieces instead of tokens. Beam search, logits processors and other
     Hugging Face features are refused with a clear error; `transformers.GenerationMixin.generate(model, ...)`
     still runs Hugging Face's own loop on this model."""
     input_ids = kwargs.pop("input_ids", None)
@@ -516,6 +523,7 @@ def hf_generate(model, inputs=None, generation_config=None, streamer=None, **kwa
         input_ids = input_ids[None]
     attention_mask = kwargs.pop("attention_mask", None)
     own = {k: kwargs.pop(k) for k in ("seed", "generator", "tokenizer", "compile") if k in kwargs}
+    as_text_stream = kwargs.pop("stream", False)
 
     settings = {}
     for source in (model.generation_config, generation_config):
@@ -536,7 +544,7 @@ def hf_generate(model, inputs=None, generation_config=None, streamer=None, **kwa
     if unknown:
         raise TypeError(f"generate() got unsupported argument(s) {', '.join(sorted(unknown))}; supported: "
                         f"input_ids, attention_mask, {', '.join(HF_SETTINGS)}, seed, generator, tokenizer, "
-                        "streamer, compile, generation_config (Hugging Face's own loop: "
+                        "streamer, stream, compile, generation_config (Hugging Face's own loop: "
                         "transformers.GenerationMixin.generate(model, ...))")
     settings.update({k: v for k, v in kwargs.items() if k in HF_SETTINGS and v is not None})
     for key, value in HF_DEFAULTS.items():
@@ -550,6 +558,17 @@ def hf_generate(model, inputs=None, generation_config=None, streamer=None, **kwa
             raise ValueError(f"max_length ({settings['max_length']}) leaves no room after the {T}-token prompt; "
                              "set max_new_tokens")
     n_seq = settings["num_return_sequences"]
+    if as_text_stream:  # an iterator of text pieces for one prompt
+        if own.get("tokenizer") is None:
+            raise ValueError("stream=True needs the tokenizer to make text: pass tokenizer=...")
+        if input_ids.shape[0] != 1 or n_seq > 1:
+            raise ValueError("stream=True streams one prompt; for a batch use minimind.generate.stream_batch")
+        prompt = input_ids[0] if attention_mask is None else input_ids[0][attention_mask[0].bool()]
+        return stream(model, own.pop("tokenizer"), prompt.tolist(), max_new, do_sample=settings["do_sample"],
+                      temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
+                      repetition_penalty=settings["repetition_penalty"], min_new_tokens=settings["min_new_tokens"],
+                      eos_token_id=settings.get("eos_token_id", []), stop_strings=settings.get("stop_strings"),
+                      use_cache=settings["use_cache"], **own)
     if n_seq > 1:
         if not settings["do_sample"]:
             raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy gives the same sequence)")

@@ -13,8 +13,17 @@ from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.checkpoint import load_model
 from minimind.cli import main
 from minimind.export import llama_config
-from minimind.generate import (TextStream, apply_repetition_penalty, encode_prompts, filter_logits, generate,
-                               generate_text, sample, stream, token_chooser)
+from minimind.generate import (
+    TextStream,
+    apply_repetition_penalty,
+    encode_prompts,
+    filter_logits,
+    generate,
+    generate_text,
+    sample,
+    stream,
+    token_chooser,
+)
 from minimind.tokenizer import load_tokenizer, save_tokenizer
 
 TEXT = "Hello, 世界! 你好🙂👍🏽 café 𝔘𝔫𝔦 — done."
@@ -114,7 +123,7 @@ def test_hugging_face_calling_convention(model):
 
 
 def test_eos_ends_a_row_and_pads_the_rest(model):
-    rows, ids, mask = prompts_batch()
+    _, ids, mask = prompts_batch()
     free = generate(model, ids, mask, max_new_tokens=12, min_new_tokens=12)
     T = ids.shape[1]
     eos = int(free[0, T + 3])  # make row 0's 4th new token the eos
@@ -126,6 +135,11 @@ def test_eos_ends_a_row_and_pads_the_rest(model):
         new = free[b, T:].tolist()
         n = new.index(eos) + 1 if eos in new else len(new)
         assert out[b, T:T + n].tolist() == new[:n]
+    # checking for the end every 8 steps (as on a GPU) gives the same result
+    assert torch.equal(out, generate(model, ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=0,
+                                     check_every=8))
+    one = generate(model, ids[:1], mask[:1], max_new_tokens=12, eos_token_id=eos, check_every=8)
+    assert one.shape[1] == T + first + 1 and int(one[0, -1]) == eos
     # min_new_tokens keeps eos away for that many steps
     assert eos not in generate(model, ids[:1], mask[:1], max_new_tokens=6, min_new_tokens=6,
                                eos_token_id=eos)[0, T:].tolist()
@@ -309,6 +323,15 @@ def test_load_model_applies_a_lora_adapter(model_dir, model, tmp_path):
         assert torch.allclose(loaded(ids).logits, adapted(ids).logits, atol=1e-5)
         assert not torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-3)
     assert torch.equal(generate(loaded, ids, max_new_tokens=5), generate(adapted, ids, max_new_tokens=5))
+
+
+def test_model_generate_streams_text(model, tokenizer):
+    ids, _ = encode_prompts(tokenizer, ["你好🙂"])
+    out = model.generate(ids, max_new_tokens=25, do_sample=True, seed=4)
+    pieces = list(model.generate(ids, max_new_tokens=25, do_sample=True, seed=4, stream=True, tokenizer=tokenizer))
+    assert "".join(pieces) == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    with pytest.raises(ValueError, match="tokenizer"):
+        model.generate(ids, stream=True)
 
 
 def test_hugging_face_text_streamer(model, tokenizer, capsys):
