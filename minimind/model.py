@@ -299,6 +299,40 @@ def attention_mask_for(attention_mask, past: int, T: int, device):
     return mask | ~mask.any(dim=-1, keepdim=True), False
 
 
+class CrossEntropy(torch.autograd.Function):
+    """Mean next-token cross-entropy over targets != -100, with a hand-written backward.
+
+    loss = mean_i (logsumexp(z_i) - z_i[y_i]);  d loss / d z_i = (softmax(z_i) - onehot(y_i)) / n.
+    Keeps only the logits and one logsumexp per row for backward, where PyTorch's own keeps a full (N, V)
+    log-softmax and builds another (N, V) tensor for the NLL gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, targets):  # logits (N, V), targets (N,)
+        valid = targets != -100
+        n = valid.sum().clamp(min=1)
+        safe = targets.clamp(min=0)
+        lse = torch.logsumexp(logits.float(), dim=-1)  # (N,)
+        picked = logits.gather(1, safe[:, None]).squeeze(1).float()  # (N,)
+        ctx.save_for_backward(logits, lse, safe, valid, n)
+        return ((lse - picked) * valid).sum() / n
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, lse, safe, valid, n = ctx.saved_tensors
+        scale = (valid * (grad / n))[:, None]  # (N, 1)
+        g = (logits.float() - lse[:, None]).exp_().mul_(scale)  # softmax * scale
+        g.scatter_add_(1, safe[:, None], -scale)  # - onehot * scale
+        return g.to(logits.dtype), None
+
+
+def cross_entropy(logits, targets):
+    """Cross-entropy with ignore_index=-100: the hand-written kernel for fp32 logits, PyTorch's otherwise."""
+    if logits.dtype == torch.float32:
+        return CrossEntropy.apply(logits, targets)
+    return F.cross_entropy(logits.float(), targets, ignore_index=-100)
+
+
 @dataclass
 class MiniMindOutput(ModelOutput):
     loss: torch.Tensor | None = None
@@ -397,7 +431,7 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         if labels is not None:
             # Shift the labels, not the logits: slicing (B, T, V) logits would copy them and their gradient.
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): token t predicts labels[t + 1]
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            loss = cross_entropy(logits.flatten(0, 1), targets.flatten())
         return MiniMindOutput(loss=loss, aux_loss=aux_loss, logits=logits,
                               past_key_values=cache,
                               hidden_states=hidden)
