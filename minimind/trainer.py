@@ -512,6 +512,8 @@ class Trainer:
         self.save_state()
         self.export_model(final=True)
         self.finish(result)
+        if self.dist.world > 1:
+            dist.barrier()  # rank 0 saves and plots after the others are done: leave the group together
         return result
 
     def end_epoch(self):
