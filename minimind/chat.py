@@ -151,6 +151,8 @@ def run_chat(session: ChatSession, input=None, output=None, show_speed: bool = F
             if command == "/reset":
                 session.reset()
                 say("(history cleared)")
+            elif command == "/system" and not session.chat:
+                say("(plain completion has no system prompt)")
             elif command == "/system":
                 session.system = arg.strip() or None
                 say(f"(system prompt: {session.system})" if session.system else "(system prompt removed)")
