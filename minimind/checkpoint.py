@@ -79,20 +79,28 @@ def load_weights(model, path: str | Path) -> None:
     tied = getattr(model.config, "tie_word_embeddings", False)
     if tied and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
         state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or mismatched:
-        lines = [f"{path}: the weights do not fit this model"]
-        for title, items in (("shape mismatch", mismatched), ("missing from the file", missing),
-                             ("not in the model", unexpected)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
-        lines.append("  check the architecture flags (--preset, --hidden_size, --num_layers, --num_heads, "
-                     "--num_kv_heads, --vocab_size, --use_moe) against the checkpoint's config.json")
-        raise ValueError("\n".join(lines))
+    check_fit(state, expected, f"{path}: the weights do not fit this model",
+              hint="check the architecture flags (--preset, --hidden_size, --num_layers, --num_heads, "
+                   "--num_kv_heads, --vocab_size, --use_moe) against the checkpoint's config.json")
     model.load_state_dict(state, strict=True)
+
+
+def check_fit(tensors: dict, expected: dict, title: str, hint: str | None = None) -> None:
+    """Raise one readable ValueError listing every name missing, unexpected or of the wrong shape, if any."""
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    mismatched = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [title]
+    for kind, items in (("shape mismatch", mismatched), ("missing from the file", missing),
+                        ("not in the model", unexpected)):
+        if items:
+            lines.append(f"  {kind} ({len(items)}): " + "; ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
+    if hint:
+        lines.append(f"  {hint}")
+    raise ValueError("\n".join(lines))
 
 
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",

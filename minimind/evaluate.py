@@ -33,8 +33,8 @@ def document_windows(ids: list[int], seq_len: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def evaluate(model, tokenizer, texts, seq_len: int | None = None, batch_tokens: int = 4096, progress: bool | None = False,
-             add_special_tokens: bool = True) -> dict:
+def evaluate(model, tokenizer, texts, seq_len: int | None = None, batch_tokens: int = 4096,
+             progress: bool | None = False, add_special_tokens: bool = True) -> dict:
     """Score `texts` (an iterable of strings) with `model`.
 
     Returns {"loss", "perplexity", "bits_per_byte", "tokens" (predicted), "bytes", "documents", "seq_len"}.

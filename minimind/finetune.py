@@ -19,15 +19,14 @@ exactly; a resumed DPO run rebuilds its reference from `--pretrained_path`.
 
 import argparse
 import copy
-import json
 import re
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from .train import add_training_flags, load_data, model_config, model_saver, print_banner, resolve_args, sampler_for
-from .trainer import Trainer, init_distributed, resolve_dtype
+from .train import add_training_flags, build_model, fit, load_data, model_saver, resolve_args, sampler_for, start
+from .trainer import resolve_dtype
 
 # --- flags ---------------------------------------------------------------------------------------------------------
 
@@ -96,65 +95,11 @@ def parse_args(stage: str, argv=None) -> argparse.Namespace:
 
 # --- shared set-up -------------------------------------------------------------------------------------------------
 
-def _start(args):
-    """Join torchrun's process group if any, print the banner, seed, load the tokenizer."""
-    from .tokenizer import load_tokenizer
-
-    dist_info = init_distributed(args.device)
-    if dist_info.world > 1 and args.device.startswith("cuda"):
-        args.device = f"cuda:{dist_info.local_rank}"
-        torch.cuda.set_device(args.device)
-    if dist_info.main:
-        print_banner(args)
-        print(f"使用设备: {args.device}" + (f" x {dist_info.world} processes" if dist_info.world > 1 else ""))
-    torch.manual_seed(args.seed)
-    return dist_info, load_tokenizer(args.tokenizer)
-
-
 def _require_base(args, stage: str) -> None:
     if not args.pretrained_path:
         raise ValueError(f"--pretrained_path is required for {stage}: the base model to fine-tune (a training output "
                          "directory, a model directory, or a .pth/.safetensors file), e.g. the output of "
                          "`minimind train --stage sft`")
-
-
-def _model(args, tokenizer, config=None):
-    """A MiniMind model for `args` (architecture from --pretrained_path's config.json, else the flags), with the
-    --pretrained_path weights when given."""
-    from .checkpoint import load_weights
-    from .model import MiniMindForCausalLM
-    from .tokenizer import check_tokenizer_fits
-
-    config = config or model_config(args, tokenizer)
-    check_tokenizer_fits(tokenizer, config)
-    model = MiniMindForCausalLM(config)
-    if args.pretrained_path:
-        load_weights(model, args.pretrained_path)
-    return model
-
-
-def _fit(args, stage, model, train_set, val_set, dist_info, **trainer_kw):
-    """Write args.json, report the sizes, run the shared Trainer; returns its final evaluation."""
-    if dist_info.main:
-        total = sum(p.numel() for p in model.parameters())
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"模型参数: {total / 1e6:.2f}M, trainable {trainable / 1e6:.3f}M ({100 * trainable / total:.2f}%); "
-              f"训练样本: {len(train_set)}; 验证样本: {len(val_set)}")
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        record = {k: v for k, v in vars(args).items() if not callable(v)}  # not the CLI's `func`
-        (out / "args.json").write_text(json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8")
-    trainer = Trainer(model, args, train_set, val_set, dist_info=dist_info, **trainer_kw)
-    if dist_info.main:
-        print(f"开始训练 {args.epochs} 个epoch... ({stage}: {trainer.total_steps} steps of {trainer.global_batch} "
-              f"x <= {args.max_seq_len} tokens, {trainer.dtype})".replace("torch.", ""))
-    result = trainer.fit()
-    if dist_info.main and result:
-        shown = {k.removeprefix("eval_"): v for k, v in result.items() if stage == "lora" or k != "eval_ppl"}
-        print(f"Held-out ({stage}): " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()))
-    if dist_info.world > 1:
-        torch.distributed.destroy_process_group()
-    return result
 
 
 # --- LoRA ----------------------------------------------------------------------------------------------------------
@@ -191,14 +136,14 @@ def run_lora(args) -> dict | None:
     from .lora import apply_lora
 
     _require_base(args, "lora")
-    dist_info, tokenizer = _start(args)
-    model = _model(args, tokenizer)
+    dist_info, tokenizer = start(args)
+    model = build_model(args, tokenizer, main=dist_info.main)
     apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, _targets(args.lora_targets))
     train_set, val_set = load_data(args, tokenizer)
-    return _fit(args, "lora", model, train_set, val_set, dist_info,
-                collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
-                save_model=lora_saver(tokenizer, args.merge, str(args.pretrained_path)),
-                sample_fn=sampler_for(tokenizer, args.stage))
+    return fit(args, "lora", model, train_set, val_set, dist_info,
+               collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
+               save_model=lora_saver(tokenizer, args.merge, str(args.pretrained_path)),
+               sample_fn=sampler_for(tokenizer, args.stage))
 
 
 # --- DPO -----------------------------------------------------------------------------------------------------------
@@ -209,14 +154,14 @@ def run_dpo(args) -> dict | None:
     from .dpo import dpo_loss_fn, frozen_reference
 
     _require_base(args, "dpo")
-    dist_info, tokenizer = _start(args)
-    model = _model(args, tokenizer)
+    dist_info, tokenizer = start(args)
+    model = build_model(args, tokenizer, main=dist_info.main)
     reference = frozen_reference(model).to(args.device)  # the starting weights; a resumed run rebuilds the same
     kw = {"tokenizer": tokenizer, "seq_len": args.max_seq_len, "skip_bad_records": args.skip_bad_records}
     train_set, val_set = DPODataset(args.data, split="train", **kw), DPODataset(args.data, split="val", **kw)
-    return _fit(args, "dpo", model, train_set, val_set, dist_info, loss_fn=dpo_loss_fn(reference, args.beta),
-                collate_fn=partial(collate, pad_id=tokenizer.pad_token_id), save_model=model_saver(tokenizer),
-                sample_fn=sampler_for(tokenizer, "sft"))
+    return fit(args, "dpo", model, train_set, val_set, dist_info, loss_fn=dpo_loss_fn(reference, args.beta),
+               collate_fn=partial(collate, pad_id=tokenizer.pad_token_id), save_model=model_saver(tokenizer),
+               sample_fn=sampler_for(tokenizer, "sft"))
 
 
 # --- distillation --------------------------------------------------------------------------------------------------
@@ -231,12 +176,12 @@ def run_distill(args) -> dict | None:
         raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
     if args.temperature <= 0:
         raise ValueError(f"--temperature must be positive, got {args.temperature}")
-    dist_info, tokenizer = _start(args)
+    dist_info, tokenizer = start(args)
     config = None
     if args.student_config and not args.pretrained_path:
         config = load_config(args.student_config)
         config.dropout = args.dropout
-    student = _model(args, tokenizer, config)
+    student = build_model(args, tokenizer, config, main=dist_info.main)
     device = torch.device(args.device)
     teacher = load_teacher(args.teacher, device, resolve_dtype(args.dtype, device), tokenizer)
     if teacher.config.vocab_size != student.config.vocab_size:
@@ -247,7 +192,7 @@ def run_distill(args) -> dict | None:
         print(f"Teacher {args.teacher}: {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M parameters, "
               f"{next(teacher.parameters()).dtype}".replace("torch.", ""))
     train_set, val_set = load_data(args, tokenizer)
-    return _fit(args, "distill", student, train_set, val_set, dist_info,
-                loss_fn=distill_loss_fn(teacher, args.alpha, args.temperature),
-                collate_fn=partial(collate, pad_id=tokenizer.pad_token_id), save_model=model_saver(tokenizer),
-                sample_fn=sampler_for(tokenizer, args.stage))
+    return fit(args, "distill", student, train_set, val_set, dist_info,
+               loss_fn=distill_loss_fn(teacher, args.alpha, args.temperature),
+               collate_fn=partial(collate, pad_id=tokenizer.pad_token_id), save_model=model_saver(tokenizer),
+               sample_fn=sampler_for(tokenizer, args.stage))

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import check_fit
+
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -190,18 +192,7 @@ def load_adapter(model: nn.Module, path) -> nn.Module:
                          + (f" ({config['base_model_path']})" if config.get("base_model_path") else ""))
     apply_lora(model, rank=int(config["rank"]), alpha=float(config["alpha"]), dropout=float(config.get("dropout", 0)),
                targets=config["targets"])
-    expected = lora_state_dict(model)
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    mismatched = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-    if missing or unexpected or mismatched:
-        lines = [f"{path}: the adapter does not fit this model"]
-        for title, items in (("shape mismatch", mismatched), ("missing from the file", missing),
-                             ("not in the model", unexpected)):
-            if items:
-                lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
-        raise ValueError("\n".join(lines))
+    check_fit(tensors, lora_state_dict(model), f"{path}: the adapter does not fit this model")
     with torch.no_grad():
         for name, m in lora_modules(model).items():
             m.lora_A.copy_(tensors[f"{name}.lora_A"])

@@ -192,12 +192,9 @@ def model_saver(tokenizer):
     return save
 
 
-def run(args) -> dict | None:
-    """Train as `args` say (see add_training_flags). Returns the final evaluation."""
-    from .checkpoint import load_weights
-    from .data import collate
-    from .model import MiniMindForCausalLM
-    from .tokenizer import check_tokenizer_fits, load_tokenizer
+def start(args):
+    """Join torchrun's process group if any, print the banner, seed, load the tokenizer: (dist_info, tokenizer)."""
+    from .tokenizer import load_tokenizer
 
     dist_info = init_distributed(args.device)
     if dist_info.world > 1 and args.device.startswith("cuda"):
@@ -207,36 +204,64 @@ def run(args) -> dict | None:
         print_banner(args)
         print(f"使用设备: {args.device}" + (f" x {dist_info.world} processes" if dist_info.world > 1 else ""))
     torch.manual_seed(args.seed)
-    tokenizer = load_tokenizer(args.tokenizer)
-    config = model_config(args, tokenizer)
+    return dist_info, load_tokenizer(args.tokenizer)
+
+
+def build_model(args, tokenizer, config=None, main=True):
+    """A MiniMind model for `args` (`config`, else the flags, or --pretrained_path's config.json), with the
+    --pretrained_path weights when given."""
+    from .checkpoint import load_weights
+    from .model import MiniMindForCausalLM
+    from .tokenizer import check_tokenizer_fits
+
+    config = config or model_config(args, tokenizer)
     check_tokenizer_fits(tokenizer, config)
-    if dist_info.main:
+    if main:
         print("初始化模型...")
     model = MiniMindForCausalLM(config)
     if args.pretrained_path:
         load_weights(model, args.pretrained_path)
-        if dist_info.main:
+        if main:
             print(f"已加载预训练权重: {args.pretrained_path}")
-    train_set, val_set = load_data(args, tokenizer)
+    return model
+
+
+def fit(args, stage, model, train_set, val_set, dist_info, **trainer_kw) -> dict | None:
+    """Write args.json, report the sizes, run the shared Trainer, leave the process group; returns the final
+    evaluation. Every stage (pretrain, SFT, LoRA, DPO, distillation) ends here."""
     if dist_info.main:
-        n_params = sum(p.numel() for p in model.parameters())
-        print(f"模型参数: {n_params / 1e6:.2f}M; 训练样本: {len(train_set)} x {args.max_seq_len} tokens; "
-              f"验证样本: {len(val_set)}")
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        frozen = "" if trainable == total else f", trainable {trainable / 1e6:.3f}M ({100 * trainable / total:.2f}%)"
+        print(f"模型参数: {total / 1e6:.2f}M{frozen}; 训练样本: {len(train_set)}; 验证样本: {len(val_set)}")
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "args.json").write_text(json.dumps(settings(args), indent=2, ensure_ascii=False), encoding="utf-8")
-    trainer = Trainer(model, args, train_set, val_set, collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
-                      save_model=model_saver(tokenizer), sample_fn=sampler_for(tokenizer, args.stage),
-                      dist_info=dist_info)
+    trainer = Trainer(model, args, train_set, val_set, dist_info=dist_info, **trainer_kw)
     if dist_info.main:
-        print(f"开始训练 {args.epochs} 个epoch... ({trainer.total_steps} steps of "
-              f"{trainer.global_batch} x {args.max_seq_len} tokens, {trainer.dtype})".replace("torch.", ""))
+        print(f"开始训练 {args.epochs} 个epoch... ({stage}: {trainer.total_steps} steps of {trainer.global_batch} "
+              f"x {args.max_seq_len} tokens, {trainer.dtype})".replace("torch.", ""))
     result = trainer.fit()
     if dist_info.main and result:
-        print(f"Held-out loss {result['eval_loss']:.4f}, perplexity {result['eval_ppl']:.2f}")
+        no_ppl = stage in ("dpo", "distill")  # their loss is not a language-model loss
+        shown = [f"perplexity {v:.2f}" if k == "eval_ppl" else f"{k.removeprefix('eval_')} {v:.4f}"
+                 for k, v in result.items() if not (no_ppl and k == "eval_ppl")]
+        print(f"Held-out ({stage}): " + ", ".join(shown))
     if dist_info.world > 1:
         torch.distributed.destroy_process_group()
     return result
+
+
+def run(args) -> dict | None:
+    """Train as `args` say (see add_training_flags). Returns the final evaluation."""
+    from .data import collate
+
+    dist_info, tokenizer = start(args)
+    model = build_model(args, tokenizer, main=dist_info.main)
+    train_set, val_set = load_data(args, tokenizer)
+    return fit(args, args.stage, model, train_set, val_set, dist_info,
+               collate_fn=partial(collate, pad_id=tokenizer.pad_token_id), save_model=model_saver(tokenizer),
+               sample_fn=sampler_for(tokenizer, args.stage))
 
 
 def main(argv=None):

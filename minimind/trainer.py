@@ -248,8 +248,9 @@ class Trainer:
         sampler = EpochBatches(len(dataset), batch or self.args.batch_size, self.dist.world, self.dist.rank,
                                self.args.accumulation_steps if shuffle else 1, self.args.seed, epoch, start, shuffle)
         # Its own generator, so creating workers never draws from the global RNG (exact resume).
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate_fn, num_workers=self.args.num_workers,
-                          generator=torch.Generator().manual_seed(self.args.seed), pin_memory=self.device.type == "cuda")
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate_fn,
+                          num_workers=self.args.num_workers, generator=torch.Generator().manual_seed(self.args.seed),
+                          pin_memory=self.device.type == "cuda")
 
     def to_device(self, batch):
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
@@ -300,10 +301,14 @@ class Trainer:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            raise ValueError(f"{path}: cannot read the training state ({type(e).__name__}); it may be damaged") from None
+            raise ValueError(f"{path}: cannot read the training state ({type(e).__name__}); "
+                             "it may be damaged") from None
         if self.sharded:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_model_state_dict,
+                set_optimizer_state_dict,
+            )
             opts = StateDictOptions(full_state_dict=True)
             set_model_state_dict(self.model, state["model"], options=opts)
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"], options=opts)

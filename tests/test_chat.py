@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
+from helpers import tiny_model
 
-from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.chat import ChatSession, completion_reason, run_chat
 from minimind.generate import generate_text
 from minimind.tokenizer import load_tokenizer, save_tokenizer
@@ -24,10 +24,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    config = MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                            vocab_size=6400, max_position_embeddings=512)
-    m = MiniMindForCausalLM(config).eval()
+    m = tiny_model(0, hidden=64, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512).eval()
     with torch.no_grad():
         for p in m.parameters():
             if p.dim() == 2:

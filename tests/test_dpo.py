@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_model
 
-from minimind import MiniMindConfig, MiniMindForCausalLM
+from minimind import MiniMindForCausalLM
 from minimind.data import DPODataset, collate, parse_pair
 from minimind.dpo import dpo_loss, dpo_loss_fn, frozen_reference, sequence_logps
 from minimind.finetune import parse_args, run_dpo
@@ -16,19 +17,7 @@ RUN = ["--max_seq_len", "48", "--batch_size", "5", "--log_interval", "1", "--eva
        "--dtype", "fp32", "--save_steps", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads (on a busy 2-core machine OpenMP spinning makes 2 many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    return MiniMindForCausalLM(MiniMindConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                              num_key_value_heads=1, vocab_size=6400, max_position_embeddings=128))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_dpo_loss_equals_the_hand_computed_value():

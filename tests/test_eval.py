@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_model
 
-from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.cli import main
 from minimind.evaluate import document_windows, evaluate
 from minimind.tokenizer import load_tokenizer, save_tokenizer
@@ -23,10 +23,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)
-    config = MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                            vocab_size=6400, max_position_embeddings=256)
-    return MiniMindForCausalLM(config).eval()
+    return tiny_model(0, hidden=64, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256).eval()
 
 
 def by_hand(model, tokenizer, texts):

@@ -12,8 +12,8 @@ import time
 
 import pytest
 import torch
+from helpers import tiny_model
 
-from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.finetune import parse_args, run_distill, run_dpo, run_lora
 from minimind.trainer import STATE_FILE
 
@@ -22,14 +22,7 @@ RUN = ["--max_seq_len", "32", "--batch_size", "4", "--log_interval", "2", "--eva
 RUNNERS = {"lora": run_lora, "dpo": run_dpo, "distill": run_distill}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread here and in the killed run: the same arithmetic in both, and tiny models gain nothing from
-    more (on a busy 2-core machine OpenMP spinning makes 2 threads many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the killed run uses one thread too: the same arithmetic
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +31,7 @@ def files(tmp_path_factory):
     from minimind.tokenizer import load_tokenizer, save_tokenizer
 
     root = tmp_path_factory.mktemp("finetune")
-    torch.manual_seed(0)
-    base = MiniMindForCausalLM(MiniMindConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                              num_key_value_heads=1, vocab_size=6400, max_position_embeddings=128))
+    base = tiny_model()
     base.save_pretrained(root / "base")
     save_tokenizer(load_tokenizer(), root / "base")
     with (root / "chat.jsonl").open("w", encoding="utf-8") as f:

@@ -6,9 +6,10 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_model
 from safetensors.torch import load_file
 
-from minimind import MiniMindConfig, MiniMindForCausalLM
+from minimind import MiniMindForCausalLM
 from minimind.finetune import parse_args, run_lora
 from minimind.lora import (
     DEFAULT_TARGETS,
@@ -25,19 +26,7 @@ RUN = ["--max_seq_len", "32", "--batch_size", "4", "--log_interval", "1", "--eva
        "--dtype", "fp32", "--save_steps", "0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from more threads (on a busy 2-core machine OpenMP spinning makes 2 many times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_model(seed=0, hidden=32, vocab=6400):
-    torch.manual_seed(seed)
-    return MiniMindForCausalLM(MiniMindConfig(hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                                              num_key_value_heads=1, vocab_size=vocab, max_position_embeddings=128))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize_adapters(model, seed=1):
