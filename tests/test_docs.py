@@ -172,6 +172,27 @@ def test_every_documented_flag_exists(doc):
         assert len(checked) >= 10, f"{doc.name}: expected many command flags, found {len(checked)}"
 
 
+def loose_flags(text: str, table=None) -> list[str]:
+    """Flags written on their own in an inline code span (`--resume`, `--dtype bf16`) that no command has."""
+    table = table or parsers()
+    known = set().union(*table.values())
+    prose = FENCE.sub("", text)
+    spans = [s for s in re.findall(r"`([^`\n]+)`", prose) if not COMMAND.search(s)]
+    return sorted({"--" + f for s in spans if s.startswith("--") for f in FLAG.findall(s)} - known)
+
+
+def test_loose_flag_check_can_fail():
+    table = parsers()
+    assert loose_flags("use `--resume` and `--dtype bf16`", table) == []
+    assert loose_flags("use `--no_such_flag` (and `x --ignored`)", table) == ["--no_such_flag"]
+
+
+@pytest.mark.parametrize("doc", [d for d in DOCS if d.exists()], ids=lambda d: str(d.relative_to(ROOT)))
+def test_every_loose_flag_exists(doc):
+    bad = loose_flags(doc.read_text(encoding="utf-8"))
+    assert not bad, f"{doc.name} mentions flags no command has: {bad}"
+
+
 def test_readme_command_blocks_are_the_same_in_both_languages():
     en = [b for i, b, _ in fenced_blocks((ROOT / "README.md").read_text(encoding="utf-8")) if i == "bash"][:2]
     zh = [b for i, b, _ in fenced_blocks((ROOT / "README.zh-CN.md").read_text(encoding="utf-8")) if i == "bash"][:2]
