@@ -177,6 +177,45 @@ def cmd_eval(args):
               f"{result['bytes']:,} bytes, {result['documents']:,} documents, windows of {seq_len})")
 
 
+def cmd_export(args):
+    from .export import export
+
+    out = export(args.model, args.format, args.out, config=args.config, dtype=args.dtype, force=args.force)
+    files = [f for f in out.rglob("*") if f.is_file()] if out.is_dir() else [out]
+    size = sum(f.stat().st_size for f in files) / 1e6
+    if args.format == "hf":
+        print(f"exported {args.model} as a Hugging Face Llama model to {out} ({size:.1f} MB); load it with "
+              f"AutoModelForCausalLM.from_pretrained({str(out)!r}) and AutoTokenizer, no custom code needed")
+    else:
+        print(f"exported {args.model} as GGUF to {out} ({size:.1f} MB); run it with llama.cpp: llama-cli -m {out}")
+
+
+def cmd_import(args):
+    from .convert import import_minimind
+
+    result = import_minimind(args.pth, args.out, config=args.config, tokenizer=args.tokenizer,
+                             num_heads=args.num_heads, force=args.force, num_experts_per_tok=args.num_experts_per_tok,
+                             rope_theta=args.rope_theta, max_position_embeddings=args.max_position_embeddings)
+    c = result["config"]
+    kind = (f"MoE ({c.n_routed_experts} experts, {c.num_experts_per_tok} per token, {c.n_shared_experts} shared)"
+            if c.use_moe else "dense")
+    print(f"imported {args.pth} ({result['scheme']} MiniMind names): {result['parameters'] / 1e6:.1f}M parameters, "
+          f"{kind}, hidden {c.hidden_size}, {c.num_hidden_layers} layers, {c.num_attention_heads} heads / "
+          f"{c.num_key_value_heads} key-value heads, vocab {c.vocab_size}; tokenizer: {result['tokenizer']}; "
+          f"saved to {result['out']}")
+
+
+def cmd_serve(args):
+    from .chat import completion_reason
+    from .serve import run_server, served_name
+
+    model, tokenizer = load_for_inference(args)
+    run_server(model, tokenizer, model_name=args.model_name or served_name(args.model), host=args.host,
+               port=args.port, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
+               max_batch=args.max_batch, max_request_bytes=args.max_request_bytes,
+               note=completion_reason(args.model, tokenizer))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimind", description="Train small language models from scratch.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -312,6 +351,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--skip_bad_records", action="store_true", help="warn about bad records instead of stopping")
     p.set_defaults(func=cmd_eval)
+
+    from .serve import __doc__ as serve_doc
+    from .serve import add_serve_flags
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server with a web chat page",
+                       description=serve_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_flags(p)
+    add_serve_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+    from .export import __doc__ as export_doc
+    p = sub.add_parser("export", help="export to a Hugging Face Llama directory or a GGUF file (llama.cpp, Ollama)",
+                       description=export_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL", help=model_help)
+    p.add_argument("--format", required=True, choices=("hf", "gguf"),
+                   help="hf: a Hugging Face Llama directory (dense models); gguf: one llama.cpp file")
+    p.add_argument("--out", required=True, help="hf: the directory to write; gguf: the .gguf file to write")
+    p.add_argument("--dtype", default=None, help="weights precision; hf: fp32 (default), bf16, fp16; gguf: f32, "
+                                                 "f16 (default), bf16, q8_0")
+    p.add_argument("--config", default=None, help="config.json to use instead of the one beside MODEL")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out (a directory keeps files this "
+                                                        "command does not write)")
+    p.set_defaults(func=cmd_export)
+
+    from .convert import __doc__ as import_doc
+    p = sub.add_parser("import", help="convert a public MiniMind .pth checkpoint into a minimind model directory",
+                       description=import_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("pth", metavar="PTH", help="a public MiniMind state dict, e.g. full_sft_512.pth")
+    p.add_argument("--out", required=True, help="the model directory to write")
+    p.add_argument("--tokenizer", default=None, help="MiniMind's tokenizer folder (tokenizer.json, "
+                                                     "tokenizer_config.json); default: one beside PTH, else the "
+                                                     "shipped tokenizer, with a warning")
+    p.add_argument("--config", default=None, help="a config.json (MiniMind's or ours) to take the architecture from "
+                                                  "instead of inferring it from the tensor shapes")
+    p.add_argument("--num_heads", type=int, default=None, help="attention heads, which shapes cannot tell "
+                                                               "(default: 8, MiniMind's)")
+    p.add_argument("--num_experts_per_tok", type=int, default=None, help="MoE: routed experts per token (default: 2)")
+    p.add_argument("--rope_theta", type=float, default=None, help="RoPE base (default: 1e6, MiniMind's)")
+    p.add_argument("--max_position_embeddings", type=int, default=None, help="context length (default: 32768)")
+    p.add_argument("--force", action="store_true", help="write into an existing non-empty --out directory")
+    p.set_defaults(func=cmd_import)
     return parser
 
 

@@ -1,0 +1,341 @@
+"""The OpenAI-compatible server, driven by the official `openai` client against a real uvicorn server: answers equal
+minimind.generate's, streaming equals non-streaming, stop strings, usage, max_tokens, concurrent requests batched
+(and each as alone, sampled ones too), the API key, OpenAI-style errors naming the field, the web page."""
+
+import copy
+import http.client
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+import torch
+import uvicorn
+
+from minimind import MiniMindConfig, MiniMindForCausalLM
+from minimind.generate import generate, generate_text
+from minimind.serve import create_app, listen
+from minimind.tokenizer import load_tokenizer
+
+CONTEXT = 256
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    config = MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            vocab_size=6400, max_position_embeddings=CONTEXT)
+    m = MiniMindForCausalLM(config).eval()
+    with torch.no_grad():  # larger weights than the default init: varied text (multi-byte characters too)
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.15)
+    return m
+
+
+def start_server(app):
+    """Run `app` under uvicorn in a background thread; returns (server, thread, base url)."""
+    sock = listen("127.0.0.1", 0)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not server.started:
+        assert time.time() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.01)
+    return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture(scope="module")
+def server(model, tokenizer):
+    app = create_app(model, tokenizer, model_name="tiny", max_tokens_limit=200, max_batch=4, max_request_bytes=20000)
+    server, thread, url = start_server(app)
+    yield app, url
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[1] + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def http_call(url, body=None, method=None):
+    """(status, content type, body bytes) of a plain HTTP request; `body`: bytes, or an object sent as JSON."""
+    data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method or ("POST" if data is not None else "GET"),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, r.headers["content-type"], r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["content-type"], e.read()
+
+
+def chat_ids(tokenizer, messages):
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+def test_models_health_and_page(server, client):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert client.models.retrieve("tiny").id == "tiny"
+    with pytest.raises(openai.NotFoundError, match="other"):
+        client.models.retrieve("other")
+    status, _, body = http_call(server[1] + "/health")
+    health = json.loads(body)
+    assert status == 200 and health["status"] == "ok" and health["model"] == "tiny" and health["context"] == CONTEXT
+    status, kind, body = http_call(server[1] + "/")
+    page = body.decode()
+    assert status == 200 and kind.startswith("text/html") and "/v1/chat/completions" in page
+    assert "src=" not in page and "<link" not in page  # one file: nothing fetched from elsewhere
+
+
+def test_greedy_chat_equals_generate_and_counts_tokens(model, tokenizer, client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+    ids = chat_ids(tokenizer, messages)
+    assert r.choices[0].message.content == generate_text(model, tokenizer, [ids], 12)[0]
+    assert r.choices[0].message.role == "assistant" and r.model == "tiny" and r.id.startswith("chatcmpl-")
+    new = generate(model, torch.tensor([ids]), max_new_tokens=12, eos_token_id=tokenizer.eos_token_id)[0, len(ids):]
+    assert r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == len(new)
+    assert r.usage.total_tokens == len(ids) + len(new)
+    assert r.choices[0].finish_reason == ("stop" if new[-1] == tokenizer.eos_token_id else "length")
+    # content as a list of text parts is the same message
+    parts = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, messages[1]]
+    r2 = client.chat.completions.create(model="tiny", messages=parts, max_tokens=12, temperature=0)
+    assert r2.choices[0].message.content == r.choices[0].message.content
+
+
+def test_max_tokens_gives_length(client):
+    r = client.chat.completions.create(model="tiny", messages=user("Hello"), max_completion_tokens=3, temperature=0)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
+    r = client.completions.create(model="tiny", prompt="In the beginning", max_tokens=5, temperature=0)
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 5
+
+
+def test_stream_equals_non_stream_with_multibyte_text(client):
+    kwargs = dict(model="tiny", messages=user("你好"), max_tokens=40, temperature=0)
+    whole = client.chat.completions.create(**kwargs)
+    text = whole.choices[0].message.content
+    assert any(ord(c) > 127 for c in text)  # the answer holds multi-byte characters: pieces must not split them
+    chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 5  # really streamed, in pieces
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == \
+        [whole.choices[0].finish_reason]
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+
+
+def test_completions_with_a_list_prompt(model, tokenizer, client):
+    prompts = ["In the beginning", "Python is a", "你好"]
+    r = client.completions.create(model="tiny", prompt=prompts, max_tokens=10, temperature=0)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert [c.text for c in r.choices] == generate_text(model, tokenizer, prompts, 10)
+    prompt_ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    assert r.usage.prompt_tokens == sum(len(ids) + 1 for ids in prompt_ids)  # + the bos each prompt begins with
+    streamed = ["", "", ""]
+    for chunk in client.completions.create(model="tiny", prompt=prompts, max_tokens=10, temperature=0, stream=True):
+        streamed[chunk.choices[0].index] += chunk.choices[0].text
+    assert streamed == [c.text for c in r.choices]
+
+
+def test_stop_strings_end_the_text_and_are_not_in_it(client):
+    kwargs = dict(model="tiny", messages=user("Hello"), max_tokens=30, temperature=0)
+    full = client.chat.completions.create(**kwargs).choices[0].message.content
+    stop = full[10:13]
+    assert len(full) > 15 and stop.strip()
+    for stream in (False, True):
+        if stream:
+            chunks = list(client.chat.completions.create(**kwargs, stop=[stop, "never appears"], stream=True))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks)
+            reason = next(c.choices[0].finish_reason for c in chunks if c.choices[0].finish_reason)
+        else:
+            choice = client.chat.completions.create(**kwargs, stop=stop).choices[0]
+            text, reason = choice.message.content, choice.finish_reason
+        assert text == full[:full.find(stop)] and reason == "stop"
+
+
+def ask_alone(client, prompt, **kw):
+    return client.chat.completions.create(model="tiny", messages=user(prompt), max_tokens=kw.pop("max_tokens", 16),
+                                          **kw).choices[0].message.content
+
+
+def test_concurrent_requests_are_batched_and_answer_as_alone(model, tokenizer, server, client):
+    engine = server[0].state.engine
+    requests = [("Hello", dict(temperature=0)), ("你好", dict(temperature=0, max_tokens=7)),
+                ("Tell me a story", dict(temperature=0, stop="e")),
+                ("Hello", dict(temperature=0.9, top_p=0.8, seed=7))]
+    # the sampled one draws from its own seeded generator: the same text as minimind.generate with that seed alone
+    sampled = generate_text(model, tokenizer, [chat_ids(tokenizer, user("Hello"))], 16, do_sample=True,
+                            temperature=0.9, top_p=0.8, seed=7)[0]
+    alone = [ask_alone(client, p, **kw) for p, kw in requests]
+    assert alone[3] == sampled and alone[0] != sampled
+    before = dict(engine.stats)
+    results = [None] * len(requests)
+
+    def ask(i):
+        results[i] = ask_alone(client, requests[i][0], **requests[i][1])
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(requests))]
+    with engine.paused():  # the requests queue up while no batch may start
+        for t in threads:
+            t.start()
+        # the worker holds the first one, waiting to start
+        wait_for(lambda: engine.queued() == len(requests) - 1, "the requests to queue up")
+    for t in threads:
+        t.join(timeout=60)
+    assert results == alone
+    assert engine.stats["batches"] == before["batches"] + 1 and engine.stats["largest_batch"] == len(requests)
+
+
+def test_n_choices_and_seed(tokenizer, client):
+    kw = dict(model="tiny", messages=user("Hello"), max_tokens=10, temperature=1.0, seed=3, n=3)
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw)
+    texts = [c.message.content for c in a.choices]
+    assert texts == [c.message.content for c in b.choices] and len(set(texts)) == 3  # seeded; the choices differ
+    assert [c.index for c in a.choices] == [0, 1, 2]
+    assert a.usage.prompt_tokens == len(chat_ids(tokenizer, user("Hello")))  # the prompt counts once
+    assert 3 <= a.usage.completion_tokens <= 30
+
+
+def open_stream(url, body):
+    """A streaming request on a raw connection (to hang up on): (connection, response)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),
+                       {"Content-Type": "application/json"})
+    return connection, connection.getresponse()
+
+
+def wait_for(condition, what):
+    deadline = time.time() + 20
+    while not condition():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_clients_leaving_do_not_break_the_worker(model, tokenizer, server, client):
+    engine = server[0].state.engine
+    expected = generate_text(model, tokenizer, [chat_ids(tokenizer, user("Hello"))], 16)[0]
+    body = {"messages": user("Hello"), "max_tokens": 200, "temperature": 0}
+    # mid-answer: one event, then hang up; the next request gets its answer
+    connection, response = open_stream(server[1], body)
+    assert response.status == 200 and response.readline().startswith(b"data: {")
+    connection.close()
+    assert ask_alone(client, "Hello", temperature=0) == expected
+    # before the answer starts: the job is dropped, never decoded
+    before = dict(engine.stats)
+    with engine.paused():
+        connection, response = open_stream(server[1], body)
+        assert response.readline().startswith(b"data: {")  # the role chunk comes before any token
+        connection.close()
+        wait_for(lambda: engine.stats["cancelled"] == before["cancelled"] + 1, "the server to see the client leave")
+    assert ask_alone(client, "Hello", temperature=0) == expected
+    assert engine.stats["requests"] == before["requests"] + 1 and engine.thread.is_alive()
+
+
+@pytest.mark.parametrize("kwargs, param, words", [
+    (dict(messages=[]), "messages", "non-empty"),
+    (dict(messages=[{"role": "robot", "content": "hi"}]), "messages[0].role", "robot"),
+    (dict(messages=[{"role": "user"}]), "messages[0].content", "string"),
+    (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+     "messages[0].content[0]", "only text parts"),
+    (dict(temperature="hot"), "temperature", "must be a number"),
+    (dict(temperature=2.5), "temperature", "[0, 2]"),
+    (dict(top_p=0), "top_p", "(0, 1]"),
+    (dict(max_tokens=0), "max_tokens", "max_tokens must be an integer"),
+    (dict(max_tokens=10_000), "max_tokens", "200"),
+    (dict(max_tokens=2.5), "max_tokens", "integer"),
+    (dict(n=50), "n", "[1, 4]"),
+    (dict(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
+    (dict(presence_penalty=0.5), "presence_penalty", "repetition_penalty"),
+    (dict(logprobs=True), "logprobs", "not supported"),
+    (dict(extra_body={"bogus_field": 1}), "bogus_field", "unrecognized"),
+    (dict(stream="yes"), "stream", "true or false"),
+])
+def test_bad_requests_name_the_field(client, kwargs, param, words):
+    kwargs = {"model": "tiny", "messages": user("Hello"), "max_tokens": 4, **kwargs}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**kwargs)
+    error = info.value.body
+    assert info.value.status_code == 400 and error["param"] == param and error["type"] == "invalid_request_error"
+    assert param in error["message"] and words in error["message"]
+
+
+def test_prompt_longer_than_the_context(client, tokenizer):
+    long = "word " * 400
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="tiny", messages=user(long), max_tokens=4)
+    n = len(chat_ids(tokenizer, user(long)))
+    assert f"{n} tokens long" in str(info.value) and f"context window is {CONTEXT}" in str(info.value)
+    assert info.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError, match=r"but 260 were requested \(60 in the prompt \+ 200 max_tokens"):
+        client.completions.create(model="tiny", prompt=[list(range(3, 63))], max_tokens=200)
+    with pytest.raises(openai.BadRequestError, match="prompt"):
+        client.completions.create(model="tiny", prompt=[], max_tokens=4)
+
+
+def test_unknown_model_route_bad_json_and_too_large(server, client):
+    with pytest.raises(openai.NotFoundError, match='"gpt-4o" does not exist; this server serves "tiny"'):
+        client.chat.completions.create(model="gpt-4o", messages=user("Hello"))
+    url = server[1]
+    for (status, kind, body), expected, words in [
+        (http_call(url + "/v1/chat/completions", b'{"messages": ['), 400, "not valid JSON"),
+        (http_call(url + "/v1/chat/completions", b'[1, 2]'), 400, "JSON object"),
+        (http_call(url + "/v1/completions", b'{"prompt": "a", "temperature": NaN}'), 400, "temperature must be"),
+        (http_call(url + "/v1/completions", {"prompt": "x" * 30000}), 413, "20000 bytes"),
+        (http_call(url + "/v1/nothing"), 404, "unknown route GET /v1/nothing"),
+        (http_call(url + "/v1/models", method="DELETE"), 405, "DELETE /v1/models"),
+    ]:
+        error = json.loads(body)["error"]
+        assert status == expected and kind == "application/json", (status, body)
+        assert words in error["message"] and set(error) == {"message", "type", "param", "code"}
+
+
+def test_api_key(model, tokenizer):
+    app = create_app(model, tokenizer, model_name="tiny", api_key="sekrit")
+    server, thread, url = start_server(app)
+    try:
+        wrong = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError, match="incorrect API key"):
+            wrong.models.list()
+        with pytest.raises(openai.AuthenticationError) as info:
+            wrong.chat.completions.create(model="tiny", messages=user("Hello"), max_tokens=2)
+        assert info.value.code == "invalid_api_key"
+        status, _, body = http_call(url + "/v1/chat/completions", {"messages": user("Hello"), "max_tokens": 2})
+        assert status == 401 and "missing API key" in json.loads(body)["error"]["message"]
+        good = openai.OpenAI(base_url=url + "/v1", api_key="sekrit", max_retries=0)
+        r = good.chat.completions.create(model="tiny", messages=user("Hello"), max_tokens=2)
+        assert r.usage.completion_tokens == 2
+        assert http_call(url + "/health")[0] == 200 and http_call(url + "/")[0] == 200  # no key needed for these
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_chat_needs_a_chat_template(model, tokenizer):
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = None
+    server, thread, url = start_server(create_app(model, plain, model_name="tiny"))
+    try:
+        status, _, body = http_call(url + "/v1/chat/completions", {"messages": user("Hello"), "max_tokens": 2})
+        assert status == 400 and "no chat template" in json.loads(body)["error"]["message"]
+        status, _, body = http_call(url + "/v1/completions", {"prompt": "Hello", "max_tokens": 2})
+        assert status == 200 and json.loads(body)["usage"]["completion_tokens"] == 2
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
