@@ -243,9 +243,11 @@ def fit(args, stage, model, train_set, val_set, dist_info, **trainer_kw) -> dict
               f"x {args.max_seq_len} tokens, {trainer.dtype})".replace("torch.", ""))
     result = trainer.fit()
     if dist_info.main and result:
-        no_ppl = stage in ("dpo", "distill")  # their loss is not a language-model loss
+        hidden = {"eval_ppl"} if stage in ("dpo", "distill") else set()  # their loss is not a language-model loss
+        if result.get("eval_aux", 1) == 0:  # a dense model: no aux loss, and its ce is the loss
+            hidden |= {"eval_aux", "eval_ce"}
         shown = [f"perplexity {v:.2f}" if k == "eval_ppl" else f"{k.removeprefix('eval_')} {v:.4f}"
-                 for k, v in result.items() if not (no_ppl and k == "eval_ppl")]
+                 for k, v in result.items() if k not in hidden]
         print(f"Held-out ({stage}): " + ", ".join(shown))
     if dist_info.world > 1:
         torch.distributed.destroy_process_group()
