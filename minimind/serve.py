@@ -380,11 +380,12 @@ def served_name(spec) -> str:
 
 
 def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | None = None,
-               max_tokens_limit: int = 1024, max_batch: int = 8, max_request_bytes: int = 1 << 20):
+               max_tokens_limit: int = 1024, max_batch: int = 8, max_request_bytes: int = 1 << 20,
+               cors_origins: list[str] | None = None):
     """The FastAPI app serving `model`. Its worker starts and stops with the app (its lifespan);
-    `app.state.engine` is the `Engine`."""
+    `app.state.engine` is the `Engine`. `cors_origins`: web origins (or "*") whose pages may call the API from a
+    browser; none by default (the built-in chat page is same-origin and needs none)."""
     from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
 
@@ -403,6 +404,10 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
 
     app = FastAPI(title="minimind", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
+    if cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+        app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     def error_response(e: APIError):
         return JSONResponse(e.body(), status_code=e.status)
@@ -410,12 +415,6 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
     @app.exception_handler(APIError)
     async def on_api_error(request, e: APIError):
         return error_response(e)
-
-    @app.exception_handler(RequestValidationError)  # FastAPI's own validation (422): OpenAI's shape, status 400
-    async def on_validation_error(request, e: RequestValidationError):
-        first = e.errors()[0] if e.errors() else {}
-        param = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or None
-        return error_response(invalid(param, f"{param}: {first.get('msg', 'invalid value')}"))
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request, e: HTTPException):
@@ -690,12 +689,13 @@ def listen(host: str, port: int) -> socket.socket:
 
 def run_server(model, tokenizer, model_name: str = "minimind", host: str = "127.0.0.1", port: int = 8000,
                api_key: str | None = None, max_tokens_limit: int = 1024, max_batch: int = 8,
-               max_request_bytes: int = 1 << 20, note: str | None = None):
+               max_request_bytes: int = 1 << 20, cors_origins: list[str] | None = None, note: str | None = None):
     """Serve `model` until Ctrl-C. `api_key` None: MINIMIND_API_KEY from the environment, if set."""
     import uvicorn
 
     api_key = api_key if api_key is not None else os.environ.get("MINIMIND_API_KEY") or None
-    app = create_app(model, tokenizer, model_name, api_key, max_tokens_limit, max_batch, max_request_bytes)
+    app = create_app(model, tokenizer, model_name, api_key, max_tokens_limit, max_batch, max_request_bytes,
+                     cors_origins)
     sock = listen(host, port)
     shown = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
     url = f"http://{shown}:{sock.getsockname()[1]}"
@@ -735,3 +735,6 @@ def add_serve_flags(p):
                                                             "(default: 8)")
     p.add_argument("--max_request_bytes", type=int, default=1 << 20, help="largest request body accepted "
                                                                           "(default: 1 MiB)")
+    p.add_argument("--cors_origin", action="append", default=None, metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. http://localhost:3000, or *) call the API from a browser; "
+                        "repeatable (default: none; the built-in chat page needs none)")

@@ -327,6 +327,33 @@ def test_api_key(model, tokenizer):
         thread.join(timeout=10)
 
 
+def cors_headers(url, origin, method="GET", preflight=False):
+    """(status, Access-Control-Allow-Origin) of a browser-like request from `origin`."""
+    headers = {"Origin": origin}
+    if preflight:
+        headers |= {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    request = urllib.request.Request(url, method="OPTIONS" if preflight else method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status, r.headers.get("access-control-allow-origin")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("access-control-allow-origin")
+
+
+def test_cors_only_for_the_origins_given(model, tokenizer, server):
+    ui = "http://ui.example:3000"
+    assert cors_headers(server[1] + "/v1/models", ui)[1] is None  # by default browsers elsewhere are refused
+    app = create_app(model, tokenizer, model_name="tiny", api_key="k", cors_origins=[ui])
+    other, thread, url = start_server(app)
+    try:
+        assert cors_headers(url + "/v1/chat/completions", ui, preflight=True) == (200, ui)
+        assert cors_headers(url + "/v1/models", ui) == (401, ui)  # the key is still required; the page sees why
+        assert cors_headers(url + "/v1/models", "http://evil.example")[1] is None
+    finally:
+        other.should_exit = True
+        thread.join(timeout=10)
+
+
 def test_chat_needs_a_chat_template(model, tokenizer):
     plain = copy.deepcopy(tokenizer)
     plain.chat_template = None
