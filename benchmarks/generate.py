@@ -9,6 +9,7 @@ best round of each counts, so that noise from other processes hits both alike. B
     python benchmarks/generate.py --threads 1 --rounds 5
     python benchmarks/generate.py --compile                # also minimind with torch.compile (compiles first)
     python benchmarks/generate.py --device cuda --dtype bf16
+    python benchmarks/generate.py --quantize               # also minimind with int8 weights (minimind/quantize.py)
 """
 
 import argparse
@@ -59,6 +60,7 @@ def main():
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="add minimind with torch.compile of the decode step")
+    p.add_argument("--quantize", action="store_true", help="add minimind with int8 weights (and +compile)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -70,12 +72,17 @@ def main():
     hf = LlamaForCausalLM(llama_config(config)).to(device, dtype).eval()
     hf.config._attn_implementation = "sdpa"
     hf.load_state_dict(ours.state_dict())
+    if args.quantize:
+        import copy
+
+        from minimind.quantize import quantize_int8
+        int8 = quantize_int8(copy.deepcopy(ours))
     print(f"{args.preset} preset, {args.dtype}, device {args.device}, prompt {args.prompt}, {args.new} new tokens, "
           f"greedy; torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads")
 
-    def ours_fn(ids, n, compile=False):  # the same call as Hugging Face's (eos from the generation config)
-        return lambda: ours.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, compile=compile)
+    def ours_fn(ids, n, compile=False, model=ours):  # the same call as Hugging Face's (eos from the generation config)
+        return lambda: model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, compile=compile)
 
     def hf_fn(ids, n):
         return lambda: hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False)
@@ -93,6 +100,15 @@ def main():
                 c = fns["minimind+compile"]()  # compiles (dynamic shapes: once for all lengths)
                 print(f"(torch.compile: first call {time.perf_counter() - start:.0f} s; same tokens as eager: "
                       f"{'yes' if torch.equal(c, ours_fn(ids, n)()) else 'NO'})")
+            if args.quantize:
+                fns["minimind int8"] = ours_fn(ids, n, model=int8)
+                q = fns["minimind int8"]()
+                agree = (q == a).all(dim=0).long().cumprod(0).sum().item() - args.prompt if n > 1 else 0
+                if n > 1:
+                    print(f"(int8: the first {agree} of {n} new tokens equal fp32's in every row)")
+                if args.compile:
+                    fns["minimind int8+compile"] = ours_fn(ids, n, compile=True, model=int8)
+                    fns["minimind int8+compile"]()
             for fn in fns.values():  # warm-up
                 fn()
             best = {name: float("inf") for name in fns}
@@ -107,11 +123,13 @@ def main():
                 print(f"  (decode bound: the step's matmuls alone, eager, batch {batch}: {floor:,.0f} tok/s)")
 
     names = list(rows[0][2])
-    print("\n| measure | batch | " + " | ".join(f"{n} tok/s" for n in names) + " | minimind / HF | same tokens |")
-    print("|---|---|" + "---|" * len(names) + "---|---|")
+    ours_names = [n for n in names if n != "hf"]
+    print("\n| measure | batch | " + " | ".join(f"{n} tok/s" for n in names) + " | " +
+          " | ".join(f"{n} / HF" for n in ours_names) + " | minimind = HF tokens |")
+    print("|---|---|" + "---|" * (len(names) + len(ours_names)) + "---|")
     for what, batch, rate, same in rows:
-        print(f"| {what} | {batch} | " + " | ".join(f"{rate[n]:,.0f}" for n in names) +
-              f" | {rate['minimind'] / rate['hf']:.2f}x | {'yes' if same else 'NO'} |")
+        print(f"| {what} | {batch} | " + " | ".join(f"{rate[n]:,.0f}" for n in names) + " | " +
+              " | ".join(f"{rate[n] / rate['hf']:.2f}x" for n in ours_names) + f" | {'yes' if same else 'NO'} |")
 
 
 if __name__ == "__main__":
