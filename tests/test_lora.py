@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import save_model_dir, tiny_model
 from safetensors.torch import load_file
 
 from minimind import MiniMindForCausalLM
@@ -39,11 +39,7 @@ def randomize_adapters(model, seed=1):
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    from minimind.tokenizer import load_tokenizer, save_tokenizer
-    out = tmp_path_factory.mktemp("base")
-    tiny_model().save_pretrained(out)
-    save_tokenizer(load_tokenizer(), out)
-    return out
+    return save_model_dir(tiny_model(), tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_model
+from helpers import save_model_dir, tiny_model
 from torch import nn
 
 from minimind.cli import main
 from minimind.lora import apply_lora, merge_lora, save_adapter
 from minimind.quantize import Int8Linear, int8_rows, quantize_int8
-from minimind.tokenizer import load_tokenizer, save_tokenizer
+from minimind.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -107,10 +107,7 @@ def test_lora_must_be_merged_first():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("q")
-    scaled_model().save_pretrained(out)
-    save_tokenizer(load_tokenizer(), out)
-    return out
+    return save_model_dir(scaled_model(), tmp_path_factory.mktemp("q"))
 
 
 def test_commands_take_quantize(model_dir, tmp_path, capsys):
