@@ -371,11 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     from .export import __doc__ as export_doc
-    p = sub.add_parser("export", help="export to a Hugging Face Llama directory or a GGUF file (llama.cpp, Ollama)",
+    p = sub.add_parser("export", help="export to a Hugging Face directory (Llama / Mixtral) or a GGUF file "
+                                      "(llama.cpp, Ollama)",
                        description=export_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help=model_help)
     p.add_argument("--format", required=True, choices=("hf", "gguf"),
-                   help="hf: a Hugging Face Llama directory (dense models); gguf: one llama.cpp file")
+                   help="hf: a Hugging Face directory (Llama; Mixtral for MoE); gguf: one llama.cpp file "
+                        "(dense models)")
     p.add_argument("--out", required=True, help="hf: the directory to write; gguf: the .gguf file to write")
     p.add_argument("--dtype", default=None, help="weights precision; hf: fp32 (default), bf16, fp16; gguf: f32, "
                                                  "f16 (default), bf16, q8_0")

@@ -72,10 +72,14 @@ torch.save(results, out)
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Three models (tied, untied, YaRN), exported through the CLI, read back by plain transformers elsewhere."""
+    """Five models (tied, untied, YaRN, two MoE), exported through the CLI, read back by plain transformers
+    elsewhere."""
     root = tmp_path_factory.mktemp("export")
+    moe = dict(use_moe=True, n_routed_experts=4, num_experts_per_tok=2, norm_topk_prob=True)
     models = {"tied": random_model(tiny()), "untied": random_model(tiny(tie_word_embeddings=False), seed=1),
-              "yarn": random_model(tiny(inference_rope_scaling=True, max_position_embeddings=4096), seed=2)}
+              "yarn": random_model(tiny(inference_rope_scaling=True, max_position_embeddings=4096), seed=2),
+              "moe": random_model(tiny(**moe, n_shared_experts=1), seed=3),
+              "moe-3of4-2shared": random_model(tiny(**{**moe, "num_experts_per_tok": 3}, n_shared_experts=2), seed=4)}
     for name, model in models.items():
         save(model, root / name)
     jobs = []
@@ -83,7 +87,8 @@ def exported(tmp_path_factory):
         run("export", root / name, "--format", "hf", "--out", root / f"{name}-hf")
         jobs.append((f"{name}-hf", str(root / f"{name}-hf"), None))
     for dtype in ("f32", "f16", "bf16", "q8_0"):
-        run("export", root / "tied", "--format", "gguf", "--dtype", dtype, "--out", root / "gguf" / f"tied-{dtype}.gguf")
+        gguf = root / "gguf" / f"tied-{dtype}.gguf"
+        run("export", root / "tied", "--format", "gguf", "--dtype", dtype, "--out", gguf)
         jobs.append((f"tied-{dtype}", str(root / "gguf"), f"tied-{dtype}.gguf"))
     run("export", root / "untied", "--format", "gguf", "--dtype", "f32", "--out", root / "gguf" / "untied-f32.gguf")
     jobs.append(("untied-f32", str(root / "gguf"), "untied-f32.gguf"))
@@ -109,6 +114,16 @@ def test_hf_export_has_our_logits_in_plain_transformers(exported, name):
     assert config["rope_parameters"]["rope_type"] == ("yarn" if name == "yarn" else "default")
     generation = json.loads((exported["root"] / f"{name}-hf" / "generation_config.json").read_text())
     assert generation["eos_token_id"] == 2
+
+
+@pytest.mark.parametrize("name", ["moe", "moe-3of4-2shared"])
+def test_moe_exports_as_mixtral_with_shared_experts_folded(exported, name):
+    theirs, model = exported["theirs"][f"{name}-hf"], exported["models"][name]
+    assert theirs["class"] == "MixtralForCausalLM"
+    assert (theirs["logits"] - exported["ours"][name]).abs().max() < 1e-4
+    config = json.loads((exported["root"] / f"{name}-hf" / "config.json").read_text())
+    assert config["num_local_experts"] == 4 and config["num_experts_per_tok"] == model.config.num_experts_per_tok
+    assert config["intermediate_size"] == model.config.intermediate_size * (1 + model.config.n_shared_experts)
 
 
 def test_hf_export_tokenizer_and_chat_template_are_ours(exported):
@@ -161,7 +176,8 @@ def test_gguf_stores_q_and_k_in_llama_cpp_layout(exported):
     stored = {t.name: torch.from_numpy(t.data.copy()) for t in reader.tensors}
     attn = exported["models"]["tied"].model.layers[0].self_attn
     q, k = attn.q_proj.weight.detach(), attn.k_proj.weight.detach()
-    assert torch.equal(stored["blk.0.attn_q.weight"], to_llama_cpp_rope(q, 4)) and not torch.equal(q, stored["blk.0.attn_q.weight"])
+    assert torch.equal(stored["blk.0.attn_q.weight"], to_llama_cpp_rope(q, 4))
+    assert not torch.equal(q, stored["blk.0.attn_q.weight"])
     assert torch.equal(stored["blk.0.attn_k.weight"], to_llama_cpp_rope(k, 2))
     assert torch.equal(stored["blk.0.attn_v.weight"], attn.v_proj.weight.detach())
 
@@ -210,7 +226,8 @@ def test_gguf_metadata_and_tensors(exported):
                                                          "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")}
     assert set(tensors) == names  # tied: no output.weight, as llama.cpp's converter writes it
     Q = gguf.GGMLQuantizationType
-    assert tensors["blk.0.attn_q.weight"].tensor_type == Q.Q8_0 and tensors["blk.0.attn_norm.weight"].tensor_type == Q.F32
+    assert tensors["blk.0.attn_q.weight"].tensor_type == Q.Q8_0
+    assert tensors["blk.0.attn_norm.weight"].tensor_type == Q.F32
     assert "yarn" not in str(fields.get("llama.rope.scaling.type"))
 
     fields, tensors = gguf_fields(exported["root"] / "gguf" / "untied-f32.gguf")
@@ -263,8 +280,8 @@ def test_export_errors(exported, tmp_path, capsys):
         assert e.value.code == 2
         return capsys.readouterr().err
 
-    moe = save(MiniMindForCausalLM(tiny(use_moe=True, n_routed_experts=4)), tmp_path / "moe")
-    assert "MoE model" in fails("export", moe, "--format", "hf", "--out", tmp_path / "x")
+    moe = save(MiniMindForCausalLM(tiny(use_moe=True, n_routed_experts=4, norm_topk_prob=False)), tmp_path / "moe")
+    assert "renormalizes the top-k" in fails("export", moe, "--format", "hf", "--out", tmp_path / "x")
     assert "mixture-of-experts" in fails("export", moe, "--format", "gguf", "--out", tmp_path / "x.gguf")
     assert "invalid choice" in fails("export", root / "tied", "--format", "onnx", "--out", tmp_path / "x")
     err = fails("export", root / "tied", "--format", "hf", "--out", root / "tied-hf")
