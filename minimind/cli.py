@@ -220,6 +220,7 @@ def cmd_serve(args):
     run_server(model, tokenizer, model_name=args.model_name or served_name(args.model), host=args.host,
                port=args.port, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
                max_batch=args.max_batch, max_request_bytes=args.max_request_bytes, cors_origins=args.cors_origin,
+               compile=args.compile,
                note=completion_reason(args.model, tokenizer))
 
 

@@ -76,3 +76,11 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     for parent, name, child in targets:
         setattr(parent, name, Int8Linear(child).to(child.weight.device))
     return model.eval()
+
+
+def count_weights(model: nn.Module) -> int:
+    """The model's parameter count with int8 layers counted as the weights they stand for (a tied output head once)."""
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    return sum(p.numel() for p in model.parameters()) + sum(
+        m.weight.numel() for name, m in model.named_modules()
+        if isinstance(m, Int8Linear) and not (tied and name == "lm_head"))

@@ -212,10 +212,10 @@ class Engine:
     module's docstring). `submit(job)` from any thread; `stats` counts requests, batches, the largest batch (rows)
     and requests whose client left before the end."""
 
-    def __init__(self, model, tokenizer, max_batch: int = 8):
+    def __init__(self, model, tokenizer, max_batch: int = 8, compile: bool = False):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.model, self.tokenizer, self.max_batch, self.compile = model, tokenizer, max_batch, compile
         self.context = model.config.max_position_embeddings
         self.eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self.queue: queue.Queue = queue.Queue()  # jobs from the request handlers; None: stop
@@ -339,7 +339,8 @@ class Engine:
         counts = [0] * len(rows)
         done = [False] * len(rows)
         steps = generate_tokens(self.model, input_ids, mask, max(job.max_tokens for job in batch),
-                                eos_token_id=list(self.eos), choose=self._chooser(batch, input_ids, mask))
+                                eos_token_id=list(self.eos), choose=self._chooser(batch, input_ids, mask),
+                                compile=self.compile)
         try:
             for nxt in steps:
                 for b, token in enumerate(nxt.tolist()):
@@ -381,17 +382,18 @@ def served_name(spec) -> str:
 
 def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | None = None,
                max_tokens_limit: int = 1024, max_batch: int = 8, max_request_bytes: int = 1 << 20,
-               cors_origins: list[str] | None = None):
+               cors_origins: list[str] | None = None, compile: bool = False):
     """The FastAPI app serving `model`. Its worker starts and stops with the app (its lifespan);
     `app.state.engine` is the `Engine`. `cors_origins`: web origins (or "*") whose pages may call the API from a
-    browser; none by default (the built-in chat page is same-origin and needs none)."""
+    browser; none by default (the built-in chat page is same-origin and needs none). `compile`: decode with
+    `torch.compile` (see `minimind.generate.compiled_forward`; `run_server` compiles before it listens)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
 
     if max_tokens_limit < 1:
         raise ValueError(f"max_tokens_limit must be at least 1, got {max_tokens_limit}")
-    engine = Engine(model, tokenizer, max_batch)
+    engine = Engine(model, tokenizer, max_batch, compile)
     context = engine.context
     # Requests are tokenized in the event loop while the worker decodes: each thread gets its own tokenizer.
     encoder = copy.deepcopy(tokenizer)
@@ -687,21 +689,41 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def warm_up(model, tokenizer):
+    """Compile the decode step before the first request, at batch 1 and 2 (prefill and one-token steps)."""
+    from .generate import encode_prompts, generate_tokens
+
+    print("minimind serve: compiling the decode step (about a minute on a CPU) ...", flush=True)
+    start = time.perf_counter()
+    device = next(model.parameters()).device
+    for rows in (1, 2):
+        ids, mask = encode_prompts(tokenizer, [[1, 2, 3]] * rows, device=device)
+        for _ in generate_tokens(model, ids, mask, 2, compile=True):
+            pass
+    print(f"minimind serve: compiled in {time.perf_counter() - start:.0f} s", flush=True)
+
+
 def run_server(model, tokenizer, model_name: str = "minimind", host: str = "127.0.0.1", port: int = 8000,
                api_key: str | None = None, max_tokens_limit: int = 1024, max_batch: int = 8,
-               max_request_bytes: int = 1 << 20, cors_origins: list[str] | None = None, note: str | None = None):
+               max_request_bytes: int = 1 << 20, cors_origins: list[str] | None = None, compile: bool = False,
+               note: str | None = None):
     """Serve `model` until Ctrl-C. `api_key` None: MINIMIND_API_KEY from the environment, if set."""
     import uvicorn
 
     api_key = api_key if api_key is not None else os.environ.get("MINIMIND_API_KEY") or None
     app = create_app(model, tokenizer, model_name, api_key, max_tokens_limit, max_batch, max_request_bytes,
-                     cors_origins)
+                     cors_origins, compile)
+    if compile:
+        warm_up(model, tokenizer)
     sock = listen(host, port)
     shown = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
     url = f"http://{shown}:{sock.getsockname()[1]}"
     device = next(model.parameters()).device
-    print(f"minimind serve: {model_name} ({model.num_parameters():,} parameters, context {app.state.engine.context} "
-          f"tokens, {device}) at {url}")
+    from .quantize import Int8Linear, count_weights
+
+    int8 = ", int8 weights" if any(isinstance(m, Int8Linear) for m in model.modules()) else ""
+    print(f"minimind serve: {model_name} ({count_weights(model):,} parameters{int8}, context "
+          f"{app.state.engine.context} tokens, {device}) at {url}")
     print(f"  web chat: {url}/   API: {url}/v1 (OpenAI-compatible; model id {json.dumps(model_name)})"
           f"{'; API key required' if api_key else ''}")
     print(f"  batches of up to {max_batch} rows; max_tokens up to {max_tokens_limit}. Ctrl-C stops.")
@@ -735,6 +757,8 @@ def add_serve_flags(p):
                                                             "(default: 8)")
     p.add_argument("--max_request_bytes", type=int, default=1 << 20, help="largest request body accepted "
                                                                           "(default: 1 MiB)")
+    p.add_argument("--compile", action="store_true", help="decode with torch.compile (compiled at startup, about a "
+                                                          "minute on a CPU; faster answers after)")
     p.add_argument("--cors_origin", action="append", default=None, metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. http://localhost:3000, or *) call the API from a browser; "
                         "repeatable (default: none; the built-in chat page needs none)")

@@ -341,3 +341,24 @@ def test_hugging_face_text_streamer(model, tokenizer, capsys):
     out = model.generate(ids, max_new_tokens=10, min_new_tokens=10, streamer=TextStreamer(tokenizer, skip_prompt=True))
     printed = capsys.readouterr().out
     assert printed.strip() == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_compiled_decode_equals_eager(int8):
+    """`compile=True` (torch.compile with Inductor's freezing) gives eager's greedy tokens, for fp32 and int8
+    weights, on a padded batch. The slowest test here (a compile per case, ~15-20 s on a CPU)."""
+    from minimind.quantize import quantize_int8
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = make_model(tiny())
+        model = quantize_int8(model) if int8 else model
+        ids = torch.randint(3, 6400, (2, 7), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids)
+        mask[1, :3] = 0  # the second row is left-padded
+        eager = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+        compiled = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, compile=True)
+        assert hasattr(model, "_minimind_compiled_forward") and torch.equal(compiled, eager)
+    finally:
+        torch.set_num_threads(threads)

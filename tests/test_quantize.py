@@ -12,7 +12,7 @@ from torch import nn
 
 from minimind.cli import main
 from minimind.lora import apply_lora, merge_lora, save_adapter
-from minimind.quantize import Int8Linear, int8_rows, quantize_int8
+from minimind.quantize import Int8Linear, count_weights, int8_rows, quantize_int8
 from minimind.tokenizer import load_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -87,6 +87,7 @@ def test_model_layers_logits_and_size():
     assert (got.argmax(-1) == reference.argmax(-1)).float().mean() > 0.85
     int8_bytes = sum(b.numel() for n, b in quantized.named_buffers() if n.endswith(".weight"))
     assert int8_bytes == sum(dict(dequantized.named_modules())[n].weight.numel() for n in linears)
+    assert count_weights(quantized) == count_weights(dequantized) == dequantized.num_parameters()
 
 
 def test_moe_router_stays_full_precision():

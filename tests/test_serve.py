@@ -119,6 +119,24 @@ def test_greedy_chat_equals_generate_and_counts_tokens(model, tokenizer, client)
     assert r2.choices[0].message.content == r.choices[0].message.content
 
 
+def test_compile_decodes_through_the_compiled_forward(model, tokenizer, monkeypatch):
+    """--compile reaches the decode loop (the compile itself is tested in test_generate.py; here it is replaced by
+    the model, so that this test stays fast)."""
+    import minimind.generate
+
+    compiled = []
+    monkeypatch.setattr(minimind.generate, "compiled_forward", lambda m: compiled.append(m) or m)
+    server, thread, url = start_server(create_app(model, tokenizer, model_name="tiny", compile=True))
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        r = client.completions.create(model="tiny", prompt="In the beginning", max_tokens=8, temperature=0)
+        assert compiled and compiled[0] is model
+        assert r.choices[0].text == generate_text(model, tokenizer, ["In the beginning"], 8)[0]
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
 def test_max_tokens_gives_length(client):
     r = client.chat.completions.create(model="tiny", messages=user("Hello"), max_completion_tokens=3, temperature=0)
     assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 3
