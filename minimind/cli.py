@@ -377,8 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description=export_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", help=model_help)
     p.add_argument("--format", required=True, choices=("hf", "gguf"),
-                   help="hf: a Hugging Face directory (Llama; Mixtral for MoE); gguf: one llama.cpp file "
-                        "(dense models)")
+                   help="hf: a Hugging Face directory (Llama; Mixtral for MoE); gguf: one llama.cpp file")
     p.add_argument("--out", required=True, help="hf: the directory to write; gguf: the .gguf file to write")
     p.add_argument("--dtype", default=None, help="weights precision; hf: fp32 (default), bf16, fp16; gguf: f32, "
                                                  "f16 (default), bf16, q8_0")

@@ -14,8 +14,9 @@ converter does (Hugging Face rotates the two halves of a head, llama.cpp adjacen
     minimind export out/ --format hf --out out-hf
     minimind export out/ --format gguf --dtype q8_0 --out model.gguf
 
-GGUF export is for dense models. Every file is written under a temporary name and renamed into place, so an
-interrupted export never leaves a complete-looking file.
+The GGUF file of an MoE model is Mixtral-shaped the same way (router `ffn_gate_inp`, the folded experts stacked in
+`ffn_*_exps`), which llama.cpp runs as `llama`. Every file is written under a temporary name and renamed into
+place, so an interrupted export never leaves a complete-looking file.
 """
 
 import json
@@ -218,7 +219,11 @@ def gguf_tensor_name(name: str) -> str | None:
         raise ValueError(f"{name}: no GGUF name for this parameter")
     block = f"blk.{parts[2]}"
     leaf = ".".join(parts[3:])
-    names = {"self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+    names = {"block_sparse_moe.gate.weight": "ffn_gate_inp.weight",
+             "block_sparse_moe.experts.w1": "ffn_gate_exps.weight",
+             "block_sparse_moe.experts.w3": "ffn_up_exps.weight",
+             "block_sparse_moe.experts.w2": "ffn_down_exps.weight",
+             "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
              "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
              "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
              "mlp.down_proj.weight": "ffn_down.weight", "input_layernorm.weight": "attn_norm.weight",
@@ -226,6 +231,22 @@ def gguf_tensor_name(name: str) -> str | None:
     if leaf not in names:
         raise ValueError(f"{name}: no GGUF name for this parameter")
     return f"{block}.{names[leaf]}"
+
+
+def gguf_tensors(state: dict, config: MiniMindConfig):
+    """(name, tensor) in our names, except that an MoE layer's Mixtral-named experts (see `mixtral_state_dict`) come
+    stacked, as llama.cpp keeps them: `...block_sparse_moe.experts.w1` (experts, ff, hidden), w3 alike, w2
+    (experts, hidden, ff)."""
+    experts = {}
+    for key, t in state.items():
+        if ".block_sparse_moe.experts." not in key:
+            yield key, t
+            continue
+        prefix, rest = key.split(".experts.")
+        expert, proj = rest.split(".")[:2]
+        experts.setdefault(f"{prefix}.experts.{proj}", {})[int(expert)] = t
+    for key, parts in experts.items():
+        yield key, torch.stack([parts[e] for e in range(config.n_routed_experts)])
 
 
 def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
@@ -259,17 +280,17 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[s
 
 
 def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bool = False, name: str = "minimind"):
-    """Write `model` (a dense MiniMindForCausalLM) and `tokenizer` as one GGUF file of llama.cpp's `llama`
-    architecture. dtype: f32, f16, bf16 or q8_0 for the matrices (norms stay f32, as llama.cpp's converter
-    keeps them; a q8_0 matrix whose rows are not a multiple of 32 falls back to f16)."""
+    """Write `model` and `tokenizer` as one GGUF file of llama.cpp's `llama` architecture (an MoE model as Mixtral
+    is written: shared experts folded into the routed ones, expert tensors stacked). dtype: f32, f16, bf16 or q8_0
+    for the matrices (norms stay f32, as llama.cpp's converter keeps them; a q8_0 matrix whose rows are not a
+    multiple of 32 falls back to f16)."""
     import gguf
     import numpy as np
 
     config = model.config
-    if config.use_moe:
-        raise ValueError("this is an MoE model: GGUF export writes llama.cpp's dense `llama` architecture, which has "
-                         "no mixture-of-experts layers; only dense models export with --format gguf (an MoE model "
-                         "exports to Hugging Face as Mixtral with --format hf)")
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    if config.use_moe:  # as Mixtral, which llama.cpp runs as `llama` with expert tensors
+        mixtral, state = mixtral_config(config), mixtral_state_dict(state, config)
     dtype = GGUF_ALIASES.get(dtype, dtype)
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"--dtype {dtype}: not a GGUF export precision; choose one of {', '.join(GGUF_DTYPES)}")
@@ -289,7 +310,12 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bo
         w.add_context_length(config.max_position_embeddings)
         w.add_embedding_length(config.hidden_size)
         w.add_block_count(config.num_hidden_layers)
-        w.add_feed_forward_length(config.intermediate_size)
+        if config.use_moe:
+            w.add_feed_forward_length(mixtral.intermediate_size)  # the folded experts' width
+            w.add_expert_count(config.n_routed_experts)
+            w.add_expert_used_count(config.num_experts_per_tok)
+        else:
+            w.add_feed_forward_length(config.intermediate_size)
         w.add_head_count(config.num_attention_heads)
         w.add_head_count_kv(config.num_key_value_heads)
         w.add_rope_dimension_count(config.head_dim)
@@ -322,16 +348,15 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bo
         if tokenizer.chat_template:
             w.add_chat_template(tokenizer.chat_template)
 
-        for key, tensor in model.state_dict().items():
+        for key, t in gguf_tensors(state, config):
             if key == "lm_head.weight" and config.tie_word_embeddings:
                 continue  # llama.cpp reuses token_embd, as its own converter writes it
-            t = tensor.detach().to("cpu", torch.float32)
             if key.endswith("self_attn.q_proj.weight"):
                 t = to_llama_cpp_rope(t, config.num_attention_heads)
             elif key.endswith("self_attn.k_proj.weight"):
                 t = to_llama_cpp_rope(t, config.num_key_value_heads)
             data = t.numpy()
-            target = dtype if data.ndim == 2 else "f32"
+            target = dtype if data.ndim >= 2 else "f32"
             if target == "q8_0" and data.shape[-1] % 32:
                 target = "f16"
             if target == "f32":
