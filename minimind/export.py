@@ -389,7 +389,10 @@ def export(spec: str, fmt: str, out: str, config: str | None = None, dtype: str 
                          "(llama.cpp / Ollama file)")
     check_output(out, force, "dir" if fmt == "hf" else "file")  # before the (slow) load; checked again on writing
     model, tokenizer = load_model(spec, config, device="cpu")
-    if fmt == "hf":
-        return export_hf(model, tokenizer, out, dtype or "fp32", force)
     name = Path(spec).resolve().name if Path(spec).is_dir() else Path(spec).resolve().parent.name
-    return export_gguf(model, tokenizer, out, dtype or "f16", force, name=name or "minimind")
+    try:
+        if fmt == "hf":
+            return export_hf(model, tokenizer, out, dtype or "fp32", force)
+        return export_gguf(model, tokenizer, out, dtype or "f16", force, name=name or "minimind")
+    except OSError as err:  # a folder that cannot be written, a full disk: nothing half-written is left
+        raise ValueError(f"--out {out}: cannot write there ({err.strerror or err}); choose another path") from None

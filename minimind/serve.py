@@ -677,6 +677,8 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
 
 def listen(host: str, port: int) -> socket.socket:
     """A bound, listening socket, or a ValueError that says what to change."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: a port is a number from 0 to 65535 (0: any free port)")
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)

@@ -312,6 +312,9 @@ def test_export_errors(exported, tmp_path, capsys):
     assert "renormalizes the top-k" in fails("export", moe, "--format", "hf", "--out", tmp_path / "x")
     assert "renormalizes the top-k" in fails("export", moe, "--format", "gguf", "--out", tmp_path / "x.gguf")
     assert "invalid choice" in fails("export", root / "tied", "--format", "onnx", "--out", tmp_path / "x")
+    (tmp_path / "a_file").write_text("not a folder")
+    assert "cannot write there" in fails("export", root / "tied", "--format", "gguf", "--out",
+                                         tmp_path / "a_file" / "x.gguf")
     err = fails("export", root / "tied", "--format", "hf", "--out", root / "tied-hf")
     assert "not empty" in err and "--force" in err
     err = fails("export", root / "tied", "--format", "gguf", "--out", root / "gguf" / "tied-f32.gguf")

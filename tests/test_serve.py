@@ -358,6 +358,17 @@ def cors_headers(url, origin, method="GET", preflight=False):
         return e.code, e.headers.get("access-control-allow-origin")
 
 
+def test_listen_names_what_to_change():
+    with pytest.raises(ValueError, match="0 to 65535"):
+        listen("127.0.0.1", 99999)
+    sock = listen("127.0.0.1", 0)
+    try:
+        with pytest.raises(ValueError, match="pick another --port"):
+            listen("127.0.0.1", sock.getsockname()[1])  # taken
+    finally:
+        sock.close()
+
+
 def test_cors_only_for_the_origins_given(model, tokenizer, server):
     ui = "http://ui.example:3000"
     assert cors_headers(server[1] + "/v1/models", ui)[1] is None  # by default browsers elsewhere are refused
