@@ -188,7 +188,7 @@ def test_gguf_moe_is_mixtral_shaped_with_shared_experts_folded(exported, tmp_pat
     transformers; llama.cpp itself, which transformers cannot stand in for here, gave our logits to 4e-6 when
     checked by hand)."""
     model = exported["models"]["moe-3of4-2shared"]
-    config, I = model.config, model.config.intermediate_size
+    I = model.config.intermediate_size
     run("export", exported["root"] / "moe-3of4-2shared", "--format", "gguf", "--dtype", "f32", "--out",
         tmp_path / "moe.gguf")
     fields, tensors = gguf_fields(tmp_path / "moe.gguf")
