@@ -188,12 +188,12 @@ def test_gguf_moe_is_mixtral_shaped_with_shared_experts_folded(exported, tmp_pat
     transformers; llama.cpp itself, which transformers cannot stand in for here, gave our logits to 4e-6 when
     checked by hand)."""
     model = exported["models"]["moe-3of4-2shared"]
-    I = model.config.intermediate_size
+    ff = model.config.intermediate_size
     run("export", exported["root"] / "moe-3of4-2shared", "--format", "gguf", "--dtype", "f32", "--out",
         tmp_path / "moe.gguf")
     fields, tensors = gguf_fields(tmp_path / "moe.gguf")
     assert fields["llama.expert_count"] == 4 and fields["llama.expert_used_count"] == 3
-    assert fields["llama.feed_forward_length"] == 3 * I  # one routed + two shared experts' width
+    assert fields["llama.feed_forward_length"] == 3 * ff  # one routed + two shared experts' width
     layer = {n.split(".", 2)[2] for n in tensors if n.startswith("blk.1.")}
     assert layer == {"attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
                      "ffn_norm.weight", "ffn_gate_inp.weight", "ffn_gate_exps.weight", "ffn_up_exps.weight",
@@ -201,11 +201,11 @@ def test_gguf_moe_is_mixtral_shaped_with_shared_experts_folded(exported, tmp_pat
     mlp = model.model.layers[1].mlp
     gate = torch.from_numpy(tensors["blk.1.ffn_gate_exps.weight"].data.copy())  # (experts, ff, hidden)
     down = torch.from_numpy(tensors["blk.1.ffn_down_exps.weight"].data.copy())  # (experts, hidden, ff)
-    assert gate.shape == (4, 3 * I, 64) and down.shape == (4, 64, 3 * I)
+    assert gate.shape == (4, 3 * ff, 64) and down.shape == (4, 64, 3 * ff)
     expert, shared = mlp.experts[2], mlp.shared_experts[1]
-    assert torch.equal(gate[2, :I], expert.gate_proj.weight.detach())
-    assert torch.equal(gate[2, 2 * I:], shared.gate_proj.weight.detach())
-    assert torch.equal(down[2][:, 2 * I:], shared.down_proj.weight.detach())
+    assert torch.equal(gate[2, :ff], expert.gate_proj.weight.detach())
+    assert torch.equal(gate[2, 2 * ff:], shared.gate_proj.weight.detach())
+    assert torch.equal(down[2][:, 2 * ff:], shared.down_proj.weight.detach())
     assert torch.equal(torch.from_numpy(tensors["blk.1.ffn_gate_inp.weight"].data.copy()), mlp.gate.weight.detach())
 
 
