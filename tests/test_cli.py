@@ -1,7 +1,6 @@
 import subprocess
 import sys
 
-
 from minimind import MiniMindForCausalLM, preset
 from minimind.cli import main
 from minimind.info import parameter_counts

@@ -258,7 +258,8 @@ def bad_inputs(tmp_path):
         ("malformed JSON", p / "malformed.jsonl", PretrainDataset, f"{p / 'malformed.jsonl'}:3: malformed JSON"),
         ("missing field", p / "missing.jsonl", PretrainDataset, f'{p / "missing.jsonl"}:3: no "text" field'),
         ("unknown role", p / "role.jsonl", SFTDataset,
-         f"{p / 'role.jsonl'}:3: \"conversations\" message 1 has unknown role 'bot'; expected system, user or assistant"),
+         f"{p / 'role.jsonl'}:3: \"conversations\" message 1 has unknown role 'bot'; "
+         "expected system, user or assistant"),
         ("empty file", p / "empty.jsonl", PretrainDataset, f"{p / 'empty.jsonl'}: the file is empty"),
         ("binary file", p / "binary.txt", PretrainDataset, f"{p / 'binary.txt'}: not a text file"),
         ("missing path", p / "nope.jsonl", PretrainDataset, f"{p / 'nope.jsonl'}: no such file or directory"),
@@ -306,7 +307,8 @@ def test_skip_bad_records_warns_with_the_count(tmp_path, tok, caplog):
     with caplog.at_level(logging.WARNING, logger="minimind"):
         ds = PretrainDataset(path, tok, 32, skip_bad_records=True)
     assert len(ds) > 0
-    assert "mixed.jsonl: skipped 2 bad records (first: " in caplog.text and "mixed.jsonl:31: malformed JSON" in caplog.text
+    assert "mixed.jsonl: skipped 2 bad records (first: " in caplog.text
+    assert "mixed.jsonl:31: malformed JSON" in caplog.text
 
 
 def test_cli_bad_input_is_one_clear_line(tmp_path):

@@ -80,9 +80,9 @@ def test_teacher_is_frozen_in_eval_mode_and_the_training_dtype(teacher_dir):
 
 def test_distillation_lowers_the_kl_to_the_teacher(teacher_dir, text_file, tmp_path):
     out = tmp_path / "student"
-    result = run_distill(parse_args("distill", [*RUN, *STUDENT, "--teacher", str(teacher_dir), "--stage", "pretrain",
-                                                "--data", str(text_file), "--max_steps", "12", "--learning_rate", "3e-2",
-                                                "--alpha", "0.1", "--temperature", "2", "--output_dir", str(out)]))
+    flags = ["--teacher", str(teacher_dir), "--stage", "pretrain", "--data", str(text_file), "--max_steps", "12",
+             "--learning_rate", "3e-2", "--alpha", "0.1", "--temperature", "2", "--output_dir", str(out)]
+    result = run_distill(parse_args("distill", [*RUN, *STUDENT, *flags]))
     kls = [json.loads(line)["kl"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"kl"' in line]
     assert len(kls) == 12
     assert sum(kls[-3:]) / 3 < 0.75 * sum(kls[:3]) / 3  # the student moved towards the teacher

@@ -159,7 +159,8 @@ def test_kill_and_resume_equals_uninterrupted(corpus, tmp_path, dtype):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "model_final.pth").exists(), "the run finished before it could be killed"
-    r = subprocess.run([*cmd, "--output_dir", str(killed), "--resume"], check=True, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*cmd, "--output_dir", str(killed), "--resume"], check=True, capture_output=True, text=True,
+                       timeout=300)
     assert re.search(r"Resumed from .*: step \d+", r.stderr + r.stdout)
     a, b = final_weights(straight), final_weights(killed)
     for name in a:
