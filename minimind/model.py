@@ -130,6 +130,31 @@ class KVCache:
     def to_legacy(self):
         return [(k[:, :, :n], v[:, :, :n]) for k, v, n in zip(self.keys, self.values, self.lengths)]
 
+    @classmethod
+    def cat(cls, caches: list["KVCache"]) -> "KVCache":
+        """Several batches' caches as one, along the batch dimension. A shorter cache is left-padded with zeros to
+        the longest (give those columns a 0 in the attention mask), so every row's last token stays in the last
+        column. Used by the server to let new requests join a batch that is decoding."""
+        out = cls(len(caches[0]))
+        for i in range(len(out)):
+            n = max(c.lengths[i] for c in caches)
+            for buffers, part in ((out.keys, 0), (out.values, 1)):
+                # (B_c, Hkv, n_c, D) each, padded on the left of the length dimension to n
+                tensors = [c[i][part] for c in caches]
+                buffers[i] = torch.cat([F.pad(t, (0, 0, n - t.shape[2], 0)) for t in tensors], dim=0)
+            out.lengths[i] = n
+        return out
+
+    def select(self, rows: torch.Tensor, start: int = 0) -> "KVCache":
+        """Keep only the batch rows `rows` (LongTensor of indices) and the columns from `start` on, in place; the
+        buffers are copied to exactly that size, so dropped rows and columns free their memory."""
+        for i, n in enumerate(self.lengths):
+            if self.keys[i] is not None:
+                self.keys[i] = self.keys[i][:, :, start:n].index_select(0, rows)  # (len(rows), Hkv, n - start, D)
+                self.values[i] = self.values[i][:, :, start:n].index_select(0, rows)
+                self.lengths[i] = n - start
+        return self
+
     def __len__(self):
         return len(self.keys)
 

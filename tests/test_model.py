@@ -125,6 +125,40 @@ def test_cache_grows_without_losing_entries():
     assert torch.equal(k, torch.cat(chunks, dim=2)) and torch.equal(v, -torch.cat(chunks, dim=2))
 
 
+def test_cache_cat_left_pads_and_select_keeps_rows_and_columns():
+    a, b = KVCache(num_layers=1), KVCache(num_layers=1)
+    ka, kb = torch.randn(1, 2, 3, 4), torch.randn(2, 2, 5, 4)
+    a.update(ka, -ka, 0)
+    b.update(kb, -kb, 0)
+    both = KVCache.cat([a, b])
+    k, v = both[0]
+    assert k.shape == (3, 2, 5, 4) and both.get_seq_length() == 5
+    assert torch.equal(k[:1, :, 2:], ka) and not k[:1, :, :2].any() and torch.equal(k[1:], kb)
+    assert torch.equal(v, -k)
+    both.select(torch.tensor([0, 2]), start=2)  # rows 0 and 2, columns 2..4
+    k, v = both[0]
+    assert torch.equal(k, torch.cat([ka, kb[1:, :, 2:]])) and torch.equal(v, -k) and both.get_seq_length() == 3
+    step = torch.randn(2, 2, 1, 4)
+    k, _ = both.update(step, step, 0)  # grows as before
+    assert k.shape == (2, 2, 4, 4) and torch.equal(k[:, :, -1:], step)
+
+
+def test_joined_caches_decode_each_row_as_alone():
+    """Two prompts prefilled apart, then one decode step over their caches joined (the shorter left-padded, masked
+    out): each row's logits equal its own."""
+    model = MiniMindForCausalLM(tiny()).eval()
+    prompts = [torch.randint(3, 300, (1, 4)), torch.randint(3, 300, (1, 9))]
+    nxt = torch.tensor([[5], [7]])
+    with torch.no_grad():
+        caches = [model(p, use_cache=True).past_key_values for p in prompts]
+        alone = [model(nxt[i:i + 1], past_key_values=c, use_cache=True).logits[:, -1] for i, c in enumerate(caches)]
+        caches = [model(p, use_cache=True).past_key_values for p in prompts]
+        mask = torch.tensor([[0] * 5 + [1] * 5, [1] * 10])  # (B, 9 + 1): the first prompt padded by 5
+        joined = model(nxt, attention_mask=mask, position_ids=torch.tensor([[4], [9]]),
+                       past_key_values=KVCache.cat(caches), use_cache=True).logits[:, -1]
+    assert (joined - torch.cat(alone)).abs().max() < 1e-5
+
+
 def test_attention_mask_of_wrong_length_is_a_clear_error():
     model = MiniMindForCausalLM(tiny()).eval()
     with pytest.raises(ValueError, match="attention_mask covers"):
@@ -232,7 +266,8 @@ def test_save_and_load_pretrained_round_trip(tmp_path, make):
     assert (tmp_path / "model.safetensors").exists()
     for loaded in (MiniMindForCausalLM.from_pretrained(tmp_path), AutoModelForCausalLM.from_pretrained(tmp_path)):
         assert isinstance(loaded, MiniMindForCausalLM)
-        assert loaded.config.to_diff_dict() | {"_name_or_path": ""} == model.config.to_diff_dict() | {"_name_or_path": ""}
+        unnamed = {"_name_or_path": ""}
+        assert loaded.config.to_diff_dict() | unnamed == model.config.to_diff_dict() | unnamed
         ids = torch.randint(0, 300, (1, 12))
         with torch.no_grad():
             assert torch.equal(loaded.eval()(ids).logits, model(ids).logits)

@@ -193,7 +193,7 @@ def ask_alone(client, prompt, **kw):
 
 
 def test_concurrent_requests_are_batched_and_answer_as_alone(model, tokenizer, server, client):
-    engine = server[0].state.engine
+    engine = idle_engine(server)
     requests = [("Hello", dict(temperature=0)), ("你好", dict(temperature=0, max_tokens=7)),
                 ("Tell me a story", dict(temperature=0, stop="e")),
                 ("Hello", dict(temperature=0.9, top_p=0.8, seed=7))]
@@ -246,8 +246,15 @@ def wait_for(condition, what):
         time.sleep(0.01)
 
 
-def test_clients_leaving_do_not_break_the_worker(model, tokenizer, server, client):
+def idle_engine(server):
+    """The server's engine once the answers of earlier tests (clients that left included) have let go of it."""
     engine = server[0].state.engine
+    wait_for(lambda: engine.columns() == 0 and engine.queued() == 0, "the engine to be idle")
+    return engine
+
+
+def test_clients_leaving_do_not_break_the_worker(model, tokenizer, server, client):
+    engine = idle_engine(server)
     expected = generate_text(model, tokenizer, [chat_ids(tokenizer, user("Hello"))], 16)[0]
     body = {"messages": user("Hello"), "max_tokens": 200, "temperature": 0}
     # mid-answer: one event, then hang up; the next request gets its answer
@@ -264,6 +271,93 @@ def test_clients_leaving_do_not_break_the_worker(model, tokenizer, server, clien
         wait_for(lambda: engine.stats["cancelled"] == before["cancelled"] + 1, "the server to see the client leave")
     assert ask_alone(client, "Hello", temperature=0) == expected
     assert engine.stats["requests"] == before["requests"] + 1 and engine.thread.is_alive()
+
+
+def stream_in_background(url, body):
+    """Stream `body` from a thread: (the texts received so far, the thread); the texts list grows as chunks come."""
+    texts = []
+
+    def read():
+        connection, response = open_stream(url, body)
+        for line in response:
+            if line.startswith(b"data: {"):
+                choice = json.loads(line[6:])["choices"][0]
+                texts.append(choice["delta"].get("content") or "")
+        connection.close()
+    thread = threading.Thread(target=read)
+    thread.start()
+    return texts, thread
+
+
+def join_while_running(server, client, ask, long_body, after=5):
+    """`ask()` sent while a long streamed answer is mid-decode: (ask's result, the long text, whether the long one
+    was still streaming when ask's answer came). The worker is paused while the request is queued, so it joins at
+    the next step."""
+    engine = idle_engine(server)
+    texts, thread = stream_in_background(server[1], long_body)
+    wait_for(lambda: len(texts) > after, "the long answer to start")
+    result = []
+    with engine.paused():
+        asker = threading.Thread(target=lambda: result.append(ask()))
+        asker.start()
+        wait_for(lambda: engine.queued() == 1, "the request to queue up")
+    asker.join(timeout=60)
+    still_running = thread.is_alive()
+    thread.join(timeout=60)
+    return result[0], "".join(texts), still_running
+
+
+def test_a_request_joins_the_running_batch_and_answers_as_alone(server, client):
+    engine = idle_engine(server)
+    long_body = {"messages": user("Tell me a story"), "max_tokens": 200, "temperature": 0}
+    long_alone = ask_alone(client, "Tell me a story", max_tokens=200, temperature=0)
+    short_alone = ask_alone(client, "你好", temperature=0)
+    before = dict(engine.stats)
+    short, long, still_running = join_while_running(
+        server, client, lambda: ask_alone(client, "你好", temperature=0), long_body)
+    assert short == short_alone and long == long_alone
+    assert still_running  # the short answer did not wait for the long one
+    assert engine.stats["joined_running"] == before["joined_running"] + 1
+    assert engine.stats["batches"] == before["batches"] + 1 and engine.stats["requests"] == before["requests"] + 2
+
+
+def test_a_seeded_request_joins_with_a_longer_prompt_and_samples_as_alone(server, client):
+    engine = idle_engine(server)
+    # 80 prompt tokens: more columns than the running batch holds, so the running side is the one padded
+    kw = dict(model="tiny", prompt=[list(range(300, 380))], max_tokens=12, temperature=0.9, seed=11, n=2,
+              repetition_penalty=1.2, stop="e")
+    kw["extra_body"] = {"repetition_penalty": kw.pop("repetition_penalty")}
+    alone = [c.text for c in client.completions.create(**kw).choices]
+    assert alone[0] != alone[1]
+    long_body = {"messages": user("Hello"), "max_tokens": 200, "temperature": 0}
+    long_alone = ask_alone(client, "Hello", max_tokens=200, temperature=0)
+    before = dict(engine.stats)
+    joined, long, _ = join_while_running(
+        server, client, lambda: [c.text for c in client.completions.create(**kw).choices], long_body, after=2)
+    assert joined == alone and long == long_alone
+    assert engine.stats["joined_running"] == before["joined_running"] + 1
+
+
+def test_cache_columns_stay_bounded_while_the_server_stays_busy(server):
+    """Five overlapping answers of 120 tokens, each joining while the one before it runs: the batch never empties
+    for ~300 steps (more than the context window), yet the cache holds only the columns live rows use."""
+    engine = idle_engine(server)
+    engine.stats["largest_cache"] = 0
+    before = dict(engine.stats)
+    body = {"messages": user("Hello"), "max_tokens": 120, "temperature": 0}
+    streams = [stream_in_background(server[1], body)]
+    for _ in range(4):
+        wait_for(lambda: len(streams[-1][0]) > 40, "the answer before to be well under way")
+        with engine.paused():
+            streams.append(stream_in_background(server[1], body))
+            wait_for(lambda: engine.queued() == 1, "the request to queue up")
+    for _, thread in streams:
+        thread.join(timeout=60)
+    assert engine.stats["joined_running"] == before["joined_running"] + 4  # one batch all along
+    assert engine.stats["batches"] == before["batches"] + 1
+    # a row uses at most its prompt (12 tokens) + 120 columns: without dropping the dead ones, ~300
+    assert engine.stats["largest_cache"] <= 12 + 120 + 1
+    wait_for(lambda: engine.columns() == 0, "the engine to let go of the batch")  # idle: nothing held
 
 
 @pytest.mark.parametrize("kwargs, param, words", [
