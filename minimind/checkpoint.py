@@ -26,15 +26,22 @@ def load_config(spec: str, config_path: str | None = None) -> MiniMindConfig:
     config_path = Path(config_path)
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path}: config.json not found; pass --config PATH to give the model's config")
-    try:
-        fields = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{config_path}: not a valid JSON config ({e})") from None
-    if not isinstance(fields, dict):
-        raise ValueError(f"{config_path}: expected a JSON object of config fields")
+    fields = read_json_object(config_path, "config")
     fields.pop("model_type", None)
     fields.pop("architectures", None)
     return MiniMindConfig(**fields)
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """The JSON object in the file at `path` (a `what`: "config", "LoRA adapter config"), or a ValueError naming
+    the file."""
+    try:
+        fields = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a valid JSON {what} ({e})") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path}: expected a JSON object of {what} fields")
+    return fields
 
 
 def read_state_dict(path: str | Path) -> dict:
@@ -68,13 +75,13 @@ def read_state_dict(path: str | Path) -> dict:
         state = state["model"]
     if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
         raise ValueError(f"{path}: expected a state dict of tensors (name -> tensor)")
-    return state
+    # DDP (module.) and torch.compile (_orig_mod.) wrap the names of whatever saved them without unwrapping
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
 
 
 def load_weights(model, path: str | Path) -> None:
     """Load weights into `model` after checking every name and shape; a mismatch is one readable report."""
     state = read_state_dict(path)
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
     expected = model.state_dict()
     tied = getattr(model.config, "tie_word_embeddings", False)
     if tied and "lm_head.weight" not in state and "model.embed_tokens.weight" in state:

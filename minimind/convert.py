@@ -71,8 +71,7 @@ def current_name(key: str) -> str | None:
 
 def rename(state: dict, source: str) -> tuple[dict, str]:
     """MiniMind's state dict under our names, and which scheme it used ("current" or "legacy")."""
-    state = {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not BUFFERS.fullmatch(k)}
+    state = {k: v for k, v in state.items() if not BUFFERS.fullmatch(k)}  # prefixes: stripped by read_state_dict
     unsupported = [k for k in state if UNSUPPORTED.fullmatch(k)]
     if unsupported:
         raise ValueError(f"{source}: {unsupported[0]}: this checkpoint normalises each attention head's queries and "

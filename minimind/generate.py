@@ -77,6 +77,14 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalized, logits)
 
 
+def seen_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab_size: int) -> torch.Tensor:
+    """(B, V + 1) bool: which tokens each row's real (unpadded) prompt holds, for the repetition penalty. Padding
+    lands in the extra column V; pass `seen[:, :-1]` to `apply_repetition_penalty`."""
+    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
+    seen = torch.zeros(input_ids.shape[0], vocab_size + 1, dtype=torch.bool, device=input_ids.device)
+    return seen.scatter_(1, input_ids.masked_fill(~real, vocab_size), True)
+
+
 def check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty, min_new_tokens=0):
     """Raise a ValueError naming the setting for values that cannot work."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -147,14 +155,12 @@ def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
                     max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None, repetition_penalty: float = 1.0,
                     min_new_tokens: int = 0, eos_token_id=None, generator: torch.Generator | None = None,
-                    use_cache: bool = True, compile: bool = False, choose=None) -> Iterator[torch.Tensor]:
+                    use_cache: bool = True, compile: bool = False) -> Iterator[torch.Tensor]:
     """Yield the next token of every row, (B,) LongTensor, once per step for up to `max_new_tokens` steps.
 
     input_ids (B, T), left-padded where `attention_mask` (B, T) has zeros. The loop does not stop by itself at eos:
     the caller decides (stop iterating, or `close()`); eos ids are only needed here for `min_new_tokens`.
     `use_cache=False` recomputes the whole sequence every step (slow; for checking the cache).
-    `choose`: a function logits (B, V) -> next tokens (B,) used instead of the sampling settings (the server gives
-    each row its own settings this way); the repetition penalty and min_new_tokens still apply before it.
     """
     check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty, min_new_tokens)
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
@@ -184,15 +190,11 @@ def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         positions = torch.zeros(B, total, dtype=torch.long, device=device)  # row b starts at 0 at its first token
         positions[:, :T] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         positions[:, T:] = positions[:, T - 1:T] + torch.arange(1, max_new_tokens + 1, device=device)
-    if choose is None:
-        choose = token_chooser(do_sample, temperature, top_k, top_p, generator)
+    choose = token_chooser(do_sample, temperature, top_k, top_p, generator)
     eos = torch.tensor(as_id_list(eos_token_id), dtype=torch.long, device=device)
     seen = None
-    if repetition_penalty != 1.0:  # (B, V + 1) bool: which tokens occurred; padding lands in the extra column V
-        V = model.config.vocab_size
-        real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-        seen = torch.zeros(B, V + 1, dtype=torch.bool, device=device)
-        seen.scatter_(1, input_ids.masked_fill(~real, V), True)
+    if repetition_penalty != 1.0:
+        seen = seen_tokens(input_ids, attention_mask, model.config.vocab_size)
     ids = None
     if not use_cache:  # the whole sequence so far, re-run every step
         ids = torch.empty(B, total, dtype=torch.long, device=device)

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import check_fit
+from .checkpoint import check_fit, read_json_object
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -164,11 +164,8 @@ def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
                                 f"({ADAPTER_WEIGHTS} + {ADAPTER_CONFIG}) or an adapter .safetensors file")
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file}: the adapter's config is missing (it is written beside the weights)")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{config_file}: not valid JSON ({e})") from None
-    if not isinstance(config, dict) or not all(k in config for k in ("rank", "alpha", "targets")):
+    config = read_json_object(config_file, "LoRA adapter config")
+    if not all(k in config for k in ("rank", "alpha", "targets")):
         raise ValueError(f"{config_file}: not a LoRA adapter config; expected the keys rank, alpha, targets")
     try:
         tensors = load_file(str(weights))

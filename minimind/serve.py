@@ -356,7 +356,7 @@ class Engine:
         import torch
         import torch.nn.functional as F
 
-        from .generate import TextStream, encode_prompts, make_generator, token_chooser
+        from .generate import TextStream, encode_prompts, make_generator, seen_tokens, token_chooser
         from .model import KVCache
 
         device = next(self.model.parameters()).device
@@ -370,10 +370,8 @@ class Engine:
             rows = slice(start, start + job.rows)
             start += job.rows
             seen = None
-            if job.repetition_penalty != 1.0:  # padding lands in the extra column V
-                V = self.model.config.vocab_size
-                seen = torch.zeros(job.rows, V + 1, dtype=torch.bool, device=device)
-                seen.scatter_(1, ids[rows].masked_fill(~mask[rows].bool(), V), True)
+            if job.repetition_penalty != 1.0:
+                seen = seen_tokens(ids[rows], mask[rows], self.model.config.vocab_size)
             pick = token_chooser(job.temperature > 0, job.temperature, job.top_k or None, job.top_p,
                                  make_generator(job.seed, device))
             members.append(Member(job, pick, seen, [TextStream(self.tokenizer, job.stops) for _ in job.prompts],
