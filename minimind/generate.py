@@ -207,7 +207,7 @@ def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     try:
         with torch.inference_mode():
             logits = forward(input_ids, attention_mask=mask[:, :T] if padded else None,
-                             position_ids=positions[:, :T] if padded else None, past_key_values=cache,
+                             position_ids=positions[:, :T] if padded else None, cache=cache,
                              use_cache=use_cache, logits_to_keep=1).logits[:, -1]  # (B, V)
         for step in range(max_new_tokens):
             with torch.inference_mode():
@@ -231,7 +231,7 @@ def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
                     x = ids[:, :end]
                     sl = slice(0, end)
                 logits = forward(x, attention_mask=mask[:, :end] if padded else None,
-                                 position_ids=positions[:, sl] if padded else None, past_key_values=cache,
+                                 position_ids=positions[:, sl] if padded else None, cache=cache,
                                  use_cache=use_cache, logits_to_keep=1).logits[:, -1]
     finally:
         model.train(was_training)

@@ -16,13 +16,12 @@ Notable choices:
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import ModelOutput
 
 from .config import MiniMindConfig
 
@@ -358,13 +357,49 @@ def cross_entropy(logits, targets):
     return F.cross_entropy(logits.float(), targets, ignore_index=-100)
 
 
+CACHE_NAMES = ("cache", "past_key_values")  # the cache's name since transformers 5.24, and before
+
+
 @dataclass
-class MiniMindOutput(ModelOutput):
+class MiniMindOutput:
+    """What a forward returns: loss, aux_loss, logits, cache (also readable as `past_key_values`), hidden_states.
+
+    A plain dataclass of our own rather than transformers' `ModelOutput`, whose field names change between releases
+    (5.24 renamed `past_key_values` to `cache` and rewrites the old keyword for every subclass). Besides attributes it
+    answers the mapping reads that Hugging Face's generation loop makes, under both names of the cache:
+    `"cache" in out`, `out["past_key_values"]`, `out.get(...)`, and `out[0]` / `to_tuple()` over the fields that are
+    set, as `ModelOutput` does.
+    """
+
     loss: torch.Tensor | None = None
     aux_loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-    past_key_values: KVCache | None = None
+    cache: "KVCache | None" = None
     hidden_states: torch.Tensor | None = None
+
+    @property
+    def past_key_values(self):
+        return self.cache
+
+    def keys(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, k) for k in self.keys())
+
+    def __getitem__(self, key):
+        if not isinstance(key, str):
+            return self.to_tuple()[key]
+        name = "cache" if key in CACHE_NAMES else key
+        if name not in self.keys():
+            raise KeyError(key)
+        return getattr(self, name)
+
+    def __contains__(self, key) -> bool:
+        return ("cache" if key in CACHE_NAMES else key) in self.keys()
+
+    def get(self, key, default=None):
+        return self[key] if key in self else default
 
 
 class MiniMindPreTrainedModel(PreTrainedModel):
@@ -395,9 +430,8 @@ class MiniMindModel(MiniMindPreTrainedModel):
                 self.freqs_cos.copy_(cos)
                 self.freqs_sin.copy_(sin)
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=False):
         B, T = input_ids.shape
-        cache = past_key_values
         if cache is not None and not hasattr(cache, "update"):  # MiniMind-style list of (k, v)
             cache = KVCache.from_legacy(cache)
         if cache is None and use_cache:
@@ -443,13 +477,19 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         self.lm_head = value
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False,
-                labels=None, logits_to_keep: int = 0, **kwargs) -> MiniMindOutput:
-        """input_ids (B, T) -> MiniMindOutput(loss, aux_loss, logits (B, T, V), past_key_values, hidden_states).
+                labels=None, logits_to_keep: int = 0, cache=None, **kwargs) -> MiniMindOutput:
+        """input_ids (B, T) -> MiniMindOutput(loss, aux_loss, logits (B, T, V), cache, hidden_states).
 
         labels (B, T) are the input ids themselves (shifted inside); -100 marks positions without loss.
-        `logits_to_keep=n` computes logits for the last n positions only (generation).
+        `logits_to_keep=n` computes logits for the last n positions only (generation). The cache is taken as
+        `cache=` or `past_key_values=` (its names after and before transformers 5.24): a `KVCache`, a Hugging Face
+        cache, or MiniMind's list of (k, v) pairs; the output has it as `.cache` and `.past_key_values`.
         """
-        hidden, aux_loss, cache = self.model(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        if past_key_values is not None:
+            if cache is not None and cache is not past_key_values:
+                raise ValueError("pass the cache once, as cache= or as past_key_values=, not both")
+            cache = past_key_values
+        hidden, aux_loss, cache = self.model(input_ids, attention_mask, position_ids, cache, use_cache)
         h = hidden[:, -logits_to_keep:] if logits_to_keep else hidden
         logits = self.lm_head(h)  # (B, T, V), contiguous
         loss = None
@@ -457,9 +497,7 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
             # Shift the labels, not the logits: slicing (B, T, V) logits would copy them and their gradient.
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): token t predicts labels[t + 1]
             loss = cross_entropy(logits.flatten(0, 1), targets.flatten())
-        return MiniMindOutput(loss=loss, aux_loss=aux_loss, logits=logits,
-                              past_key_values=cache,
-                              hidden_states=hidden)
+        return MiniMindOutput(loss=loss, aux_loss=aux_loss, logits=logits, cache=cache, hidden_states=hidden)
 
     def generate(self, inputs=None, generation_config=None, streamer=None, **kwargs):
         """Hugging Face's calling convention (input_ids, attention_mask, max_new_tokens, do_sample, temperature,

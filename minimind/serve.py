@@ -415,7 +415,7 @@ class Engine:
         from .generate import compiled_forward
 
         forward = compiled_forward(self.model) if self.compile else self.model
-        return forward(ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+        return forward(ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
 
     def _choose(self, members: list[Member], logits):
