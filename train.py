@@ -4,7 +4,9 @@
     python train.py --help               # every flag
 """
 
-from minimind.train import main
+import sys
+
+from minimind.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["train", *sys.argv[1:]], prog="train.py")

@@ -1,13 +1,38 @@
-"""minimind: train small language models from scratch, end to end."""
+"""minimind: train small language models from scratch, end to end.
 
-from transformers import AutoConfig, AutoModelForCausalLM
+The names below load on first use (PEP 562), so that `import minimind` and the command line's `--help` do not
+wait for torch and transformers. Loading the model registers MiniMind with transformers' Auto classes
+(`AutoConfig`, `AutoModelForCausalLM`): `from minimind import MiniMindConfig` (or any other name but PRESETS)
+does it.
+"""
 
-from .config import PRESETS, MiniMindConfig, preset
-from .model import KVCache, MiniMindForCausalLM, MiniMindModel
+import importlib
 
 __version__ = "0.1.0"
 
-AutoConfig.register("minimind", MiniMindConfig, exist_ok=True)
-AutoModelForCausalLM.register(MiniMindConfig, MiniMindForCausalLM, exist_ok=True)
+_EXPORTS = {  # name: the module that defines it
+    "MiniMindConfig": "config",
+    "preset": "config",
+    "PRESETS": "presets",
+    "MiniMindForCausalLM": "model",
+    "MiniMindModel": "model",
+    "KVCache": "model",
+    "register_auto_classes": "model",
+}
 
-__all__ = ["MiniMindConfig", "MiniMindForCausalLM", "MiniMindModel", "KVCache", "PRESETS", "preset"]
+__all__ = ["KVCache", "MiniMindConfig", "MiniMindForCausalLM", "MiniMindModel", "PRESETS", "preset",
+           "register_auto_classes"]
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'minimind' has no attribute {name!r}")
+    if _EXPORTS[name] != "presets":
+        importlib.import_module(".model", __name__)  # the model, and with it the Auto classes' registration
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # later reads skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

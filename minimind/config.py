@@ -6,7 +6,9 @@ public MiniMind project loads here and ours loads there.
 
 import math
 
-from transformers import PretrainedConfig
+from transformers import PreTrainedConfig
+
+from .presets import PRESETS
 
 SCORING_FUNCS = ("softmax",)
 
@@ -21,9 +23,9 @@ YARN_SCALING = {
 }
 
 
-class MiniMindConfig(PretrainedConfig):
+class MiniMindConfig(PreTrainedConfig):
     model_type = "minimind"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the cache, by its names since and before transformers 5.24
 
     def __init__(
         self,
@@ -143,23 +145,6 @@ class MiniMindConfig(PretrainedConfig):
                                  f"supported: {', '.join(SCORING_FUNCS)}")
             if self.aux_loss_alpha < 0:
                 raise ValueError(f"MiniMindConfig.aux_loss_alpha must be >= 0, got {self.aux_loss_alpha}")
-
-
-# The seed quick reference's presets (plus a tiny one for tests and quick CPU runs).
-PRESETS = {
-    "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                 vocab_size=6400, max_position_embeddings=1024),
-    "small": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
-                  vocab_size=6400, max_position_embeddings=2048),
-    "medium": dict(hidden_size=1024, num_hidden_layers=16, num_attention_heads=16, num_key_value_heads=4,
-                   vocab_size=32000, max_position_embeddings=4096),
-    "large": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, num_key_value_heads=8,
-                  vocab_size=32000, max_position_embeddings=8192),
-    "small-moe": dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
-                      vocab_size=6400, max_position_embeddings=2048, use_moe=True, num_experts_per_tok=2,
-                      n_routed_experts=8, n_shared_experts=1, aux_loss_alpha=0.1),
-}
-PRESETS["moe"] = PRESETS["small-moe"]
 
 
 def preset(name: str, **overrides) -> MiniMindConfig:

@@ -19,78 +19,20 @@ exactly; a resumed DPO run rebuilds its reference from `--pretrained_path`.
 
 import argparse
 import copy
-import re
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from .train import add_training_flags, build_model, fit, load_data, model_saver, resolve_args, sampler_for, start
+from .train import build_model, fit, load_data, model_saver, resolve_args, sampler_for, start
 from .trainer import resolve_dtype
-
-# --- flags ---------------------------------------------------------------------------------------------------------
-
-def _set_default(p: argparse.ArgumentParser, dest: str, value) -> None:
-    """Change a shared flag's default for one stage, and the "(default: ...)" its help shows."""
-    for action in p._actions:
-        if action.dest == dest:
-            action.default = value
-            if action.help:
-                action.help = re.sub(r"\(default: [^)]*\)", f"(default: {value})", action.help)
-
-
-def add_lora_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from .lora import DEFAULT_TARGETS
-
-    add_training_flags(p, ("sft", "pretrain"))
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--lora_rank", type=int, default=8, help="rank r of the adapters (default: 8)")
-    g.add_argument("--lora_alpha", type=float, default=16.0, help="scale: the update is alpha/r * B A (default: 16)")
-    g.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the adapter path (default: 0.05)")
-    g.add_argument("--lora_targets", nargs="+", default=list(DEFAULT_TARGETS), metavar="NAME",
-                   help="linear layers to adapt, by name, space- or comma-separated (default: "
-                        f"{' '.join(DEFAULT_TARGETS)})")
-    g.add_argument("--merge", action="store_true", help="also write the merged full model (config.json, "
-                                                        "model.safetensors, model_final.pth) to --output_dir")
-    _set_default(p, "learning_rate", 2e-4)
-    _set_default(p, "dropout", 0.0)
-    return p
-
-
-def add_dpo_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    add_training_flags(p, ("dpo",))
-    g = p.add_argument_group("DPO")
-    g.add_argument("--beta", type=float, default=0.1, help="strength of the pull towards the reference: reward = "
-                                                           "beta * (log pi - log pi_ref) (default: 0.1)")
-    _set_default(p, "learning_rate", 5e-6)
-    _set_default(p, "dropout", 0.0)  # dropout would make the policy differ from the reference by noise alone
-    return p
-
-
-def add_distill_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    from .config import PRESETS
-
-    add_training_flags(p, ("sft", "pretrain"))
-    g = p.add_argument_group("distillation")
-    g.add_argument("--teacher", required=True, metavar="MODEL", help="the teacher: a training output directory, a "
-                   "model directory, or a .pth/.safetensors file with config.json beside it (same tokenizer)")
-    g.add_argument("--student_preset", dest="preset", choices=sorted(PRESETS), default=None,
-                   help="the student's size (same as --preset; or give --hidden_size etc., or --student_config)")
-    g.add_argument("--student_config", default=None, metavar="CONFIG",
-                   help="the student's config.json or model directory (instead of a preset or size flags)")
-    g.add_argument("--temperature", type=float, default=2.0, help="softmax temperature T (default: 2.0)")
-    g.add_argument("--alpha", type=float, default=0.5, help="weight of the label CE; 1 - alpha goes to the T^2 KL "
-                                                            "term (default: 0.5)")
-    return p
-
-
-STAGE_FLAGS = {"lora": add_lora_flags, "dpo": add_dpo_flags, "distill": add_distill_flags}
 
 
 def parse_args(stage: str, argv=None) -> argparse.Namespace:
-    """The resolved flags of `minimind STAGE ...` (for Python use and tests)."""
-    p = argparse.ArgumentParser(prog=f"minimind {stage}")
-    return resolve_args(STAGE_FLAGS[stage](p).parse_args(argv))
+    """The resolved flags of `minimind STAGE ...` (lora, dpo, distill; for Python use and tests)."""
+    from .cli import command_parser
+
+    return resolve_args(command_parser(stage).parse_args(argv))
 
 
 # --- shared set-up -------------------------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .checkpoint import check_fit, read_json_object
+from .presets import LORA_TARGETS as DEFAULT_TARGETS
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_FORMAT = "minimind-lora"

@@ -462,6 +462,8 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = MiniMindModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:  # tied here, not left to transformers (whose releases differ, e.g. on meta)
+            self.lm_head.weight = self.model.embed_tokens.weight
         self.post_init()
 
     def get_input_embeddings(self):
@@ -507,3 +509,15 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         from .generate import hf_generate
 
         return hf_generate(self, inputs, generation_config, streamer=streamer, **kwargs)
+
+
+def register_auto_classes():
+    """Let transformers' `AutoConfig` and `AutoModelForCausalLM` load MiniMind directories. Runs when this module
+    loads (any `from minimind import MiniMindForCausalLM` or `MiniMindConfig` does it)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    AutoConfig.register("minimind", MiniMindConfig, exist_ok=True)
+    AutoModelForCausalLM.register(MiniMindConfig, MiniMindForCausalLM, exist_ok=True)
+
+
+register_auto_classes()

@@ -864,25 +864,3 @@ def run_server(model, tokenizer, model_name: str = "minimind", host: str = "127.
     except KeyboardInterrupt:  # uvicorn has shut down cleanly, then passes Ctrl-C on
         pass
     print("minimind serve: stopped")
-
-
-def add_serve_flags(p):
-    """The flags of `minimind serve` (after the model flags)."""
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 for every interface "
-                                                       "(default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    p.add_argument("--model_name", default=None, help="the model id clients use (default: MODEL's file or "
-                                                      "directory name)")
-    p.add_argument("--api_key", default=None, help="require 'Authorization: Bearer KEY' on /v1 (default: "
-                                                   "$MINIMIND_API_KEY if set, else no key)")
-    p.add_argument("--max_tokens_limit", type=int, default=1024, help="the most tokens one answer may ask for "
-                                                                      "(default: 1024)")
-    p.add_argument("--max_batch", type=int, default=8, help="the most rows (prompts x n) decoded together "
-                                                            "(default: 8)")
-    p.add_argument("--max_request_bytes", type=int, default=1 << 20, help="largest request body accepted "
-                                                                          "(default: 1 MiB)")
-    p.add_argument("--compile", action="store_true", help="decode with torch.compile (compiled at startup, about a "
-                                                          "minute on a CPU; faster answers after)")
-    p.add_argument("--cors_origin", action="append", default=None, metavar="ORIGIN",
-                   help="let web pages from ORIGIN (e.g. http://localhost:3000, or *) call the API from a browser; "
-                        "repeatable (default: none; the built-in chat page needs none)")

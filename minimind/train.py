@@ -17,85 +17,16 @@ from pathlib import Path
 
 import torch
 
-from .config import PRESETS, MiniMindConfig
-from .trainer import STATE_FILE, Trainer, TrainingError, atomic_save, best_device, init_distributed
-
-# The seed's model flags and defaults (None in the parser, so a --preset can fill what was not given).
-SEED_MODEL_DEFAULTS = {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2, "vocab_size": 6400,
-                       "use_moe": 0}
-FLAG_TO_FIELD = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
-                 "num_kv_heads": "num_key_value_heads", "vocab_size": "vocab_size", "use_moe": "use_moe"}
-
-
-def add_training_flags(p: argparse.ArgumentParser, stage_choices=("pretrain", "sft")):
-    """The flags every training stage shares (used by train, and by lora / dpo / distill)."""
-    g = p.add_argument_group("model (seed flags; a --preset fills those not given)")
-    g.add_argument("--preset", choices=sorted(PRESETS), default=None, help="named model size")
-    g.add_argument("--hidden_size", type=int, default=None, help="hidden dimension (default: 512)")
-    g.add_argument("--num_layers", type=int, default=None, help="number of layers (default: 8)")
-    g.add_argument("--num_heads", type=int, default=None, help="attention heads (default: 8)")
-    g.add_argument("--num_kv_heads", type=int, default=None, help="key/value heads, GQA (default: 2)")
-    g.add_argument("--vocab_size", type=int, default=None, help="vocabulary size (default: 6400)")
-    g.add_argument("--max_seq_len", type=int, default=512, help="training sequence length (default: 512)")
-    g.add_argument("--dropout", type=float, default=0.1, help="dropout rate (default: 0.1)")
-    g.add_argument("--use_moe", type=int, choices=(0, 1), default=None, help="mixture of experts (default: 0)")
-
-    g = p.add_argument_group("training (seed flags)")
-    g.add_argument("--epochs", type=int, default=3, help="training epochs (default: 3)")
-    g.add_argument("--batch_size", type=int, default=4, help="micro-batch size per process (default: 4)")
-    g.add_argument("--learning_rate", type=float, default=1e-4, help="peak learning rate (default: 1e-4)")
-    g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (default: 0.01)")
-    g.add_argument("--grad_clip", type=float, default=1.0, help="gradient clipping norm, 0 = off (default: 1.0)")
-
-    g = p.add_argument_group("other (seed flags)")
-    g.add_argument("--device", default=None, help="cuda, cuda:N, mps or cpu (default: the best available)")
-    g.add_argument("--output_dir", default="./output", help="where models and state go (default: ./output)")
-    g.add_argument("--pretrained_path", default="", help="start from these weights: .pth, .safetensors or a "
-                                                         "model directory (default: none)")
-    g.add_argument("--log_interval", type=int, default=10, help="log every N steps (default: 10)")
-    g.add_argument("--save_interval", type=int, default=1, help="save model_epoch_N.pth every N epochs (default: 1)")
-
-    g = p.add_argument_group("data")
-    g.add_argument("--stage", choices=stage_choices, default=stage_choices[0], help="what to train on")
-    g.add_argument("--data", default=None, help="file, folder, glob or prepared shards (default: built-in corpus)")
-    g.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the shipped 6400-token one)")
-    g.add_argument("--skip_bad_records", action="store_true", help="warn about and skip malformed records")
-    g.add_argument("--num_workers", type=int, default=0, help="DataLoader worker processes (default: 0)")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--accumulation_steps", type=int, default=1, help="micro-batches per optimizer step")
-    g.add_argument("--warmup_ratio", type=float, default=0.05, help="warmup as a fraction of all steps")
-    g.add_argument("--warmup_steps", type=int, default=None, help="warmup steps (overrides --warmup_ratio)")
-    g.add_argument("--min_lr_ratio", type=float, default=0.1, help="cosine decays to learning_rate * this")
-    g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                   help="autocast precision (auto: bf16 where supported, else fp16 on GPU, else fp32)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--max_steps", type=int, default=0, help="stop after N optimizer steps (0 = all epochs); "
-                                                            "the schedule is planned for the capped length")
-    g.add_argument("--fsdp", action="store_true", help="under torchrun: shard the model with FSDP2 instead of DDP")
-
-    g = p.add_argument_group("checkpoints and monitoring")
-    g.add_argument("--save_steps", type=int, default=200, help="write the resumable state every N steps (0 = "
-                                                               "only at epoch ends)")
-    g.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="continue from a training state (bare --resume: the latest in --output_dir)")
-    g.add_argument("--eval_interval", type=int, default=200, help="evaluate and sample every N steps (0 = "
-                                                                  "only at the end)")
-    g.add_argument("--eval_batches", type=int, default=50, help="held-out batches per evaluation")
-    g.add_argument("--report_to", default="none", help="none, tensorboard, wandb (comma-separated)")
-    return p
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="minimind train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    return add_training_flags(p)
+from .config import MiniMindConfig
+from .presets import FLAG_TO_FIELD, PRESETS, SEED_MODEL_DEFAULTS
+from .trainer import STATE_FILE, Trainer, atomic_save, best_device, init_distributed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    return resolve_args(args)
+    """The resolved flags of `python train.py ...` / `minimind train ...` (for Python use and tests)."""
+    from .cli.train import build_parser
+
+    return resolve_args(build_parser().parse_args(argv))
 
 
 def resolve_args(args):
@@ -267,17 +198,10 @@ def run(args) -> dict | None:
 
 
 def main(argv=None):
-    from .data import DataError
+    """`python train.py`: the same as `minimind train`."""
+    from .cli import main as cli_main
 
-    args = parse_args(argv)
-    try:
-        run(args)
-    except (DataError, FileNotFoundError, ValueError, TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with --resume (state in {args.output_dir})", file=sys.stderr)
-        sys.exit(130)
+    cli_main(["train", *(sys.argv[1:] if argv is None else argv)], prog="train.py")
 
 
 if __name__ == "__main__":

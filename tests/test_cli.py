@@ -36,3 +36,18 @@ def test_info_bad_path_is_one_clear_line(tmp_path):
     bad.write_text("{not json")
     r = subprocess.run([sys.executable, "-m", "minimind", "info", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2 and "config.json: not a valid JSON config" in r.stderr
+
+
+def test_help_loads_neither_torch_nor_transformers():
+    """`minimind --help` and every command's --help answer at once: building the whole parser imports no heavy
+    library (they load when a command runs)."""
+    code = ("import sys; from minimind.cli import build_parser, command_parser; build_parser(); "
+            "command_parser('train', 'train.py'); import minimind; minimind.PRESETS; "
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]"
+    for argv in (["--help"], ["serve", "--help"], ["data", "prepare", "--help"]):
+        r = subprocess.run([sys.executable, "-m", "minimind", *argv], capture_output=True, text=True)
+        assert r.returncode == 0 and "usage: minimind" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "minimind", "lora", "--help"], capture_output=True, text=True)
+    assert "learning rate (default: 0.0002)" in r.stdout  # a stage's own default, shown by argparse

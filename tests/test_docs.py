@@ -95,9 +95,9 @@ def _flags(parser: argparse.ArgumentParser) -> set[str]:
 
 def parsers() -> dict[str, set[str]]:
     """Command name ("train.py", "minimind lora", "minimind data prepare", ...) -> its flags."""
-    from minimind import cli, train
+    from minimind import cli
 
-    table = {"train.py": _flags(train.build_parser()), "minimind": _flags(cli.build_parser())}
+    table = {"train.py": _flags(cli.command_parser("train")), "minimind": _flags(cli.build_parser())}
     for name, sub in _subparsers(cli.build_parser()).items():
         table[f"minimind {name}"] = _flags(sub)
         for action, subsub in _subparsers(sub).items():

@@ -117,6 +117,28 @@ def test_chunked_prefill_and_legacy_tuples():
     assert (torch.cat([first.logits, second.logits], 1) - full).abs().max() < 1e-4
 
 
+def test_cache_under_both_names(recwarn):
+    """The seed's `past_key_values=` / `.past_key_values` and transformers 5.24's `cache=` / `.cache` are one cache,
+    read and written under either name, attribute or key, without a warning."""
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(tiny()).eval()
+    ids = torch.randint(3, 300, (1, 12))
+    with torch.no_grad():
+        full = model(ids).logits
+        first = model(ids[:, :8], use_cache=True)
+        assert first.past_key_values is first.cache and first.cache.get_seq_length() == 8
+        assert "cache" in first and "past_key_values" in first and first["past_key_values"] is first["cache"]
+        assert first.get("past_key_values") is first.cache and "loss" not in first and first.get("loss") is None
+        second = model(ids[:, 8:10], past_key_values=first.past_key_values, use_cache=True)
+        third = model(ids[:, 10:], cache=second.cache, use_cache=True)
+        with pytest.raises(ValueError, match="cache= or as past_key_values="):
+            model(ids[:, 10:], cache=second.cache, past_key_values=KVCache(2), use_cache=True)
+    assert third.past_key_values.get_seq_length() == 12
+    assert (torch.cat([first.logits, second.logits, third.logits], 1) - full).abs().max() < 1e-4
+    assert torch.equal(first[1], first.logits) and len(first.to_tuple()) == 4  # aux_loss, logits, cache, hidden
+    assert not [w for w in recwarn if "cache" in str(w.message)]
+
+
 def test_cache_grows_without_losing_entries():
     cache = KVCache(num_layers=1)
     chunks = [torch.randn(1, 2, n, 4) for n in (3, 20, 1, 50)]

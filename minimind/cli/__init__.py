@@ -1,0 +1,85 @@
+"""The `minimind` command line: a table of commands.
+
+Each command's module here declares its arguments (`add_arguments(parser)`) and its `main(args)`, which calls the
+same functions a Python user would. The modules import torch and transformers only inside `main`, so that
+`minimind --help` and every `minimind COMMAND --help` answer at once.
+"""
+
+import argparse
+import ast
+import importlib
+import importlib.util
+import sys
+
+# command: (its module in minimind.cli, its line in `minimind --help`)
+COMMANDS = {
+    "info": ("info", "config, parameter counts per component, weight memory"),
+    "train": ("train", "pretrain or fine-tune (SFT) a model; same as python train.py"),
+    "lora": ("lora", "LoRA fine-tuning of a base model: saves the adapter (--merge: a full model too)"),
+    "dpo": ("dpo", "DPO on preference pairs (default: the built-in ones) against a frozen reference"),
+    "distill": ("distill", "knowledge distillation: a teacher MODEL trains a smaller student"),
+    "tokenizer": ("tokenizer", "train a byte-level BPE tokenizer"),
+    "data": ("data", "prepare token shards, corpus statistics"),
+    "generate": ("generate", "complete a prompt (sampling flags, --stream, --num_samples)"),
+    "chat": ("chat", "interactive multi-turn chat in the terminal, streaming"),
+    "eval": ("evaluate", "loss, perplexity, bits per byte on held-out text"),
+    "serve": ("serve", "OpenAI-compatible HTTP server with a web chat page"),
+    "export": ("export", "export to a Hugging Face directory (Llama / Mixtral) or a GGUF file (llama.cpp, Ollama)"),
+    "import": ("import_checkpoint", "convert a public MiniMind .pth checkpoint into a minimind model directory"),
+}
+
+
+def docstring_of(module: str) -> str:
+    """A module's docstring, read from its source without importing it (importing it would load torch): the
+    commands whose library module documents them use it as their --help description."""
+    with open(importlib.util.find_spec(module).origin, encoding="utf-8") as f:
+        return ast.get_docstring(ast.parse(f.read()))
+
+
+def description(module) -> str:
+    return getattr(module, "DESCRIPTION", None) or module.__doc__
+
+
+def command_parser(name: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of one command alone (`python train.py` is `minimind train`'s)."""
+    module = importlib.import_module(f".{COMMANDS[name][0]}", __name__)
+    p = argparse.ArgumentParser(prog=prog or f"minimind {name}", description=description(module),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    module.add_arguments(p)
+    p.set_defaults(func=module.main)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minimind", description="Train small language models from scratch.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, line) in COMMANDS.items():
+        module = importlib.import_module(f".{module_name}", __name__)
+        p = sub.add_parser(name, help=line, description=description(module),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(func=module.main)
+    return parser
+
+
+def main(argv=None, prog: str | None = None):
+    """Run `minimind ARGV...` (or, with `prog`, the one command ARGV[0] under that name: `python train.py`).
+    Errors the user can fix print one line and exit with 2; Ctrl-C exits with 130."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if prog is None:
+        args = build_parser().parse_args(argv)
+        prog = f"minimind {args.command}"
+    else:
+        args = command_parser(argv[0], prog).parse_args(argv[1:])
+    from ..trainer import TrainingError  # torch: only once a command runs
+
+    try:
+        args.func(args)
+    except (FileNotFoundError, ValueError, TrainingError) as e:  # DataError is a ValueError
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        resume = getattr(args, "output_dir", None) if getattr(args, "save_steps", None) is not None else None
+        hint = f"; continue with --resume (state in {resume})" if resume else ""
+        print(f"\n{prog}: interrupted{hint}", file=sys.stderr)
+        sys.exit(130)

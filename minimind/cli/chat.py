@@ -1,0 +1,33 @@
+"""`minimind chat MODEL`: interactive multi-turn chat in the terminal (the description is minimind/chat.py's)."""
+
+from . import docstring_of
+from .options import add_model_flags, add_sampling_flags, load_for_inference, sampling_settings
+
+DESCRIPTION = docstring_of("minimind.chat")
+
+
+def add_arguments(p):
+    add_model_flags(p)
+    add_sampling_flags(p, 512)
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--context", type=int, default=None, help="context window for prompt + answer (default: the "
+                                                             "model's max_position_embeddings)")
+    p.add_argument("--completion", action="store_true", help="plain completion instead of chat")
+
+
+def main(args):
+    from ..chat import COMMANDS, ChatSession, completion_reason, run_chat
+
+    model, tokenizer = load_for_inference(args)
+    reason = "asked for with --completion" if args.completion else completion_reason(args.model, tokenizer)
+    settings = sampling_settings(args)
+    settings["seed"] = args.seed
+    session = ChatSession(model, tokenizer, system=args.system, chat=reason is None, context=args.context,
+                          max_new_tokens=args.max_new_tokens, **settings)
+    if reason is None:
+        banner = (f"minimind chat: {args.model} (context {session.context} tokens). Commands: {COMMANDS}; "
+                  "Ctrl-C stops an answer.")
+    else:
+        banner = (f"minimind chat: {args.model} runs as plain completion, {reason}: each line is continued as "
+                  f"text, without history. Commands: {COMMANDS}.")
+    run_chat(session, show_speed=args.show_speed, banner=banner)

@@ -1,0 +1,54 @@
+"""Data tools. `minimind data prepare` tokenizes a corpus once into uint16 memory-mapped shards plus index.json;
+pass the folder as training data. `minimind data stats` counts documents, characters and tokens."""
+
+
+def add_arguments(p):
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    d = actions.add_parser("prepare", help="tokenize a corpus into memory-mapped shards",
+                           description="Tokenize a pretraining corpus once (documents wrapped in <|im_start|> ... "
+                                       "<|im_end|>) into OUT/shard-NNNNN.bin files and OUT/index.json.")
+    d.add_argument("--data", required=True, help="file, folder or glob of .jsonl ({\"text\": ...}), .txt or .parquet")
+    d.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the shipped 6400-token one)")
+    d.add_argument("--out", required=True, help="directory to write the shards and index.json to")
+    d.add_argument("--shard_tokens", type=int, default=2**28, help="about this many tokens per shard file "
+                                                                   "(default: %(default)s)")
+    d.add_argument("--skip_bad_records", action="store_true", help="warn about bad records instead of stopping")
+    d = actions.add_parser("stats", help="documents, characters and tokens of a corpus",
+                           description="Count documents, characters and tokens of a pretraining corpus; with no "
+                                       "--data, report the built-in corpus per source and split.")
+    d.add_argument("--data", default=None, help="file, folder or glob (default: the built-in corpus)")
+    d.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the shipped one)")
+    d.add_argument("--skip_bad_records", action="store_true", help="warn about bad records instead of stopping")
+
+
+def main(args):
+    (prepare if args.action == "prepare" else stats)(args)
+
+
+def prepare(args):
+    import time
+
+    from ..data import prepare_shards
+    from ..tokenizer import load_tokenizer
+
+    start = time.perf_counter()
+    index = prepare_shards(args.data, load_tokenizer(args.tokenizer), args.out,
+                           shard_tokens=args.shard_tokens, skip_bad_records=args.skip_bad_records)
+    seconds = time.perf_counter() - start
+    print(f"{index['documents']:,} documents, {index['characters']:,} characters -> {index['tokens']:,} tokens "
+          f"in {len(index['shards'])} shard(s), {seconds:.1f}s ({index['tokens'] / seconds:,.0f} tokens/s); "
+          f"saved to {args.out}")
+
+
+def stats(args):
+    from .. import corpus
+    from ..data import read_texts, tokenize_stream
+    from ..tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer)
+    if args.data is None:
+        print(corpus.format_report(corpus.report(tokenizer)))
+        return
+    _, counts = tokenize_stream(read_texts(args.data, args.skip_bad_records), tokenizer)
+    print(f"{args.data}: {counts['documents']:,} documents, {counts['characters']:,} characters, "
+          f"{counts['tokens']:,} tokens (with bos/eos)")

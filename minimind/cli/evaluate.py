@@ -1,0 +1,43 @@
+"""`minimind eval MODEL`: loss, perplexity, bits per byte on held-out text (the description is
+minimind/evaluate.py's)."""
+
+from . import docstring_of
+from .options import add_model_flags, load_for_inference
+
+DESCRIPTION = docstring_of("minimind.evaluate")
+
+
+def add_arguments(p):
+    add_model_flags(p)
+    p.add_argument("--data", default=None, help="file, folder or glob of .jsonl ({\"text\": ...}), .txt or .parquet "
+                                                "(default: the built-in corpus' held-out split)")
+    p.add_argument("--seq_len", type=int, default=None, help="window length (default: the training run's "
+                                                             "max_seq_len, else 512)")
+    p.add_argument("--batch_tokens", type=int, default=4096, help="tokens per forward pass (default: %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N documents")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--skip_bad_records", action="store_true", help="warn about bad records instead of stopping")
+
+
+def main(args):
+    import json
+
+    from .. import corpus
+    from ..checkpoint import training_args
+    from ..data import read_texts
+    from ..evaluate import evaluate
+
+    model, tokenizer = load_for_inference(args)
+    texts = corpus.pretrain_texts("val") if args.data is None else list(read_texts(args.data, args.skip_bad_records))
+    if args.limit:
+        texts = texts[:args.limit]
+    seq_len = args.seq_len or training_args(args.model).get("max_seq_len") or 512
+    seq_len = min(int(seq_len), model.config.max_position_embeddings)
+    result = evaluate(model, tokenizer, texts, seq_len=seq_len, batch_tokens=args.batch_tokens, progress=None)
+    data = args.data or "the built-in held-out split"
+    if args.json:
+        print(json.dumps({"model": args.model, "data": data, **result}))
+    else:
+        print(f"{args.model} on {data}: loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}, "
+              f"bits per byte {result['bits_per_byte']:.4f} ({result['tokens']:,} tokens predicted, "
+              f"{result['bytes']:,} bytes, {result['documents']:,} documents, windows of {seq_len})")
