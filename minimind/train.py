@@ -1,12 +1,9 @@
-"""`python train.py` / `minimind train`: pretrain or fine-tune (SFT) a MiniMind model.
+"""Pretraining and SFT (`python train.py`, `minimind train`, whose flags are in minimind/cli/train.py), and the set-up
+every training stage shares: the run's start (device, distributed, seed, tokenizer), the model, the data, the
+trainer (`fit`), and the saved model directories. The other stages (minimind/finetune.py) are built from these.
 
-Takes every flag of the seed's train.py with its default, plus the ones a real run needs. With no
-arguments it pretrains the seed's model on the built-in corpus.
-
-    python train.py                                                    # seed defaults, built-in corpus
-    python train.py --preset tiny --max_steps 300 --output_dir out     # a quick CPU run
-    python train.py --stage sft --pretrained_path out --output_dir sft # fine-tune on conversations
-    torchrun --nproc_per_node 4 train.py --batch_size 16               # DDP on 4 GPUs
+    from minimind.train import parse_args, run
+    run(parse_args(["--preset", "tiny", "--max_steps", "300", "--output_dir", "out"]))
 """
 
 import argparse

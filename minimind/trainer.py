@@ -438,7 +438,8 @@ class Trainer:
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / len(batches)
         if self.dist.world > 1:
-            dist.all_reduce(total_loss, op=dist.ReduceOp.AVG)
+            dist.all_reduce(total_loss)  # a sum, then the mean (older torch releases have no ReduceOp.AVG in Gloo)
+            total_loss /= self.dist.world
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.grad_clip if args.grad_clip > 0 else float("inf"))

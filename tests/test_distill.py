@@ -79,15 +79,20 @@ def test_teacher_is_frozen_in_eval_mode_and_the_training_dtype(teacher_dir):
 
 
 def test_distillation_lowers_the_kl_to_the_teacher(teacher_dir, text_file, tmp_path):
-    out = tmp_path / "student"
-    flags = ["--teacher", str(teacher_dir), "--stage", "pretrain", "--data", str(text_file), "--max_steps", "12",
-             "--learning_rate", "3e-2", "--alpha", "0.1", "--temperature", "2", "--output_dir", str(out)]
-    result = run_distill(parse_args("distill", [*RUN, *STUDENT, *flags]))
-    kls = [json.loads(line)["kl"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"kl"' in line]
-    assert len(kls) == 12
-    assert sum(kls[-3:]) / 3 < 0.75 * sum(kls[:3]) / 3  # the student moved towards the teacher
+    def final_kls(alpha, out):
+        flags = ["--teacher", str(teacher_dir), "--stage", "pretrain", "--data", str(text_file), "--max_steps", "12",
+                 "--learning_rate", "3e-2", "--alpha", alpha, "--temperature", "2", "--output_dir", str(out)]
+        result = run_distill(parse_args("distill", [*RUN, *STUDENT, *flags]))
+        kls = [json.loads(line)["kl"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"kl"' in line]
+        assert len(kls) == 12
+        return kls, result
+
+    kls, result = final_kls("0.1", tmp_path / "student")
+    labels_only, _ = final_kls("1.0", tmp_path / "control")  # the same run with no KL term: the control
+    assert sum(kls[-3:]) < sum(kls[:3])  # the student moved towards the teacher ...
+    assert sum(kls[-3:]) < 0.75 * sum(labels_only[-3:])  # ... much more than training on the labels alone moves it
     assert "eval_kl" in result and "eval_ce" in result
-    student = MiniMindForCausalLM.from_pretrained(out)
+    student = MiniMindForCausalLM.from_pretrained(tmp_path / "student")
     assert student.config.hidden_size == 32  # the student's size, not the teacher's
 
 

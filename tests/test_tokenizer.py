@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import tokenizers
 from transformers import AutoTokenizer
 
 from minimind import corpus, preset
@@ -88,6 +89,9 @@ def test_chat_template_rejects_unknown_role(tok):
         tok.apply_chat_template([{"role": "bot", "content": "x"}], tokenize=False)
 
 
+@pytest.mark.skipif(tuple(int(x) for x in tokenizers.__version__.split(".")[:2]) < (0, 23),
+                    reason="the shipped tokenizer was trained with tokenizers 0.23; 0.22's BPE trainer orders tied "
+                           "merges differently (its tokenizer is as good, not the same bytes)")
 def test_shipped_tokenizer_is_what_train_produces_on_the_default_corpus(tmp_path):
     train_tokenizer(corpus.pretrain_texts("train"), 6400, tmp_path)
     assert (tmp_path / "tokenizer.json").read_bytes() == (SHIPPED / "tokenizer.json").read_bytes()
