@@ -22,8 +22,10 @@ from pathlib import Path
 
 import torch
 
-from minimind import corpus
-from minimind.data import PretrainDataset, collate, prepare_shards, read_texts
+from minimind.data import corpus
+from minimind.data.datasets import PretrainDataset, collate
+from minimind.data.files import read_texts
+from minimind.data.tokens import prepare_shards
 from minimind.tokenizer import load_tokenizer
 
 

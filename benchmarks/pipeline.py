@@ -15,8 +15,9 @@ import time
 
 import torch
 
-from minimind import MiniMindForCausalLM, corpus, preset
-from minimind.data import PretrainDataset, collate
+from minimind import MiniMindForCausalLM, preset
+from minimind.data import corpus
+from minimind.data.datasets import PretrainDataset, collate
 from minimind.tokenizer import load_tokenizer
 
 

@@ -17,7 +17,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 from minimind import MiniMindForCausalLM, preset
-from minimind.export import llama_config
+from minimind.export.hf import llama_config
 
 
 def make_step(model, ids, dtype, device):

@@ -16,7 +16,7 @@ _EXPORTS = {  # name: the module that defines it
     "PRESETS": "presets",
     "MiniMindForCausalLM": "model",
     "MiniMindModel": "model",
-    "KVCache": "model",
+    "KVCache": "kv_cache",
     "register_auto_classes": "model",
 }
 

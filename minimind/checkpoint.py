@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 from .config import PRESETS, MiniMindConfig, preset
+from .io import check_fit, read_json_object
 
 
 def load_config(spec: str, config_path: str | None = None) -> MiniMindConfig:
@@ -30,18 +31,6 @@ def load_config(spec: str, config_path: str | None = None) -> MiniMindConfig:
     fields.pop("model_type", None)
     fields.pop("architectures", None)
     return MiniMindConfig(**fields)
-
-
-def read_json_object(path: Path, what: str) -> dict:
-    """The JSON object in the file at `path` (a `what`: "config", "LoRA adapter config"), or a ValueError naming
-    the file."""
-    try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a valid JSON {what} ({e})") from None
-    if not isinstance(fields, dict):
-        raise ValueError(f"{path}: expected a JSON object of {what} fields")
-    return fields
 
 
 def read_state_dict(path: str | Path) -> dict:
@@ -90,24 +79,6 @@ def load_weights(model, path: str | Path) -> None:
               hint="check the architecture flags (--preset, --hidden_size, --num_layers, --num_heads, "
                    "--num_kv_heads, --vocab_size, --use_moe) against the checkpoint's config.json")
     model.load_state_dict(state, strict=True)
-
-
-def check_fit(tensors: dict, expected: dict, title: str, hint: str | None = None) -> None:
-    """Raise one readable ValueError listing every name missing, unexpected or of the wrong shape, if any."""
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    mismatched = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
-    if not (missing or unexpected or mismatched):
-        return
-    lines = [title]
-    for kind, items in (("shape mismatch", mismatched), ("missing from the file", missing),
-                        ("not in the model", unexpected)):
-        if items:
-            lines.append(f"  {kind} ({len(items)}): " + "; ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
-    if hint:
-        lines.append(f"  {hint}")
-    raise ValueError("\n".join(lines))
 
 
 DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",

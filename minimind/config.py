@@ -25,7 +25,7 @@ YARN_SCALING = {
 
 class MiniMindConfig(PreTrainedConfig):
     model_type = "minimind"
-    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the cache, by its names since and before transformers 5.24
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the cache: its names from and before transformers 5.24
 
     def __init__(
         self,

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import check_fit, read_json_object
+from .io import check_fit, read_json_object
 from .presets import LORA_TARGETS as DEFAULT_TARGETS
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

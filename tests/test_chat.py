@@ -10,8 +10,8 @@ import pytest
 import torch
 from helpers import tiny_model
 
-from minimind.chat import ChatSession, completion_reason, run_chat
-from minimind.generate import generate_text
+from minimind.infer.chat import ChatSession, completion_reason, run_chat
+from minimind.infer.generate import generate_text
 from minimind.tokenizer import load_tokenizer, save_tokenizer
 
 GREEDY = dict(max_new_tokens=8, temperature=0.0)

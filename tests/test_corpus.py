@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from minimind import corpus
+from minimind.data import corpus
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import torch
 
 from minimind import data as D
 from minimind.cli import main
-from minimind.data import DataError, DPODataset, PretrainDataset, SFTDataset, StreamingPretrainDataset, collate
+from minimind.data.datasets import DPODataset, PretrainDataset, SFTDataset, StreamingPretrainDataset, collate
+from minimind.data.files import DataError
 from minimind.tokenizer import load_tokenizer
 
 DOCS = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * (i % 7 + 1) + "你好，世界 🙂"

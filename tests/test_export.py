@@ -16,7 +16,7 @@ import torch
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.checkpoint import load_model
 from minimind.cli import main
-from minimind.export import from_llama_cpp_rope, to_llama_cpp_rope
+from minimind.export.gguf import from_llama_cpp_rope, to_llama_cpp_rope
 from minimind.model import apply_rope, rope_cos_sin
 from minimind.tokenizer import load_tokenizer, save_tokenizer
 

@@ -14,8 +14,11 @@ import pytest
 import torch
 from helpers import tiny_model
 
-from minimind.finetune import parse_args, run_distill, run_dpo, run_lora
-from minimind.trainer import STATE_FILE
+from minimind.train.distill import run_distill
+from minimind.train.dpo import run_dpo
+from minimind.train.lora import run_lora
+from minimind.train.setup import parse_args
+from minimind.train.trainer import STATE_FILE
 
 RUN = ["--max_seq_len", "32", "--batch_size", "4", "--log_interval", "2", "--eval_interval", "0", "--eval_batches", "1",
        "--dtype", "fp32", "--max_steps", "40", "--save_steps", "4", "--learning_rate", "3e-3"]
@@ -62,7 +65,7 @@ def final_state(out):
 def test_stage_resumes_exactly_after_sigkill(stage, files, tmp_path):
     flags = [*RUN, *stage_flags(stage, files)]
     straight = tmp_path / "straight"
-    RUNNERS[stage](parse_args(stage, [*flags, "--output_dir", str(straight)]))
+    RUNNERS[stage](parse_args(command=stage, argv=[*flags, "--output_dir", str(straight)]))
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "minimind", stage, *flags, "--output_dir", str(killed)],
@@ -84,7 +87,7 @@ def test_stage_resumes_exactly_after_sigkill(stage, files, tmp_path):
     steps = torch.load(killed / STATE_FILE, weights_only=True)["train"]["step"]
     assert 4 <= steps < 40
 
-    RUNNERS[stage](parse_args(stage, [*flags, "--output_dir", str(killed), "--resume"]))
+    RUNNERS[stage](parse_args(command=stage, argv=[*flags, "--output_dir", str(killed), "--resume"]))
     log = (killed / "metrics.jsonl").read_text()
     assert re.search(r'"step": 40,', log)
     a, b = final_state(straight), final_state(killed)

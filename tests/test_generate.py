@@ -12,18 +12,10 @@ from transformers import GenerationConfig, GenerationMixin, LlamaForCausalLM
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.checkpoint import load_model
 from minimind.cli import main
-from minimind.export import llama_config
-from minimind.generate import (
-    TextStream,
-    apply_repetition_penalty,
-    encode_prompts,
-    filter_logits,
-    generate,
-    generate_text,
-    sample,
-    stream,
-    token_chooser,
-)
+from minimind.export.hf import llama_config
+from minimind.infer.generate import encode_prompts, generate, generate_text, sample, stream
+from minimind.infer.sampling import apply_repetition_penalty, filter_logits, token_chooser
+from minimind.infer.textstream import TextStream
 from minimind.tokenizer import load_tokenizer, save_tokenizer
 
 TEXT = "Hello, 世界! 你好🙂👍🏽 café 𝔘𝔫𝔦 — done."

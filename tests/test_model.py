@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
 from minimind import KVCache, MiniMindConfig, MiniMindForCausalLM, preset
-from minimind.export import llama_config
+from minimind.export.hf import llama_config
 from minimind.model import MiniMindModel, MoEFeedForward, rope_frequencies
 
 

@@ -6,8 +6,9 @@ import pytest
 import tokenizers
 from transformers import AutoTokenizer
 
-from minimind import corpus, preset
+from minimind import preset
 from minimind.cli import main
+from minimind.data import corpus
 from minimind.tokenizer import (
     CHAT_TEMPLATE,
     SHIPPED,

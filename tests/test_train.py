@@ -16,8 +16,9 @@ import pytest
 import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
-from minimind.train import parse_args, run
-from minimind.trainer import STATE_FILE, Trainer, TrainingError, lr_at
+from minimind.train.pretrain import run
+from minimind.train.setup import parse_args
+from minimind.train.trainer import STATE_FILE, Trainer, TrainingError, lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--hidden_size", "32", "--num_layers", "2", "--num_heads", "2", "--num_kv_heads", "1", "--max_seq_len", "32",
@@ -231,7 +232,7 @@ def test_sft_stage_trains_on_assistant_tokens(tmp_path, capsys):
     result = run(parse_args([*TINY, "--stage", "sft", "--data", str(convs), "--output_dir", str(tmp_path / "o"),
                              "--max_steps", "4"]))
     assert math.isfinite(result["eval_loss"])
-    from minimind.data import SFTDataset
+    from minimind.data.datasets import SFTDataset
     from minimind.tokenizer import load_tokenizer
     tok = load_tokenizer()
     item = SFTDataset(str(convs), tok, 32)[0]

@@ -71,7 +71,7 @@ def main(argv=None, prog: str | None = None):
         prog = f"minimind {args.command}"
     else:
         args = command_parser(argv[0], prog).parse_args(argv[1:])
-    from ..trainer import TrainingError  # torch: only once a command runs
+    from ..train.trainer import TrainingError
 
     try:
         args.func(args)

@@ -1,9 +1,9 @@
-"""`minimind chat MODEL`: interactive multi-turn chat in the terminal (the description is minimind/chat.py's)."""
+"""`minimind chat MODEL`: interactive multi-turn chat in the terminal (the description is minimind/infer/chat.py's)."""
 
 from . import docstring_of
 from .options import add_model_flags, add_sampling_flags, load_for_inference, sampling_settings
 
-DESCRIPTION = docstring_of("minimind.chat")
+DESCRIPTION = docstring_of("minimind.infer.chat")
 
 
 def add_arguments(p):
@@ -16,7 +16,7 @@ def add_arguments(p):
 
 
 def main(args):
-    from ..chat import COMMANDS, ChatSession, completion_reason, run_chat
+    from ..infer.chat import COMMANDS, ChatSession, completion_reason, run_chat
 
     model, tokenizer = load_for_inference(args)
     reason = "asked for with --completion" if args.completion else completion_reason(args.model, tokenizer)

@@ -28,7 +28,7 @@ def main(args):
 def prepare(args):
     import time
 
-    from ..data import prepare_shards
+    from ..data.tokens import prepare_shards
     from ..tokenizer import load_tokenizer
 
     start = time.perf_counter()
@@ -41,8 +41,9 @@ def prepare(args):
 
 
 def stats(args):
-    from .. import corpus
-    from ..data import read_texts, tokenize_stream
+    from ..data import corpus
+    from ..data.files import read_texts
+    from ..data.tokens import tokenize_stream
     from ..tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer)

@@ -24,7 +24,7 @@ def add_arguments(p):
 
 
 def main(args):
-    from ..finetune import run_distill
-    from ..train import resolve_args
+    from ..train.distill import run_distill
+    from ..train.setup import resolve_args
 
     run_distill(resolve_args(args))

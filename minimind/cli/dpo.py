@@ -19,7 +19,7 @@ def add_arguments(p):
 
 
 def main(args):
-    from ..finetune import run_dpo
-    from ..train import resolve_args
+    from ..train.dpo import run_dpo
+    from ..train.setup import resolve_args
 
     run_dpo(resolve_args(args))

@@ -1,10 +1,10 @@
 """`minimind eval MODEL`: loss, perplexity, bits per byte on held-out text (the description is
-minimind/evaluate.py's)."""
+minimind/infer/evaluate.py's)."""
 
 from . import docstring_of
 from .options import add_model_flags, load_for_inference
 
-DESCRIPTION = docstring_of("minimind.evaluate")
+DESCRIPTION = docstring_of("minimind.infer.evaluate")
 
 
 def add_arguments(p):
@@ -22,10 +22,10 @@ def add_arguments(p):
 def main(args):
     import json
 
-    from .. import corpus
     from ..checkpoint import training_args
-    from ..data import read_texts
-    from ..evaluate import evaluate
+    from ..data import corpus
+    from ..data.files import read_texts
+    from ..infer.evaluate import evaluate
 
     model, tokenizer = load_for_inference(args)
     texts = corpus.pretrain_texts("val") if args.data is None else list(read_texts(args.data, args.skip_bad_records))

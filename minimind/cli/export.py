@@ -1,5 +1,5 @@
 """`minimind export MODEL --format hf|gguf`: a Hugging Face directory or a GGUF file (the description is
-minimind/export.py's)."""
+minimind/export/__init__.py's)."""
 
 from . import docstring_of
 from .options import MODEL_HELP

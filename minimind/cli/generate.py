@@ -17,7 +17,8 @@ def add_arguments(p):
 
 
 def main(args):
-    from ..generate import GenerationStats, generate_text, make_generator, stream
+    from ..infer.generate import GenerationStats, generate_text, stream
+    from ..infer.sampling import make_generator
 
     model, tokenizer = load_for_inference(args)
     if args.num_samples < 1:

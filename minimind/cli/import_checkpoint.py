@@ -1,9 +1,9 @@
 """`minimind import PTH`: a public MiniMind checkpoint as a minimind model directory (the description is
-minimind/convert.py's)."""
+minimind/export/import_minimind.py's)."""
 
 from . import docstring_of
 
-DESCRIPTION = docstring_of("minimind.convert")
+DESCRIPTION = docstring_of("minimind.export.import_minimind")
 
 
 def add_arguments(p):
@@ -23,7 +23,7 @@ def add_arguments(p):
 
 
 def main(args):
-    from ..convert import import_minimind
+    from ..export.import_minimind import import_minimind
 
     result = import_minimind(args.pth, args.out, config=args.config, tokenizer=args.tokenizer,
                              num_heads=args.num_heads, force=args.force, num_experts_per_tok=args.num_experts_per_tok,

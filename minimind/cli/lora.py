@@ -29,7 +29,7 @@ def add_arguments(p):
 
 
 def main(args):
-    from ..finetune import run_lora
-    from ..train import resolve_args
+    from ..train.lora import run_lora
+    from ..train.setup import resolve_args
 
     run_lora(resolve_args(args))

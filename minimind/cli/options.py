@@ -37,7 +37,7 @@ def add_sampling_flags(p, max_new_tokens):
 def load_for_inference(args):
     """(model, tokenizer) from MODEL and the --config/--adapter/--device/--dtype/--quantize flags."""
     from ..checkpoint import load_model
-    from ..trainer import best_device
+    from ..train.trainer import best_device
 
     device = args.device or best_device()
     dtype = args.dtype

@@ -1,4 +1,4 @@
-"""`minimind serve MODEL`: the OpenAI-compatible server (the description is minimind/serve.py's)."""
+"""`minimind serve MODEL`: the OpenAI-compatible server (the description is minimind/serve/__init__.py's)."""
 
 from . import docstring_of
 from .options import add_model_flags, load_for_inference
@@ -29,8 +29,9 @@ def add_arguments(p):
 
 
 def main(args):
-    from ..chat import completion_reason
-    from ..serve import run_server, served_name
+    from ..infer.chat import completion_reason
+    from ..serve.app import served_name
+    from ..serve.server import run_server
 
     model, tokenizer = load_for_inference(args)
     run_server(model, tokenizer, model_name=args.model_name or served_name(args.model), host=args.host,

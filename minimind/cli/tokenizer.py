@@ -18,8 +18,8 @@ def add_arguments(p):
 def main(args):
     import time
 
-    from .. import corpus
-    from ..data import read_texts
+    from ..data import corpus
+    from ..data.files import read_texts
     from ..tokenizer import train_tokenizer
 
     texts = corpus.pretrain_texts("train") if args.data is None else read_texts(args.data, args.skip_bad_records)

@@ -90,6 +90,7 @@ def build_parser(prog: str = "minimind train") -> argparse.ArgumentParser:
 
 
 def main(args):
-    from ..train import resolve_args, run
+    from ..train.pretrain import run
+    from ..train.setup import resolve_args
 
     run(resolve_args(args))

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
+from ..io import atomic_save
+
 STATE_FILE = "training_state.pt"
 
 
@@ -110,14 +112,6 @@ def count_tokens(batch: dict) -> int:
     if masks:
         return sum(int(m.sum()) for m in masks)
     return sum(v.numel() for k, v in batch.items() if k.endswith("input_ids"))
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, then rename: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:

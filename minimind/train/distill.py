@@ -16,8 +16,13 @@ training dtype (bf16 halves its memory) and under the same autocast as the stude
     minimind distill --teacher sft_out --preset tiny --output_dir student --temperature 2.0 --alpha 0.5
 """
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
+
+from .setup import build_model, fit, load_data, model_saver, sampler_for, start
+from .trainer import resolve_dtype
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -53,8 +58,8 @@ def load_teacher(spec: str, device="cpu", dtype: torch.dtype = torch.float32, to
     """The teacher model from MODEL (output dir, model dir, .pth/.safetensors with config.json beside it), through
     `minimind.checkpoint.load_model`: frozen, eval mode, on `device`, weights in `dtype`. Given the run's `tokenizer`,
     a teacher saved with a different one is refused (its token ids would mean other things)."""
-    from .checkpoint import load_model
-    from .tokenizer import tokenizer_hash
+    from ..checkpoint import load_model
+    from ..tokenizer import tokenizer_hash
 
     teacher, teacher_tokenizer = load_model(spec, device=device, dtype=dtype)
     if tokenizer is not None and tokenizer_hash(teacher_tokenizer) != tokenizer_hash(tokenizer):
@@ -63,3 +68,37 @@ def load_teacher(spec: str, device="cpu", dtype: torch.dtype = torch.float32, to
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+# --- distillation --------------------------------------------------------------------------------------------------
+
+def run_distill(args) -> dict | None:
+    """Distil --teacher into a student built from --preset / size flags / --student_config (or --pretrained_path)."""
+    from ..checkpoint import load_config
+    from ..data.datasets import collate
+    from .distill import distill_loss_fn, load_teacher
+
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    if args.temperature <= 0:
+        raise ValueError(f"--temperature must be positive, got {args.temperature}")
+    dist_info, tokenizer = start(args)
+    config = None
+    if args.student_config and not args.pretrained_path:
+        config = load_config(args.student_config)
+        config.dropout = args.dropout
+    student = build_model(args, tokenizer, config, main=dist_info.main)
+    device = torch.device(args.device)
+    teacher = load_teacher(args.teacher, device, resolve_dtype(args.dtype, device), tokenizer)
+    if teacher.config.vocab_size != student.config.vocab_size:
+        raise ValueError(f"the teacher ({args.teacher}) has vocab_size {teacher.config.vocab_size} but the student "
+                         f"{student.config.vocab_size}: distillation needs both on the same tokenizer; give the "
+                         f"student --vocab_size {teacher.config.vocab_size}")
+    if dist_info.main:
+        print(f"Teacher {args.teacher}: {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M parameters, "
+              f"{next(teacher.parameters()).dtype}".replace("torch.", ""))
+    train_set, val_set = load_data(args, tokenizer)
+    return fit(args, "distill", student, train_set, val_set, dist_info,
+               loss_fn=distill_loss_fn(teacher, args.alpha, args.temperature),
+               collate_fn=partial(collate, pad_id=tokenizer.pad_token_id), save_model=model_saver(tokenizer),
+               sample_fn=sampler_for(tokenizer, args.stage))

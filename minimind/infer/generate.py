@@ -3,7 +3,7 @@
 streaming text that never splits a UTF-8 character.
 
     from minimind.checkpoint import load_model
-    from minimind.generate import generate_text, stream
+    from minimind.infer.generate import generate_text, stream
 
     model, tokenizer = load_model("out")
     print(generate_text(model, tokenizer, ["In the beginning", "Python is"], max_new_tokens=40)[0])
@@ -11,7 +11,7 @@ streaming text that never splits a UTF-8 character.
         print(piece, end="", flush=True)
 
 `model.generate(input_ids, attention_mask=..., max_new_tokens=..., do_sample=..., ...)` (Hugging Face's calling
-convention) lands in `hf_generate` here and returns prompt + new tokens as a LongTensor (B, T + n).
+convention) lands in `minimind.infer.hf.hf_generate` and returns prompt + new tokens as a LongTensor (B, T + n).
 
 Layers, bottom up:
 - `generate_tokens`: the decode loop. Yields the next token of every row, step by step. One prefill of the whole
@@ -35,96 +35,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .model import KVCache
-
-# --- sampling ------------------------------------------------------------------------------------------------------
-
-def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
-    """logits (B, V) with everything outside the top-k and outside the top-p nucleus set to -inf.
-
-    top-k keeps the k largest logits (and ties with the k-th); top-p keeps the smallest set of most likely tokens
-    whose probability reaches top_p (a token is dropped once the mass of the tokens before it reaches top_p)."""
-    if top_k:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        remove = probs.cumsum(-1) - probs >= top_p  # the mass before this token already reaches top_p
-        remove[..., 0] = False
-        logits = logits.masked_fill(remove.scatter(-1, order, remove), float("-inf"))
-    return logits
-
-
-def token_chooser(do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-                  top_p: float | None = None, generator: torch.Generator | None = None):
-    """A function logits (B, V) -> next tokens (B,): argmax when greedy, else a draw from the filtered softmax.
-
-    Built once before the decode loop, so a step does no settings checks. temperature 0 is greedy."""
-    if not do_sample or temperature == 0:
-        return lambda logits: logits.argmax(-1)
-
-    def choose(logits):
-        logits = filter_logits(logits.float() / temperature, top_k, top_p)
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-    return choose
-
-
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL's repetition penalty, as Hugging Face: logits (B, V) of tokens already seen ((B, V) bool) are divided
-    by `penalty` when positive and multiplied by it when negative, so a penalty > 1 makes repeats less likely."""
-    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalized, logits)
-
-
-def seen_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab_size: int) -> torch.Tensor:
-    """(B, V + 1) bool: which tokens each row's real (unpadded) prompt holds, for the repetition penalty. Padding
-    lands in the extra column V; pass `seen[:, :-1]` to `apply_repetition_penalty`."""
-    real = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
-    seen = torch.zeros(input_ids.shape[0], vocab_size + 1, dtype=torch.bool, device=input_ids.device)
-    return seen.scatter_(1, input_ids.masked_fill(~real, vocab_size), True)
-
-
-def check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty, min_new_tokens=0):
-    """Raise a ValueError naming the setting for values that cannot work."""
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if temperature is None or temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k!r}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if repetition_penalty is None or repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {repetition_penalty!r}")
-    if min_new_tokens < 0:
-        raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens!r}")
-
-
-def make_generator(seed: int | None, device) -> torch.Generator | None:
-    """A torch.Generator on `device` seeded with `seed` (None: use torch's global random state)."""
-    if seed is None:
-        return None
-    return torch.Generator(device=device).manual_seed(int(seed))
-
-
-def as_id_list(token_ids) -> list[int]:
-    """None, an int, or a list of ints -> a list of ints (Hugging Face allows several eos ids)."""
-    if token_ids is None:
-        return []
-    if isinstance(token_ids, int):
-        return [token_ids]
-    return [int(t) for t in token_ids]
-
-
-def as_stop_list(stop_strings) -> list[str]:
-    """None, a string, or strings -> a list of non-empty stop strings."""
-    if stop_strings is None:
-        return []
-    if isinstance(stop_strings, str):
-        stop_strings = [stop_strings]
-    return [s for s in stop_strings if s]
-
+from ..kv_cache import KVCache
+from .sampling import (
+    apply_repetition_penalty,
+    as_id_list,
+    as_stop_list,
+    check_settings,
+    make_generator,
+    seen_tokens,
+    token_chooser,
+)
+from .textstream import TextStream
 
 # --- the decode loop -----------------------------------------------------------------------------------------------
 
@@ -302,78 +223,6 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     return out[:, :T + n]
 
 
-# --- text: incremental detokenizing, stop strings, streaming -----------------------------------------------------
-
-class TextStream:
-    """Token ids in, text pieces out, for one sequence.
-
-    `push(id)` returns the new text that is safe to show: an incomplete UTF-8 character (a byte-level token may hold
-    part of one) is held back until it completes, and so is any tail that could be the start of a stop string.
-    When a stop string appears, the text ends just before it and `stopped` turns True. `finish()` returns the
-    rest. The pieces joined equal `tokenizer.decode(ids, skip_special_tokens=True)` cut before the first stop string.
-
-    Each push decodes only the tokens since the last clean character boundary (vLLM's prefix/read offsets), so
-    streaming costs O(1) per token, not O(length).
-    """
-
-    def __init__(self, tokenizer, stop_strings: Iterable[str] = (), skip_special_tokens: bool = True):
-        self.tokenizer = tokenizer
-        self.stops = as_stop_list(stop_strings)
-        self.skip_special_tokens = skip_special_tokens
-        self.ids: list[int] = []
-        self.prefix = self.read = 0  # ids[prefix:read] decoded to text already; read is a character boundary
-        self.text = ""  # the text decoded so far (complete characters)
-        self.emitted = 0  # characters of self.text handed out
-        self.stopped = False
-
-    def _decode(self, ids) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens)
-
-    def push(self, token_id: int) -> str:
-        if self.stopped:
-            return ""
-        self.ids.append(int(token_id))
-        known = self._decode(self.ids[self.prefix:self.read])
-        new = self._decode(self.ids[self.prefix:])
-        if len(new) > len(known) and not new.endswith("\ufffd"):  # "\ufffd" at the end: an unfinished character
-            self.text += new[len(known):]
-            self.prefix, self.read = self.read, len(self.ids)
-        return self._release(final=False)
-
-    def finish(self) -> str:
-        """The text held back so far (an unfinished character comes out as U+FFFD, as `decode` gives it)."""
-        if not self.stopped:
-            known = self._decode(self.ids[self.prefix:self.read])
-            new = self._decode(self.ids[self.prefix:])
-            self.text += new[len(known):]
-            self.prefix = self.read = len(self.ids)
-        return self._release(final=True)
-
-    def _release(self, final: bool) -> str:
-        end = len(self.text)
-        if self.stops and not self.stopped:
-            # A stop string cannot start before `emitted`: a possible start is never handed out (below).
-            hits = [i for i in (self.text.find(s, self.emitted) for s in self.stops) if i >= 0]
-            if hits:
-                end = min(hits)
-                self.text, self.stopped = self.text[:end], True
-            elif not final:
-                end -= self._held_back()
-        piece = self.text[self.emitted:end]
-        self.emitted = end
-        return piece
-
-    def _held_back(self) -> int:
-        """Length of the longest tail of the text that is a proper prefix of some stop string."""
-        longest = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.text) - self.emitted), longest, -1):
-                if self.text.endswith(s[:n]):
-                    longest = n
-                    break
-        return longest
-
-
 @dataclass
 class GenerationStats:
     """Filled in by the text functions: prompt and new tokens, prefill and decode seconds."""
@@ -486,102 +335,3 @@ def sample(model, input_ids: torch.Tensor, max_new_tokens: int = 50, temperature
     return generate(model, input_ids, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                     temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=eos_token_id,
                     pad_token_id=eos_token_id, generator=generator)
-
-
-# --- Hugging Face's calling convention -----------------------------------------------------------------------------
-
-# generate() settings taken from kwargs or a GenerationConfig, by their Hugging Face names.
-HF_SETTINGS = ("max_new_tokens", "max_length", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p",
-               "repetition_penalty", "eos_token_id", "pad_token_id", "stop_strings", "num_return_sequences",
-               "use_cache")
-# Hugging Face defaults applied when neither the call nor the model's generation_config says otherwise.
-HF_DEFAULTS = {"max_length": 20, "do_sample": False, "temperature": 1.0, "top_k": 50, "top_p": 1.0,
-               "repetition_penalty": 1.0, "min_new_tokens": 0, "num_return_sequences": 1, "use_cache": True}
-# GenerationConfig fields we do not implement: fine at these (default) values, an error at any other.
-HF_IGNORED = {"num_beams": 1, "num_beam_groups": 1, "output_attentions": False, "output_hidden_states": False,
-              "output_scores": False, "output_logits": False, "return_dict_in_generate": False, "min_length": 0,
-              "length_penalty": 1.0, "early_stopping": False, "typical_p": 1.0, "no_repeat_ngram_size": 0,
-              "epsilon_cutoff": 0.0, "eta_cutoff": 0.0, "renormalize_logits": False, "remove_invalid_values": False,
-              "synced_gpus": False}
-# Bookkeeping fields, whatever their value.
-HF_BOOKKEEPING = ("bos_token_id", "decoder_start_token_id", "transformers_version", "_from_model_config")
-
-
-def hf_generate(model, inputs=None, generation_config=None, streamer=None, **kwargs):
-    """`model.generate(...)`: Hugging Face's arguments mapped onto `generate`. Returns (B, T + n) LongTensor.
-
-    Settings come from the call, then `generation_config` (a GenerationConfig), then `model.generation_config`,
-    then Hugging Face's defaults (max_length 20; top_k 50 when sampling). Also takes minimind's `seed`,
-    `generator`, `tokenizer` (for `stop_strings`), `compile`, and `stream=True` (with `tokenizer`, one prompt):
-    then it returns an iterator of text pieces instead of tokens. Beam search, logits processors and other
-    Hugging Face features are refused with a clear error; `transformers.GenerationMixin.generate(model, ...)`
-    still runs Hugging Face's own loop on this model."""
-    input_ids = kwargs.pop("input_ids", None)
-    if inputs is not None and input_ids is not None:
-        raise ValueError("generate() got both `inputs` and `input_ids`; pass one")
-    input_ids = inputs if inputs is not None else input_ids
-    if input_ids is None:
-        raise ValueError("generate() needs input_ids (B, T): the prompt tokens")
-    if not torch.is_tensor(input_ids) or input_ids.dtype not in (torch.long, torch.int, torch.int32):
-        raise ValueError("generate() takes input_ids as an integer tensor (B, T) of token ids")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    attention_mask = kwargs.pop("attention_mask", None)
-    own = {k: kwargs.pop(k) for k in ("seed", "generator", "tokenizer", "compile") if k in kwargs}
-    as_text_stream = kwargs.pop("stream", False)
-
-    settings = {}
-    for source in (model.generation_config, generation_config):
-        if source is None:
-            continue
-        if not hasattr(source, "to_dict"):
-            raise ValueError(f"generation_config must be a transformers.GenerationConfig, got {type(source).__name__}")
-        for key, value in source.to_diff_dict().items():  # the fields set, not every default
-            if key in HF_SETTINGS:
-                if value is not None:
-                    settings[key] = value
-            elif key not in HF_BOOKKEEPING and value is not None and value != HF_IGNORED.get(key, ...):
-                raise ValueError(f"generation_config.{key}={value!r} is not supported by minimind's generate "
-                                 f"(supported: {', '.join(HF_SETTINGS)}); use transformers.GenerationMixin."
-                                 "generate(model, ...) for Hugging Face's own loop")
-    unknown = [k for k, v in kwargs.items() if k not in HF_SETTINGS and k not in HF_BOOKKEEPING
-               and v is not None and not (k in HF_IGNORED and v == HF_IGNORED[k])]  # None / a default: fine
-    if unknown:
-        raise TypeError(f"generate() got unsupported argument(s) {', '.join(sorted(unknown))}; supported: "
-                        f"input_ids, attention_mask, {', '.join(HF_SETTINGS)}, seed, generator, tokenizer, "
-                        "streamer, stream, compile, generation_config (Hugging Face's own loop: "
-                        "transformers.GenerationMixin.generate(model, ...))")
-    settings.update({k: v for k, v in kwargs.items() if k in HF_SETTINGS and v is not None})
-    for key, value in HF_DEFAULTS.items():
-        settings.setdefault(key, value)
-
-    T = input_ids.shape[1]
-    max_new = settings.get("max_new_tokens")
-    if max_new is None:
-        max_new = settings["max_length"] - T
-        if max_new <= 0:
-            raise ValueError(f"max_length ({settings['max_length']}) leaves no room after the {T}-token prompt; "
-                             "set max_new_tokens")
-    n_seq = settings["num_return_sequences"]
-    if as_text_stream:  # an iterator of text pieces for one prompt
-        if own.get("tokenizer") is None:
-            raise ValueError("stream=True needs the tokenizer to make text: pass tokenizer=...")
-        if input_ids.shape[0] != 1 or n_seq > 1:
-            raise ValueError("stream=True streams one prompt; for a batch use minimind.generate.stream_batch")
-        prompt = input_ids[0] if attention_mask is None else input_ids[0][attention_mask[0].bool()]
-        return stream(model, own.pop("tokenizer"), prompt.tolist(), max_new, do_sample=settings["do_sample"],
-                      temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
-                      repetition_penalty=settings["repetition_penalty"], min_new_tokens=settings["min_new_tokens"],
-                      eos_token_id=settings.get("eos_token_id", []), stop_strings=settings.get("stop_strings"),
-                      use_cache=settings["use_cache"], **own)
-    if n_seq > 1:
-        if not settings["do_sample"]:
-            raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy gives the same sequence)")
-        input_ids = input_ids.repeat_interleave(n_seq, dim=0)
-        attention_mask = attention_mask.repeat_interleave(n_seq, dim=0) if attention_mask is not None else None
-    return generate(model, input_ids, attention_mask, max_new_tokens=max_new, do_sample=settings["do_sample"],
-                    temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
-                    repetition_penalty=settings["repetition_penalty"], min_new_tokens=settings["min_new_tokens"],
-                    eos_token_id=settings.get("eos_token_id"), pad_token_id=settings.get("pad_token_id"),
-                    stop_strings=settings.get("stop_strings"), streamer=streamer,
-                    use_cache=settings["use_cache"], **own)

@@ -26,11 +26,15 @@ from pathlib import Path
 
 import torch
 
-from .export import check_output, publish_dir, staging_dir
-from .export import from_llama_cpp_rope as from_pair_rope
+from ..io import check_output, publish_dir, staging_dir
+from .gguf import from_llama_cpp_rope as from_pair_rope
 
 FFN = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
+
+
 BUFFERS = re.compile(r"(.*\.)?(pos_cis|freqs_cos|freqs_sin|rotary_emb\.inv_freq|attention\.mask)$")
+
+
 UNSUPPORTED = re.compile(r".*\.self_attn\.[qk]_norm\.weight$")
 
 
@@ -100,7 +104,7 @@ def rename(state: dict, source: str) -> tuple[dict, str]:
 def infer_config(state: dict, source: str, num_heads: int = 8, **fields):
     """A MiniMindConfig fitting the tensor shapes of `state` (our names); `fields` fill in what shapes cannot
     tell (num_experts_per_tok, rope_theta, max_position_embeddings, ...)."""
-    from .config import MiniMindConfig
+    from ..config import MiniMindConfig
 
     vocab, hidden = state["model.embed_tokens.weight"].shape
     layers = 1 + max((int(k.split(".")[2]) for k in state if k.startswith("model.layers.")), default=-1)
@@ -145,9 +149,10 @@ def import_minimind(pth: str | Path, out: str | Path, config: str | None = None,
     max_position_embeddings, ...) override single config fields. Returns a summary dict."""
     from safetensors.torch import save_file
 
-    from .checkpoint import check_fit, load_config, load_model, read_state_dict
-    from .model import MiniMindForCausalLM
-    from .tokenizer import load_tokenizer, save_tokenizer
+    from ..checkpoint import load_config, load_model, read_state_dict
+    from ..io import check_fit
+    from ..model import MiniMindForCausalLM
+    from ..tokenizer import load_tokenizer, save_tokenizer
 
     pth = Path(pth)
     if pth.is_dir() or pth.suffix not in (".pth", ".pt"):

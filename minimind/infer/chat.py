@@ -2,7 +2,7 @@
 
     minimind chat out/                       # an SFT model: multi-turn chat through its ChatML template
     minimind chat out/ --system "Be brief." --temperature 0.7 --show_speed
-    printf 'Hello\\nHow are you?\\n' | minimind chat out/ --temperature 0    # scripted, through stdin
+    printf 'Hello\nHow are you?\n' | minimind chat out/ --temperature 0    # scripted, through stdin
 
 Each answer is streamed as it is generated. The history of the conversation goes into every prompt; when it no
 longer fits the context window (prompt + room for the answer), the oldest turns are dropped first. Commands:
@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from .checkpoint import training_args
+from ..checkpoint import training_args
 from .generate import GenerationStats, encode_prompts, stream
 
 COMMANDS = "/reset, /system TEXT, /speed, /help, /exit"

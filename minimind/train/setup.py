@@ -1,29 +1,24 @@
-"""Pretraining and SFT (`python train.py`, `minimind train`, whose flags are in minimind/cli/train.py), and the set-up
-every training stage shares: the run's start (device, distributed, seed, tokenizer), the model, the data, the
-trainer (`fit`), and the saved model directories. The other stages (minimind/finetune.py) are built from these.
-
-    from minimind.train import parse_args, run
-    run(parse_args(["--preset", "tiny", "--max_steps", "300", "--output_dir", "out"]))
+"""What every training stage shares around the `Trainer`: the flags resolved (a --preset fills the model flags not
+given), the run's start (device, distributed, seed, tokenizer), the model (new, or from --pretrained_path), the
+data, the sampler that shows progress, the saved model directories, and `fit`, which runs the trainer.
 """
 
 import argparse
 import json
-import sys
-from functools import partial
 from pathlib import Path
 
 import torch
 
-from .config import MiniMindConfig
-from .presets import FLAG_TO_FIELD, PRESETS, SEED_MODEL_DEFAULTS
+from ..config import MiniMindConfig
+from ..presets import FLAG_TO_FIELD, PRESETS, SEED_MODEL_DEFAULTS
 from .trainer import STATE_FILE, Trainer, atomic_save, best_device, init_distributed
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """The resolved flags of `python train.py ...` / `minimind train ...` (for Python use and tests)."""
-    from .cli.train import build_parser
+def parse_args(argv=None, command: str = "train") -> argparse.Namespace:
+    """The resolved flags of `minimind COMMAND ARGV...` (train, lora, dpo, distill), for Python use and tests."""
+    from ..cli import command_parser
 
-    return resolve_args(build_parser().parse_args(argv))
+    return resolve_args(command_parser(command).parse_args(argv))
 
 
 def resolve_args(args):
@@ -45,7 +40,7 @@ def model_config(args, tokenizer=None) -> MiniMindConfig:
     if pretrained is not None:
         cfg_file = pretrained / "config.json" if pretrained.is_dir() else pretrained.parent / "config.json"
     if cfg_file is not None and cfg_file.is_file():
-        from .checkpoint import load_config
+        from ..checkpoint import load_config
         config = load_config(str(cfg_file))
         config.dropout = args.dropout
         return config
@@ -73,7 +68,7 @@ def print_banner(args):
 
 
 def load_data(args, tokenizer):
-    from .data import PretrainDataset, SFTDataset
+    from ..data.datasets import PretrainDataset, SFTDataset
     cls = {"pretrain": PretrainDataset, "sft": SFTDataset}[args.stage]
     train = cls(args.data, tokenizer, args.max_seq_len, split="train", skip_bad_records=args.skip_bad_records)
     val = cls(args.data, tokenizer, args.max_seq_len, split="val", skip_bad_records=args.skip_bad_records)
@@ -82,7 +77,7 @@ def load_data(args, tokenizer):
 
 def sampler_for(tokenizer, stage: str, max_new_tokens: int = 48):
     """A function model -> text that continues a fixed prompt (chat-formatted for SFT)."""
-    from .generate import sample
+    from ..infer.generate import sample
 
     if stage == "sft":
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hello, how are you?"}], tokenize=False,
@@ -103,7 +98,7 @@ def sampler_for(tokenizer, stage: str, max_new_tokens: int = 48):
 
 def model_saver(tokenizer):
     """save_model(model, out, final, epoch): the seed's .pth files, plus a Hugging Face directory at the end."""
-    from .tokenizer import save_tokenizer
+    from ..tokenizer import save_tokenizer
 
     def save(model, out: Path, final: bool, epoch: int | None = None):
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -122,7 +117,7 @@ def model_saver(tokenizer):
 
 def start(args):
     """Join torchrun's process group if any, print the banner, seed, load the tokenizer: (dist_info, tokenizer)."""
-    from .tokenizer import load_tokenizer
+    from ..tokenizer import load_tokenizer
 
     dist_info = init_distributed(args.device)
     if dist_info.world > 1 and args.device.startswith("cuda"):
@@ -138,9 +133,9 @@ def start(args):
 def build_model(args, tokenizer, config=None, main=True):
     """A MiniMind model for `args` (`config`, else the flags, or --pretrained_path's config.json), with the
     --pretrained_path weights when given."""
-    from .checkpoint import load_weights
-    from .model import MiniMindForCausalLM
-    from .tokenizer import check_tokenizer_fits
+    from ..checkpoint import load_weights
+    from ..model import MiniMindForCausalLM
+    from ..tokenizer import check_tokenizer_fits
 
     config = config or model_config(args, tokenizer)
     check_tokenizer_fits(tokenizer, config)
@@ -182,24 +177,10 @@ def fit(args, stage, model, train_set, val_set, dist_info, **trainer_kw) -> dict
     return result
 
 
-def run(args) -> dict | None:
-    """Train as `args` say (see add_training_flags). Returns the final evaluation."""
-    from .data import collate
+# --- shared set-up -------------------------------------------------------------------------------------------------
 
-    dist_info, tokenizer = start(args)
-    model = build_model(args, tokenizer, main=dist_info.main)
-    train_set, val_set = load_data(args, tokenizer)
-    return fit(args, args.stage, model, train_set, val_set, dist_info,
-               collate_fn=partial(collate, pad_id=tokenizer.pad_token_id), save_model=model_saver(tokenizer),
-               sample_fn=sampler_for(tokenizer, args.stage))
-
-
-def main(argv=None):
-    """`python train.py`: the same as `minimind train`."""
-    from .cli import main as cli_main
-
-    cli_main(["train", *(sys.argv[1:] if argv is None else argv)], prog="train.py")
-
-
-if __name__ == "__main__":
-    main()
+def _require_base(args, stage: str) -> None:
+    if not args.pretrained_path:
+        raise ValueError(f"--pretrained_path is required for {stage}: the base model to fine-tune (a training output "
+                         "directory, a model directory, or a .pth/.safetensors file), e.g. the output of "
+                         "`minimind train --stage sft`")

@@ -29,7 +29,11 @@ import random
 from dataclasses import dataclass
 
 SPLITS = ("train", "val")
+
+
 VAL_FRACTION = 0.015
+
+
 SEED = 1234
 
 

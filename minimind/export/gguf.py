@@ -1,0 +1,206 @@
+"""Export as one GGUF file for llama.cpp and Ollama.
+
+It writes llama.cpp's `llama` architecture with the tokenizer as byte-level BPE ("gpt2") metadata, and permutes
+the Q and K projections into llama.cpp's RoPE layout as llama.cpp's own converter does (Hugging Face rotates the
+two halves of a head, llama.cpp adjacent pairs). The file of an MoE model is Mixtral-shaped the same way as the
+Hugging Face export (router `ffn_gate_inp`, the folded experts stacked in `ffn_*_exps`), which llama.cpp runs as
+`llama`.
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+
+import torch
+
+from ..config import MiniMindConfig
+from ..io import check_output, staging_path
+from .hf import mixtral_config, mixtral_state_dict
+
+GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+GGUF_ALIASES = {"fp32": "f32", "fp16": "f16"}
+
+
+# --- GGUF --------------------------------------------------------------------------------------------------
+
+def to_llama_cpp_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Rows of a Q or K projection from Hugging Face's RoPE layout (each head: first half, second half) to
+    llama.cpp's and Meta's (adjacent pairs), as llama.cpp's converter does. (n_heads * D, C) -> same shape."""
+    return weight.reshape(n_heads, 2, -1, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+def from_llama_cpp_rope(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of `to_llama_cpp_rope`: adjacent-pair RoPE rows back to the Hugging Face (and our) layout."""
+    return weight.reshape(n_heads, -1, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+def gguf_tensor_name(name: str) -> str | None:
+    """llama.cpp's name for one of our parameters (None: lm_head, handled by the caller)."""
+    fixed = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    if name in fixed:
+        return fixed[name]
+    parts = name.split(".")  # model.layers.N.<module>.<proj>.weight
+    if parts[:2] != ["model", "layers"]:
+        raise ValueError(f"{name}: no GGUF name for this parameter")
+    block = f"blk.{parts[2]}"
+    leaf = ".".join(parts[3:])
+    names = {"block_sparse_moe.gate.weight": "ffn_gate_inp.weight",
+             "block_sparse_moe.experts.w1": "ffn_gate_exps.weight",
+             "block_sparse_moe.experts.w3": "ffn_up_exps.weight",
+             "block_sparse_moe.experts.w2": "ffn_down_exps.weight",
+             "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
+             "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
+             "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
+             "mlp.down_proj.weight": "ffn_down.weight", "input_layernorm.weight": "attn_norm.weight",
+             "post_attention_layernorm.weight": "ffn_norm.weight"}
+    if leaf not in names:
+        raise ValueError(f"{name}: no GGUF name for this parameter")
+    return f"{block}.{names[leaf]}"
+
+
+def gguf_tensors(state: dict, config: MiniMindConfig):
+    """(name, tensor) in our names, except that an MoE layer's Mixtral-named experts (see `mixtral_state_dict`) come
+    stacked, as llama.cpp keeps them: `...block_sparse_moe.experts.w1` (experts, ff, hidden), w3 alike, w2
+    (experts, hidden, ff)."""
+    experts = {}
+    for key, t in state.items():
+        if ".block_sparse_moe.experts." not in key:
+            yield key, t
+            continue
+        prefix, rest = key.split(".experts.")
+        expert, proj = rest.split(".")[:2]
+        experts.setdefault(f"{prefix}.experts.{proj}", {})[int(expert)] = t
+    for key, parts in experts.items():
+        yield key, torch.stack([parts[e] for e in range(config.n_routed_experts)])
+
+
+def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[str]]:
+    """(tokens, token types, merges) of a byte-level BPE tokenizer as llama.cpp's "gpt2" model wants them, padded
+    to the model's vocab_size with unused `[PADn]` tokens as llama.cpp's converter does."""
+    import gguf
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    model, pre = spec.get("model", {}), spec.get("pre_tokenizer") or {}
+    byte_level = pre.get("type") == "ByteLevel" and pre.get("use_regex", True)  # GPT-2's split, then bytes
+    if model.get("type") != "BPE" or not byte_level or spec.get("normalizer") is not None:
+        raise ValueError("GGUF export needs a byte-level BPE tokenizer (BPE model, ByteLevel pre-tokenizer, no "
+                         f"normalizer), as `minimind tokenizer train` makes; this one has model "
+                         f"{model.get('type')!r}, pre-tokenizer {pre.get('type')!r}")
+    vocab = tokenizer.backend_tokenizer.get_vocab(with_added_tokens=True)  # token -> id
+    by_id = {i: t for t, i in vocab.items()}
+    added = {t["id"]: t for t in spec.get("added_tokens", [])}
+    tokens, types = [], []
+    for i in range(vocab_size):
+        if i not in by_id:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        else:
+            tokens.append(by_id[i])
+            if i in added:
+                types.append(gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED)
+            else:
+                types.append(gguf.TokenType.NORMAL)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+    return tokens, types, merges
+
+
+def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bool = False, name: str = "minimind"):
+    """Write `model` and `tokenizer` as one GGUF file of llama.cpp's `llama` architecture (an MoE model as Mixtral
+    is written: shared experts folded into the routed ones, expert tensors stacked). dtype: f32, f16, bf16 or q8_0
+    for the matrices (norms stay f32, as llama.cpp's converter keeps them; a q8_0 matrix whose rows are not a
+    multiple of 32 falls back to f16)."""
+    import gguf
+    import numpy as np
+
+    config = model.config
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
+    if config.use_moe:  # as Mixtral, which llama.cpp runs as `llama` with expert tensors
+        mixtral, state = mixtral_config(config), mixtral_state_dict(state, config)
+    dtype = GGUF_ALIASES.get(dtype, dtype)
+    if dtype not in GGUF_DTYPES:
+        raise ValueError(f"--dtype {dtype}: not a GGUF export precision; choose one of {', '.join(GGUF_DTYPES)}")
+    out = check_output(out, force, "file")
+    if out.suffix != ".gguf":
+        raise ValueError(f"--out {out}: a GGUF file name ends in .gguf")
+    Q = gguf.GGMLQuantizationType
+    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    tokens, types, merges = gguf_vocab(tokenizer, config.vocab_size)
+
+    tmp = staging_path(out)
+    try:
+        w = gguf.GGUFWriter(tmp, arch="llama")
+        w.add_name(name)
+        w.add_file_type(file_type)
+        w.add_context_length(config.max_position_embeddings)
+        w.add_embedding_length(config.hidden_size)
+        w.add_block_count(config.num_hidden_layers)
+        if config.use_moe:
+            w.add_feed_forward_length(mixtral.intermediate_size)  # the folded experts' width
+            w.add_expert_count(config.n_routed_experts)
+            w.add_expert_used_count(config.num_experts_per_tok)
+        else:
+            w.add_feed_forward_length(config.intermediate_size)
+        w.add_head_count(config.num_attention_heads)
+        w.add_head_count_kv(config.num_key_value_heads)
+        w.add_rope_dimension_count(config.head_dim)
+        w.add_rope_freq_base(float(config.rope_theta))
+        w.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+        w.add_vocab_size(config.vocab_size)
+        if config.rope_scaling is not None:  # YaRN, static, as MiniMind applies it
+            y = config.rope_scaling
+            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            w.add_rope_scaling_factor(float(y["factor"]))
+            w.add_rope_scaling_orig_ctx_len(int(y["original_max_position_embeddings"]))
+            w.add_rope_scaling_yarn_beta_fast(float(y["beta_fast"]))
+            w.add_rope_scaling_yarn_beta_slow(float(y["beta_slow"]))
+            # llama.cpp multiplies cos/sin by YaRN's magnitude scale 1 + 0.1 ln(factor) on top of this factor;
+            # MiniMind applies attention_factor alone, so divide that scale out.
+            w.add_rope_scaling_attn_factors(float(y["attention_factor"]) / (1 + 0.1 * math.log(y["factor"])))
+
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("gpt-2")  # the GPT-2 split regex, which a ByteLevel pre-tokenizer uses
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        for token_id, add in ((tokenizer.bos_token_id, w.add_bos_token_id), (tokenizer.eos_token_id,
+                              w.add_eos_token_id), (tokenizer.pad_token_id, w.add_pad_token_id)):
+            if token_id is not None:
+                add(token_id)
+        # As our tokenizer files: nothing is added by encoding. The chat template writes <|im_start|> itself.
+        w.add_add_bos_token(False)
+        w.add_add_eos_token(False)
+        if tokenizer.chat_template:
+            w.add_chat_template(tokenizer.chat_template)
+
+        for key, t in gguf_tensors(state, config):
+            if key == "lm_head.weight" and config.tie_word_embeddings:
+                continue  # llama.cpp reuses token_embd, as its own converter writes it
+            if key.endswith("self_attn.q_proj.weight"):
+                t = to_llama_cpp_rope(t, config.num_attention_heads)
+            elif key.endswith("self_attn.k_proj.weight"):
+                t = to_llama_cpp_rope(t, config.num_key_value_heads)
+            data = t.numpy()
+            target = dtype if data.ndim >= 2 else "f32"
+            if target == "q8_0" and data.shape[-1] % 32:
+                target = "f16"
+            if target == "f32":
+                w.add_tensor(gguf_tensor_name(key), data)
+            elif target == "f16":
+                w.add_tensor(gguf_tensor_name(key), data.astype(np.float16))
+            else:
+                qtype = Q.BF16 if target == "bf16" else Q.Q8_0
+                w.add_tensor(gguf_tensor_name(key), gguf.quants.quantize(data, qtype), raw_dtype=qtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return out

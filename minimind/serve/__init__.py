@@ -1,0 +1,36 @@
+"""`minimind serve MODEL`: an OpenAI-compatible HTTP server, with a small web chat page.
+
+    minimind serve out/                                  # http://127.0.0.1:8000: web chat at /, the API at /v1
+    minimind serve out/ --host 0.0.0.0 --port 8080 --api_key secret --max_batch 8
+
+    from openai import OpenAI
+    client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret")  # any key when the server has none
+    reply = client.chat.completions.create(model="out", messages=[{"role": "user", "content": "Hello"}])
+
+Endpoints: `GET /v1/models` (the one model served, named after MODEL or --model_name), `POST /v1/chat/completions`,
+`POST /v1/completions`, `GET /health` (status and batching counters), `GET /` (the web chat page). Both completion
+endpoints stream with `"stream": true` (server-sent events in OpenAI's chunk format, ending with `data: [DONE]`;
+`stream_options: {"include_usage": true}` adds a last chunk with the token counts).
+
+Request fields: model (optional; must be the served model's id when given), messages (system / user / assistant /
+developer, content a string or a list of text parts) or prompt (a string, a list of strings, or token ids; a string
+gets the <|im_start|> that begins every pretraining document, as in `minimind generate`),
+max_tokens (max_completion_tokens in chat), temperature (0 = greedy; OpenAI's default 1), top_p, n, stop (a string
+or up to 4), seed, stream, stream_options; and two extensions: top_k and repetition_penalty. presence_penalty and
+frequency_penalty are refused when not 0 (the model has repetition_penalty instead), and so are logprobs, tools,
+logit_bias, JSON response formats, echo and best_of. Unknown fields are refused, naming the field. usage counts
+real tokens: the prompt's (once per prompt, whatever n) and every generated one (an ending eos included).
+
+Chat requests are formatted with the tokenizer's chat template; a tokenizer without one gets a 400 that says to use
+/v1/completions (this server does not guess a format). A pretrain-only model still answers chat requests through the
+template, but it has never seen a conversation: the startup banner says so.
+
+Every bad request gets OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`, naming the field:
+400 for invalid values (a prompt longer than the context window says both lengths), 401 for a missing or wrong API
+key (`--api_key` or MINIMIND_API_KEY; then `Authorization: Bearer KEY` is required on /v1), 404 for an unknown
+model or route, 413 for a body over --max_request_bytes. max_tokens is capped by --max_tokens_limit; without it a
+request gets what is left of the context window, up to that cap.
+
+The parts: `protocol.py` (request fields and errors), `engine.py` (the batching worker), `app.py` (the endpoints
+and the chat page), `server.py` (socket and uvicorn).
+"""

@@ -1,0 +1,337 @@
+"""The batching worker: one thread owns the model and decodes every request's rows together.
+
+Batching (continuous, at each decode step): a request is validated and tokenized in the web server's event loop,
+then queued as a `Job`. Before every decode step the worker lets the oldest waiting jobs join the running batch, in
+order, while their rows fit (--max_batch rows; a job that does not fit waits, and the ones behind it wait behind
+it): their prompts are prefilled as one left-padded batch with a cache of their own, each row chooses its first
+token, and their cache, attention mask, positions and last tokens are joined to the running batch's along the
+batch dimension, the side with fewer cache columns left-padded and masked out. A step is one forward of every
+row's last token, with each row's own position ids (a row counts positions from its first token, so it gives the
+same tokens as alone, as in `minimind.infer.generate`). Each row keeps its own max_tokens, stop strings and text
+stream (UTF-8 safe, `TextStream`) and ends on its own; each job samples its rows with its own temperature / top_k /
+top_p / repetition penalty and its own seeded generator, so a seeded request gives the same text joined or alone.
+A job leaves the batch once all its rows have ended (until then its ended rows still draw, as they would alone),
+and the cache columns that no remaining row uses are dropped with it: the cache holds at most the context window
+however long the server stays busy. So no request waits for another's long answer, only for rows to free up.
+`/health` counts requests (jobs decoded), batches (started from idle), joined_running (jobs that joined a batch
+already decoding), largest_batch (rows), largest_cache (cache columns) and cancelled. Text pieces and endings go
+back to the request's event loop through a thread-safe callback. A client that disconnects marks its job
+cancelled: its rows leave at the next step. Ctrl-C ends the answers in progress with an error event (503) and
+stops.
+"""
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+# --- the batching worker --------------------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    """One request's work: a prompt per row (a prompt repeated n times for n choices) and its settings.
+
+    `emit(event)` is called from the worker thread: ("piece", row, text), ("end", row, finish_reason,
+    completion_tokens) or ("error", message, HTTP status)."""
+    prompts: list[list[int]]
+    max_tokens: int
+    emit: Callable
+    stops: list[str] = field(default_factory=list)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    cancelled: bool = False  # the client left (or the answer is complete): the worker drops its rows
+    finished: bool = False  # every row has ended
+
+    @property
+    def rows(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def longest(self) -> int:
+        return max(len(p) for p in self.prompts)
+
+
+@dataclass(eq=False)
+class Member:
+    """A job in the running batch and its decoding state; its rows are consecutive rows of the batch."""
+    job: Job
+    pick: Callable  # logits (rows, V) -> next tokens (rows,), with the job's own settings and generator
+    seen: object  # (rows, V + 1) bool: the tokens each row has seen, for the repetition penalty; None when off
+    streams: list  # a TextStream per row
+    counts: list[int]  # tokens generated per row
+    done: list[bool]  # rows that have ended
+
+
+class Engine:
+    """The worker thread that owns the model: it lets waiting jobs join the running batch and decodes it step by
+    step (see the module's docstring). `submit(job)` from any thread; `stats` counts requests (jobs decoded),
+    batches (started from idle), jobs that joined a batch already decoding, the largest batch (rows), the most
+    KV-cache columns the batch has held, and requests whose client left before the end."""
+
+    def __init__(self, model, tokenizer, max_batch: int = 8, compile: bool = False):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.model, self.tokenizer, self.max_batch, self.compile = model, tokenizer, max_batch, compile
+        self.context = model.config.max_position_embeddings
+        self.eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+        self.queue: queue.Queue = queue.Queue()  # jobs from the request handlers; None: stop
+        self.waiting: deque = deque()  # jobs taken from the queue that did not fit the running batch yet
+        self.lock = threading.Lock()  # held while the worker lets jobs join or decodes a step
+        self.pause = threading.Event()  # `paused()` waits for the lock
+        self.stopping = False
+        self.stats = {"requests": 0, "batches": 0, "joined_running": 0, "largest_batch": 0, "largest_cache": 0,
+                      "cancelled": 0}
+        # The running batch: its jobs in row order, and per row (B rows): the KV cache, the attention mask over the
+        # cache's columns (B, t), the next position id (B,) and the last token (B,).
+        self.members: list[Member] = []
+        self.cache = self.mask = self.positions = self.last = None
+        self.thread = threading.Thread(target=self._run, name="minimind-decode", daemon=True)
+
+    def start(self):
+        self.thread.start()
+
+    def shutdown(self):
+        """Stop soon, without waiting: the running batch ends after its current step, and its requests and the
+        waiting ones are answered with an error (503)."""
+        self.stopping = True
+        self.queue.put(None)
+
+    def stop(self):
+        self.shutdown()
+        self.thread.join(timeout=10)
+
+    def submit(self, job: Job):
+        self.queue.put(job)
+
+    def queued(self) -> int:
+        """Jobs waiting to join."""
+        return self.queue.qsize() + len(self.waiting)
+
+    def columns(self) -> int:
+        """KV-cache columns the running batch holds now (0 when idle)."""
+        mask = self.mask
+        return 0 if mask is None else mask.shape[1]
+
+    @contextmanager
+    def paused(self):
+        """No job joins and no decode step runs inside this block (jobs queue up); the step running finishes
+        first."""
+        self.pause.set()  # the worker steps aside between steps until we hold the lock
+        with self.lock:
+            self.pause.clear()
+            yield
+
+    def _run(self):
+        import torch
+
+        self.model.eval()
+        with torch.inference_mode():
+            while True:
+                idle = not self.members and not self.waiting
+                job = self.queue.get() if idle else None  # idle: wait for a request
+                if self.pause.is_set():
+                    time.sleep(0.001)
+                with self.lock:
+                    if idle:
+                        self.waiting.appendleft(job)
+                    if self.stopping:
+                        break
+                    try:
+                        self._admit()
+                        self._step()
+                    except Exception as e:  # a bug outside a forward pass: fail the running requests, keep serving
+                        for member in self.members:
+                            member.job.emit(("error", f"generation failed: {type(e).__name__}: {e}", 500))
+                        self._clear()
+        # shutting down: answer the running requests and every one still waiting
+        for member in self.members:
+            member.job.emit(("error", "the server is shutting down; the answer was cut short", 503))
+        self._clear()
+        while not self.queue.empty():
+            self.waiting.append(self.queue.get_nowait())
+        for job in self.waiting:
+            if job is not None:
+                job.emit(("error", "the server is shutting down", 503))
+
+    def _admit(self):
+        """The oldest waiting jobs, in order, while their rows fit beside the running batch (--max_batch), join it:
+        their prompts are prefilled as one left-padded batch and each row gets its first token."""
+        rows = sum(m.job.rows for m in self.members)
+        new = []
+        while True:
+            if not self.waiting:
+                try:
+                    self.waiting.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            job = self.waiting[0]
+            if job is None:
+                break
+            if job.cancelled:
+                self.waiting.popleft()
+                continue
+            if rows + job.rows > self.max_batch:  # (a job alone always fits: n x prompts <= max_batch)
+                break  # the oldest waiting job joins first when rows free up: no job waits forever
+            self.waiting.popleft()
+            new.append(job)
+            rows += job.rows
+        if not new:
+            return
+        self.stats["requests"] += len(new)
+        if self.members:
+            self.stats["joined_running"] += len(new)
+        else:
+            self.stats["batches"] += 1
+        self.stats["largest_batch"] = max(self.stats["largest_batch"], rows)
+        try:
+            self._join(new)
+        except Exception as e:  # the newcomers get the error; the running batch goes on
+            for job in new:
+                job.emit(("error", f"generation failed: {type(e).__name__}: {e}", 500))
+        self._leave()
+
+    def _join(self, jobs: list[Job]):
+        import torch
+        import torch.nn.functional as F
+
+        from ..infer.generate import encode_prompts
+        from ..infer.sampling import make_generator, seen_tokens, token_chooser
+        from ..infer.textstream import TextStream
+        from ..kv_cache import KVCache
+
+        device = next(self.model.parameters()).device
+        ids, mask = encode_prompts(self.tokenizer, [p for job in jobs for p in job.prompts], device=device)  # (b, T)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row starts at 0 at its first real token
+        padded = not bool(mask.all())
+        cache = KVCache(self.model.config.num_hidden_layers)
+        logits = self._forward(ids, mask if padded else None, positions if padded else None, cache)
+        members, start = [], 0
+        for job in jobs:
+            rows = slice(start, start + job.rows)
+            start += job.rows
+            seen = None
+            if job.repetition_penalty != 1.0:
+                seen = seen_tokens(ids[rows], mask[rows], self.model.config.vocab_size)
+            pick = token_chooser(job.temperature > 0, job.temperature, job.top_k or None, job.top_p,
+                                 make_generator(job.seed, device))
+            members.append(Member(job, pick, seen, [TextStream(self.tokenizer, job.stops) for _ in job.prompts],
+                                  [0] * job.rows, [False] * job.rows))
+        last = first = self._choose(members, logits)  # (b,)
+        if self.members:  # left-pad the side with fewer columns, so every row's last token is in the last column
+            t = max(self.mask.shape[1], mask.shape[1])
+            mask = torch.cat([F.pad(self.mask, (t - self.mask.shape[1], 0)), F.pad(mask, (t - mask.shape[1], 0))])
+            cache = KVCache.cat([self.cache, cache])
+            last = torch.cat([self.last, last])
+            positions = torch.cat([self.positions, positions[:, -1] + 1])
+        else:
+            positions = positions[:, -1] + 1
+        self.members, self.cache, self.mask, self.positions, self.last = self.members + members, cache, mask, \
+            positions, last
+        self._emit(members, first.tolist())
+
+    def _step(self):
+        """One decode step: one forward of every row's last token, then each job's rows choose their next."""
+        import torch
+
+        if not self.members:
+            return
+        try:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)  # (B, t + 1)
+            mask = None if bool(self.mask.all()) else self.mask  # no padding: the model's fast path
+            logits = self._forward(self.last[:, None], mask, self.positions[:, None], self.cache)
+            self.positions = self.positions + 1
+            self.last = self._choose(self.members, logits)
+            self._emit(self.members, self.last.tolist())
+        except Exception as e:  # a failed step answers the running requests with an error; the worker goes on
+            for member in self.members:
+                member.job.emit(("error", f"generation failed: {type(e).__name__}: {e}", 500))
+            self._clear()
+            return
+        self.stats["largest_cache"] = max(self.stats["largest_cache"], self.mask.shape[1])
+        self._leave()
+
+    def _forward(self, ids, mask, positions, cache):
+        """ids (B, T) -> the logits of each row's last token (B, V), appending to `cache`."""
+        from ..infer.generate import compiled_forward
+
+        forward = compiled_forward(self.model) if self.compile else self.model
+        return forward(ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]
+
+    def _choose(self, members: list[Member], logits):
+        """logits (B, V) -> next tokens (B,), each job's rows with the job's own sampling settings and generator."""
+        import torch
+
+        from ..infer.sampling import apply_repetition_penalty
+
+        out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+        start = 0
+        for m in members:
+            rows = slice(start, start + m.job.rows)
+            start += m.job.rows
+            part = logits[rows]
+            if m.seen is not None:
+                part = apply_repetition_penalty(part, m.seen[:, :-1], m.job.repetition_penalty)
+            out[rows] = m.pick(part)
+            if m.seen is not None:
+                m.seen.scatter_(1, out[rows, None], True)
+        return out
+
+    def _emit(self, members: list[Member], tokens: list[int]):
+        """Send each row's new token as text (or its end) to its request."""
+        b = 0
+        for m in members:
+            job = m.job
+            for i in range(job.rows):
+                token, b = tokens[b], b + 1
+                if m.done[i] or job.cancelled:
+                    continue
+                m.counts[i] += 1
+                reason = None
+                if token in self.eos:
+                    piece, reason = m.streams[i].finish(), "stop"
+                else:
+                    piece = m.streams[i].push(token)
+                    if m.streams[i].stopped:
+                        reason = "stop"
+                    elif m.counts[i] == job.max_tokens:
+                        piece, reason = piece + m.streams[i].finish(), "length"
+                if piece:
+                    job.emit(("piece", i, piece))
+                if reason:
+                    m.done[i] = True
+                    job.emit(("end", i, reason, m.counts[i]))
+
+    def _leave(self):
+        """Jobs whose rows have all ended (or whose client left) leave the batch, and so do the cache columns that
+        no remaining row uses. A job's rows stay until all have ended, so its generator draws as it would alone."""
+        import torch
+
+        stay = [not m.job.cancelled and not all(m.done) for m in self.members]
+        if all(stay):
+            return
+        if not any(stay):
+            self._clear()
+            return
+        rows, start = [], 0
+        for m, keep in zip(self.members, stay):
+            if keep:
+                rows.extend(range(start, start + m.job.rows))
+            start += m.job.rows
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
+        mask = self.mask.index_select(0, index)
+        first = int(mask.any(0).long().argmax())  # the first column some row uses
+        self.mask = mask[:, first:].clone()
+        self.cache.select(index, first)
+        self.positions, self.last = self.positions[index], self.last[index]
+        self.members = [m for m, keep in zip(self.members, stay) if keep]
+
+    def _clear(self):
+        self.members = []
+        self.cache = self.mask = self.positions = self.last = None

@@ -1,0 +1,54 @@
+"""LoRA fine-tuning (`minimind lora`): the base model (`--pretrained_path`) frozen, low-rank adapters on its linear
+layers trained on SFT conversations with the next-token loss. Saves the adapter (and, with --merge, the merged
+model). A resumed run rebuilds base + adapters before the saved state is loaded, so the state's names and shapes
+match and the optimizer (adapters only) resumes exactly.
+"""
+
+import copy
+from functools import partial
+from pathlib import Path
+
+from .setup import _require_base, build_model, fit, load_data, model_saver, sampler_for, start
+
+# --- LoRA ----------------------------------------------------------------------------------------------------------
+
+def lora_saver(tokenizer, merge: bool, base_path: str | None = None):
+    """save_model for LoRA runs: the adapter (each epoch: adapter_epoch_N.safetensors; at the end:
+    adapter_model.safetensors + adapter_config.json + the tokenizer), and with `merge` the merged full model as
+    `train` writes it (config.json, model.safetensors, model_final.pth)."""
+    from ..tokenizer import save_tokenizer
+    from .lora import merge_lora, save_adapter
+
+    save_full = model_saver(tokenizer)
+
+    def save(model, out: Path, final: bool, epoch: int | None = None):
+        if not final:
+            path = save_adapter(model, out, base_path, name=f"adapter_epoch_{epoch}.safetensors")
+            print(f"适配器已保存到: {path}")
+            return
+        path = save_adapter(model, out, base_path)
+        save_tokenizer(tokenizer, out)
+        print(f"LoRA adapter saved to {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        if merge:
+            save_full(merge_lora(copy.deepcopy(model)), out, final=True)
+    return save
+
+
+def _targets(values) -> list[str]:
+    return [t for v in values for t in v.split(",") if t]
+
+
+def run_lora(args) -> dict | None:
+    """LoRA fine-tuning of --pretrained_path on SFT (or pretraining) data; see the module docstring."""
+    from ..data.datasets import collate
+    from .lora import apply_lora
+
+    _require_base(args, "lora")
+    dist_info, tokenizer = start(args)
+    model = build_model(args, tokenizer, main=dist_info.main)
+    apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, _targets(args.lora_targets))
+    train_set, val_set = load_data(args, tokenizer)
+    return fit(args, "lora", model, train_set, val_set, dist_info,
+               collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
+               save_model=lora_saver(tokenizer, args.merge, str(args.pretrained_path)),
+               sample_fn=sampler_for(tokenizer, args.stage))
