@@ -12,6 +12,8 @@ import sys
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.checkpoint import load_model
@@ -61,7 +63,7 @@ for name, folder, gguf in jobs:
     tok = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf} if gguf else {}))
     with torch.no_grad():
         logits = model(ids).logits
-    results[name] = {"class": type(model).__name__, "logits": logits, "ids": [tok.encode(t) for t in texts],
+    results[name] = {"class": type(model).__name__, "logits": logits, "ids": [tok.encode(t, add_special_tokens=False) for t in texts],
                      "eos": tok.eos_token_id, "bos": tok.bos_token_id, "pad": tok.pad_token_id,
                      "chat": tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                                      add_generation_prompt=True)}
@@ -213,7 +215,8 @@ def test_gguf_tokenizer_encodes_like_ours(exported):
     ours = load_tokenizer(None)
     theirs = exported["theirs"]["tied-f32"]
     assert theirs["ids"] == [ours.encode(t) for t in TEXTS]
-    assert (theirs["bos"], theirs["eos"], theirs["pad"]) == (1, 2, 0)
+    if Version(transformers.__version__) >= Version("5.20"):  # before 5.20 its GGUF reader took eos from the bos id
+        assert (theirs["bos"], theirs["eos"], theirs["pad"]) == (1, 2, 0)
     assert theirs["chat"] == ours.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                                       add_generation_prompt=True)
 
