@@ -16,7 +16,7 @@ model's 25.8M, and a 2.3 MB adapter file.
 
 `LoRALinear` keeps the base weight under its old name (`...q_proj.weight`) and adds `...q_proj.lora_A` /
 `...q_proj.lora_B`, so the base weights load into an adapted model unchanged and the adapter file holds only the
-`lora_` tensors. Command line: `minimind lora --pretrained_path BASE ...` (see `minimind.finetune`).
+`lora_` tensors. Command line: `minimind lora --pretrained_path BASE ...` (see `minimind.train.lora`).
 """
 
 import json

@@ -418,7 +418,7 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
     def generate(self, inputs=None, generation_config=None, streamer=None, **kwargs):
         """Hugging Face's calling convention (input_ids, attention_mask, max_new_tokens, do_sample, temperature,
         top_k, top_p, repetition_penalty, eos_token_id, stop_strings + tokenizer, ...) plus `seed`, run by minimind's
-        own decode loop (`minimind.generate`). Returns a LongTensor (B, T + n): the prompts, then the new tokens;
+        own decode loop (`minimind.infer.generate`). Returns a LongTensor (B, T + n): the prompts, then the new tokens;
         with `stream=True` and `tokenizer=`, an iterator of text pieces of one prompt's continuation instead."""
         from .infer.hf import hf_generate
 

@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from minimind import data as D
+import minimind.data.datasets
 from minimind.cli import main
 from minimind.data.datasets import DPODataset, PretrainDataset, SFTDataset, StreamingPretrainDataset, collate
-from minimind.data.files import DataError
+from minimind.data.files import DataError, read_texts
+from minimind.data.messages import encode_chat
+from minimind.data.tokens import load_shards, prepare_shards
 from minimind.tokenizer import load_tokenizer
 
 DOCS = [f"Document {i}: " + "the quick brown fox jumps over the lazy dog. " * (i % 7 + 1) + "你好，世界 🙂"
@@ -73,9 +75,9 @@ def test_txt_parquet_folder_and_glob_read_the_same_documents(tmp_path, tok):
     write_jsonl(tmp_path / "corpus" / "a.jsonl", [{"text": d} for d in DOCS[:20]])
     (tmp_path / "corpus" / "b.txt").write_text("\n\n".join(DOCS[20:40]) + "\n", encoding="utf-8")
     pq.write_table(pa.table({"text": DOCS[40:], "id": list(range(20))}), tmp_path / "corpus" / "c.parquet")
-    assert list(D.read_texts(tmp_path / "corpus")) == DOCS
-    assert list(D.read_texts(str(tmp_path / "corpus" / "*"))) == DOCS
-    assert list(D.read_texts(tmp_path / "corpus" / "b.txt")) == DOCS[20:40]
+    assert list(read_texts(tmp_path / "corpus")) == DOCS
+    assert list(read_texts(str(tmp_path / "corpus" / "*"))) == DOCS
+    assert list(read_texts(tmp_path / "corpus" / "b.txt")) == DOCS[20:40]
     folder = PretrainDataset(tmp_path / "corpus", tok, 16)
     single = PretrainDataset(write_jsonl(tmp_path / "all.jsonl", [{"text": d} for d in DOCS]), tok, 16)
     assert all(torch.equal(a, b) for a, b in zip(all_items(folder), all_items(single)))
@@ -83,7 +85,7 @@ def test_txt_parquet_folder_and_glob_read_the_same_documents(tmp_path, tok):
 
 def test_txt_documents_are_blank_line_separated(tmp_path):
     (tmp_path / "t.txt").write_text("line one\nline two\n\n\n\nsecond doc\n  \nthird\n", encoding="utf-8")
-    assert list(D.read_texts(tmp_path / "t.txt")) == ["line one\nline two", "second doc", "third"]
+    assert list(read_texts(tmp_path / "t.txt")) == ["line one\nline two", "second doc", "third"]
 
 
 def test_token_cache_makes_a_second_run_skip_tokenizing(tmp_path, tok, cache, monkeypatch):
@@ -94,7 +96,7 @@ def test_token_cache_makes_a_second_run_skip_tokenizing(tmp_path, tok, cache, mo
     def fail(*args, **kwargs):
         raise AssertionError("tokenized again despite the cache")
 
-    monkeypatch.setattr(D, "tokenize_stream", fail)
+    monkeypatch.setattr(minimind.data.datasets, "tokenize_stream", fail)  # where PretrainDataset calls it
     second = all_items(PretrainDataset(path, tok, 32))
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     write_jsonl(path, [{"text": d} for d in DOCS[:30]])  # new content, new key
@@ -104,10 +106,10 @@ def test_token_cache_makes_a_second_run_skip_tokenizing(tmp_path, tok, cache, mo
 
 def test_shards_read_back_equal_direct_tokenization(tmp_path, tok):
     path = write_jsonl(tmp_path / "docs.jsonl", [{"text": d} for d in DOCS * 3])
-    index = D.prepare_shards(path, tok, tmp_path / "shards", shard_tokens=500, batch_docs=7)
+    index = prepare_shards(path, tok, tmp_path / "shards", shard_tokens=500, batch_docs=7)
     assert len(index["shards"]) > 3 and index["documents"] == 180 and index["dtype"] == "uint16"
     assert index["tokens"] == sum(s["tokens"] for s in index["shards"])
-    stream, _ = D.load_shards(tmp_path / "shards", tok)
+    stream, _ = load_shards(tmp_path / "shards", tok)
     assert np.array_equal(stream.read(0, len(stream)), direct_stream(tok, DOCS * 3))
     for split in ("train", "val"):
         from_shards = PretrainDataset(tmp_path / "shards", tok, 48, split=split)
@@ -118,7 +120,7 @@ def test_shards_read_back_equal_direct_tokenization(tmp_path, tok):
 
 def test_shards_made_with_another_tokenizer_are_refused(tmp_path, tok):
     path = write_jsonl(tmp_path / "docs.jsonl", [{"text": d} for d in DOCS])
-    D.prepare_shards(path, tok, tmp_path / "shards")
+    prepare_shards(path, tok, tmp_path / "shards")
     index = json.loads((tmp_path / "shards" / "index.json").read_text())
     index["tokenizer_hash"] = "0" * 16
     (tmp_path / "shards" / "index.json").write_text(json.dumps(index))
@@ -186,12 +188,12 @@ def test_sft_mask_covers_exactly_the_assistant_spans(tmp_path, tok):
 
 def test_sft_truncation_drops_whole_turns(tok):
     full = len(tok(tok.apply_chat_template(CONVERSATION, tokenize=False), add_special_tokens=False)["input_ids"])
-    ids, labels = D.encode_chat(tok, CONVERSATION, full - 1)
+    ids, labels = encode_chat(tok, CONVERSATION, full - 1)
     assert tok.decode(ids) == tok.apply_chat_template(CONVERSATION[:3], tokenize=False)
-    ids, labels = D.encode_chat(tok, CONVERSATION, 12)  # not even the first exchange fits: cut, keeping the start
+    ids, labels = encode_chat(tok, CONVERSATION, 12)  # not even the first exchange fits: cut, keeping the start
     assert len(ids) == 12 and len(labels) == 12
     # DPO keeps the final response and drops the oldest exchanges (after the system message)
-    ids, labels = D.encode_chat(tok, CONVERSATION, full - 1, only_last=True)
+    ids, labels = encode_chat(tok, CONVERSATION, full - 1, only_last=True)
     assert tok.decode(ids) == tok.apply_chat_template(CONVERSATION[:1] + CONVERSATION[3:], tokenize=False)
     assert tok.decode([i for i, label in zip(ids, labels) if label != -100]) == "等于四。🙂<|im_end|>"
 

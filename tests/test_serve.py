@@ -1,5 +1,5 @@
 """The OpenAI-compatible server, driven by the official `openai` client against a real uvicorn server: answers equal
-minimind.generate's, streaming equals non-streaming, stop strings, usage, max_tokens, concurrent requests batched
+minimind.infer.generate's, streaming equals non-streaming, stop strings, usage, max_tokens, concurrent requests batched
 (and each as alone, sampled ones too), the API key, OpenAI-style errors naming the field, the web page."""
 
 import copy
@@ -198,7 +198,7 @@ def test_concurrent_requests_are_batched_and_answer_as_alone(model, tokenizer, s
     requests = [("Hello", dict(temperature=0)), ("你好", dict(temperature=0, max_tokens=7)),
                 ("Tell me a story", dict(temperature=0, stop="e")),
                 ("Hello", dict(temperature=0.9, top_p=0.8, seed=7))]
-    # the sampled one draws from its own seeded generator: the same text as minimind.generate with that seed alone
+    # the sampled one draws from its own seeded generator: the same text as minimind.infer.generate with that seed alone
     sampled = generate_text(model, tokenizer, [chat_ids(tokenizer, user("Hello"))], 16, do_sample=True,
                             temperature=0.9, top_p=0.8, seed=7)[0]
     alone = [ask_alone(client, p, **kw) for p, kw in requests]

@@ -54,7 +54,7 @@ def load_for_inference(args):
 
 
 def sampling_settings(args) -> dict:
-    """The sampling flags as keyword arguments of minimind.generate's text functions."""
+    """The sampling flags as keyword arguments of minimind.infer.generate's text functions."""
     return dict(do_sample=args.temperature > 0, temperature=args.temperature, top_k=args.top_k or None,
                 top_p=args.top_p, repetition_penalty=args.repetition_penalty, stop_strings=args.stop or None,
                 compile=args.compile)

@@ -15,9 +15,6 @@ interrupted export never leaves a complete-looking file.
 
 from pathlib import Path
 
-from ..io import check_output
-from .gguf import export_gguf
-from .hf import export_hf
 
 FORMATS = ("hf", "gguf")
 
@@ -28,6 +25,9 @@ def export(spec: str, fmt: str, out: str, config: str | None = None, dtype: str 
     ("hf" or "gguf") to `out`. dtype: fp32/bf16/fp16 for hf (default fp32), f32/f16/bf16/q8_0 for gguf
     (default f16)."""
     from ..checkpoint import load_model
+    from ..io import check_output
+    from .gguf import export_gguf
+    from .hf import export_hf
 
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt}: unknown export format; choose hf (Hugging Face Llama directory) or gguf "

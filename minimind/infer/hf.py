@@ -94,7 +94,7 @@ def hf_generate(model, inputs=None, generation_config=None, streamer=None, **kwa
         if own.get("tokenizer") is None:
             raise ValueError("stream=True needs the tokenizer to make text: pass tokenizer=...")
         if input_ids.shape[0] != 1 or n_seq > 1:
-            raise ValueError("stream=True streams one prompt; for a batch use minimind.generate.stream_batch")
+            raise ValueError("stream=True streams one prompt; for a batch use minimind.infer.generate.stream_batch")
         prompt = input_ids[0] if attention_mask is None else input_ids[0][attention_mask[0].bool()]
         return stream(model, own.pop("tokenizer"), prompt.tolist(), max_new, do_sample=settings["do_sample"],
                       temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],

@@ -22,7 +22,7 @@ from .protocol import (
     stop_strings,
 )
 
-CHAT_PAGE = Path(__file__).parent / "assets" / "chat.html"
+CHAT_PAGE = Path(__file__).parent.parent / "assets" / "chat.html"
 
 
 # --- the web app ---------------------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
     """The FastAPI app serving `model`. Its worker starts and stops with the app (its lifespan);
     `app.state.engine` is the `Engine`. `cors_origins`: web origins (or "*") whose pages may call the API from a
     browser; none by default (the built-in chat page is same-origin and needs none). `compile`: decode with
-    `torch.compile` (see `minimind.generate.compiled_forward`; `run_server` compiles before it listens)."""
+    `torch.compile` (see `minimind.infer.generate.compiled_forward`; `run_server` compiles before it listens)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException

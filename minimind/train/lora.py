@@ -17,7 +17,7 @@ def lora_saver(tokenizer, merge: bool, base_path: str | None = None):
     adapter_model.safetensors + adapter_config.json + the tokenizer), and with `merge` the merged full model as
     `train` writes it (config.json, model.safetensors, model_final.pth)."""
     from ..tokenizer import save_tokenizer
-    from .lora import merge_lora, save_adapter
+    from ..lora import merge_lora, save_adapter
 
     save_full = model_saver(tokenizer)
 
@@ -41,7 +41,7 @@ def _targets(values) -> list[str]:
 def run_lora(args) -> dict | None:
     """LoRA fine-tuning of --pretrained_path on SFT (or pretraining) data; see the module docstring."""
     from ..data.datasets import collate
-    from .lora import apply_lora
+    from ..lora import apply_lora
 
     _require_base(args, "lora")
     dist_info, tokenizer = start(args)
