@@ -11,6 +11,10 @@ from minimind import MiniMindForCausalLM
 from minimind.train.distill import distill_loss, load_teacher, run_distill
 from minimind.train.setup import parse_args
 
+
+def stage_args(stage, argv):
+    return parse_args(argv, command=stage)
+
 STUDENT = ["--hidden_size", "32", "--num_layers", "2", "--num_heads", "2", "--num_kv_heads", "1"]
 RUN = ["--max_seq_len", "32", "--batch_size", "4", "--log_interval", "1", "--eval_interval", "0", "--eval_batches", "2",
        "--dtype", "fp32", "--save_steps", "0"]
@@ -82,7 +86,7 @@ def test_distillation_lowers_the_kl_to_the_teacher(teacher_dir, text_file, tmp_p
     def final_kls(alpha, out):
         flags = ["--teacher", str(teacher_dir), "--stage", "pretrain", "--data", str(text_file), "--max_steps", "12",
                  "--learning_rate", "3e-2", "--alpha", alpha, "--temperature", "2", "--output_dir", str(out)]
-        result = run_distill(parse_args(command="distill", argv=[*RUN, *STUDENT, *flags]))
+        result = run_distill(stage_args("distill", [*RUN, *STUDENT, *flags]))
         kls = [json.loads(line)["kl"] for line in (out / "metrics.jsonl").read_text().splitlines() if '"kl"' in line]
         assert len(kls) == 12
         return kls, result
@@ -97,7 +101,7 @@ def test_distillation_lowers_the_kl_to_the_teacher(teacher_dir, text_file, tmp_p
 
 
 def test_distill_refuses_a_teacher_with_another_vocabulary_or_tokenizer(teacher_dir, text_file, tmp_path):
-    args = parse_args(command="distill", argv=[*RUN, *STUDENT, "--vocab_size", "7000", "--teacher", str(teacher_dir), "--stage",
+    args = stage_args("distill", [*RUN, *STUDENT, "--vocab_size", "7000", "--teacher", str(teacher_dir), "--stage",
                                   "pretrain", "--data", str(text_file), "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="has vocab_size 6400 but the student 7000"):
         run_distill(args)
@@ -105,18 +109,18 @@ def test_distill_refuses_a_teacher_with_another_vocabulary_or_tokenizer(teacher_
     other = tmp_path / "other-teacher"  # same sizes, another tokenizer
     teacher_model().save_pretrained(other)
     train_tokenizer([f"some other text number {i}" for i in range(50)], 300, other)
-    args = parse_args(command="distill", argv=[*RUN, *STUDENT, "--teacher", str(other), "--stage", "pretrain", "--data",
+    args = stage_args("distill", [*RUN, *STUDENT, "--teacher", str(other), "--stage", "pretrain", "--data",
                                   str(text_file), "--output_dir", str(tmp_path)])
     with pytest.raises(ValueError, match="the teacher was trained with another tokenizer"):
         run_distill(args)
     with pytest.raises(FileNotFoundError, match="no such file or directory"):
-        run_distill(parse_args(command="distill", argv=[*RUN, *STUDENT, "--teacher", str(tmp_path / "nope"), "--output_dir",
+        run_distill(stage_args("distill", [*RUN, *STUDENT, "--teacher", str(tmp_path / "nope"), "--output_dir",
                                            str(tmp_path)]))
 
 
 def test_student_from_a_config_file(teacher_dir, text_file, tmp_path):
     out = tmp_path / "student"
-    run_distill(parse_args(command="distill", argv=[*RUN, "--student_config", str(teacher_dir / "config.json"), "--teacher",
+    run_distill(stage_args("distill", [*RUN, "--student_config", str(teacher_dir / "config.json"), "--teacher",
                                        str(teacher_dir), "--stage", "pretrain", "--data", str(text_file),
                                        "--max_steps", "1", "--output_dir", str(out)]))
     assert MiniMindForCausalLM.from_pretrained(out).config.hidden_size == 64  # the config's size, not the flags'

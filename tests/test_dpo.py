@@ -14,6 +14,10 @@ from minimind.data.messages import parse_pair
 from minimind.train.dpo import dpo_loss, dpo_loss_fn, frozen_reference, run_dpo, sequence_logps
 from minimind.train.setup import parse_args
 
+
+def stage_args(stage, argv):
+    return parse_args(argv, command=stage)
+
 RUN = ["--max_seq_len", "48", "--batch_size", "5", "--log_interval", "1", "--eval_interval", "0", "--eval_batches", "2",
        "--dtype", "fp32", "--save_steps", "0"]
 
@@ -92,7 +96,7 @@ def test_reward_margin_rises_on_the_builtin_pairs(tmp_path):
     pairs = tmp_path / "pairs.jsonl"  # the first 21 built-in pairs (20 train, 1 held out)
     pairs.write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in corpus.dpo_pairs("train")[:21]))
     out = tmp_path / "dpo"
-    run_dpo(parse_args(command="dpo", argv=[*RUN, "--pretrained_path", str(base), "--data", str(pairs), "--epochs", "3",
+    run_dpo(stage_args("dpo", [*RUN, "--pretrained_path", str(base), "--data", str(pairs), "--epochs", "3",
                                "--learning_rate", "3e-3", "--beta", "0.1", "--output_dir", str(out)]))
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in logs if "margin" in r]
@@ -106,4 +110,4 @@ def test_reward_margin_rises_on_the_builtin_pairs(tmp_path):
 
 def test_dpo_needs_a_base_model(tmp_path):
     with pytest.raises(ValueError, match="--pretrained_path is required for dpo"):
-        run_dpo(parse_args(command="dpo", argv=[*RUN, "--output_dir", str(tmp_path)]))
+        run_dpo(stage_args("dpo", [*RUN, "--output_dir", str(tmp_path)]))

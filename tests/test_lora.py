@@ -23,6 +23,10 @@ from minimind.lora import (
 from minimind.train.lora import run_lora
 from minimind.train.setup import parse_args
 
+
+def stage_args(stage, argv):
+    return parse_args(argv, command=stage)
+
 RUN = ["--max_seq_len", "32", "--batch_size", "4", "--log_interval", "1", "--eval_interval", "0", "--eval_batches", "2",
        "--dtype", "fp32", "--save_steps", "0"]
 
@@ -146,7 +150,7 @@ def test_adapter_file_round_trip_and_errors(tmp_path):
 
 def test_lora_run_trains_only_the_adapter_and_merges(base_dir, sft_file, tmp_path, capsys):
     out = tmp_path / "lora"
-    run_lora(parse_args(command="lora", argv=[*RUN, "--pretrained_path", str(base_dir), "--data", str(sft_file), "--max_steps", "4",
+    run_lora(stage_args("lora", [*RUN, "--pretrained_path", str(base_dir), "--data", str(sft_file), "--max_steps", "4",
                                  "--learning_rate", "1e-2", "--output_dir", str(out), "--merge"]))
     assert "LoRA adapter saved to" in capsys.readouterr().out
     base = tiny_model().state_dict()
@@ -166,4 +170,4 @@ def test_lora_run_trains_only_the_adapter_and_merges(base_dir, sft_file, tmp_pat
 
 def test_lora_needs_a_base_model(tmp_path):
     with pytest.raises(ValueError, match="--pretrained_path is required for lora"):
-        run_lora(parse_args(command="lora", argv=[*RUN, "--output_dir", str(tmp_path)]))
+        run_lora(stage_args("lora", [*RUN, "--output_dir", str(tmp_path)]))

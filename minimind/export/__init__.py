@@ -15,7 +15,6 @@ interrupted export never leaves a complete-looking file.
 
 from pathlib import Path
 
-
 FORMATS = ("hf", "gguf")
 
 

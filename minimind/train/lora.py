@@ -16,8 +16,8 @@ def lora_saver(tokenizer, merge: bool, base_path: str | None = None):
     """save_model for LoRA runs: the adapter (each epoch: adapter_epoch_N.safetensors; at the end:
     adapter_model.safetensors + adapter_config.json + the tokenizer), and with `merge` the merged full model as
     `train` writes it (config.json, model.safetensors, model_final.pth)."""
-    from ..tokenizer import save_tokenizer
     from ..lora import merge_lora, save_adapter
+    from ..tokenizer import save_tokenizer
 
     save_full = model_saver(tokenizer)
 
