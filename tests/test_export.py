@@ -63,8 +63,8 @@ for name, folder, gguf in jobs:
     tok = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf} if gguf else {}))
     with torch.no_grad():
         logits = model(ids).logits
-    ids = [tok.encode(t, add_special_tokens=False) for t in texts]  # the reader's own specials aside
-    results[name] = {"class": type(model).__name__, "logits": logits, "ids": ids,
+    encoded = [tok.encode(t, add_special_tokens=False) for t in texts]  # the reader's own specials aside
+    results[name] = {"class": type(model).__name__, "logits": logits, "ids": encoded,
                      "eos": tok.eos_token_id, "bos": tok.bos_token_id, "pad": tok.pad_token_id,
                      "chat": tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                                      add_generation_prompt=True)}
