@@ -1,8 +1,8 @@
 """The MiniMind model: a Llama-style decoder-only transformer, dense or mixture-of-experts.
 
-Read top to bottom: RMSNorm, rotary embeddings (with YaRN), the KV cache, attention (grouped-query,
-through `F.scaled_dot_product_attention`), the SwiGLU feed-forward, the MoE layer, the block, the
-model. Parameter names are MiniMind's, which are Hugging Face Llama's (`model.layers.0.self_attn.q_proj`
+Read top to bottom: RMSNorm, rotary embeddings (with YaRN), attention (grouped-query, through
+`F.scaled_dot_product_attention`, writing into the KV cache of `minimind/kv_cache.py`), the SwiGLU
+feed-forward, the MoE layer, the block, the model. Parameter names are MiniMind's, which are Hugging Face Llama's (`model.layers.0.self_attn.q_proj`
 ...), so a dense state dict loads unchanged into `transformers.LlamaForCausalLM` and back, and the
 public MiniMind checkpoints load here.
 
