@@ -21,7 +21,6 @@ SHIPPED = Path(__file__).parent / "assets" / "tokenizer"
 
 PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS]  # ids 0, 1, 2
-ROLES = ("system", "user", "assistant")
 
 CHAT_TEMPLATE = (
     "{%- for message in messages %}"

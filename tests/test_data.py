@@ -261,8 +261,8 @@ def bad_inputs(tmp_path):
         ("malformed JSON", p / "malformed.jsonl", PretrainDataset, f"{p / 'malformed.jsonl'}:3: malformed JSON"),
         ("missing field", p / "missing.jsonl", PretrainDataset, f'{p / "missing.jsonl"}:3: no "text" field'),
         ("unknown role", p / "role.jsonl", SFTDataset,
-         f"{p / 'role.jsonl'}:3: \"conversations\" message 1 has unknown role 'bot'; "
-         "expected system, user or assistant"),
+         f"{p / 'role.jsonl'}:3: conversations[0].role is \"bot\", not a known role; "
+         "expected system, developer, user or assistant"),
         ("empty file", p / "empty.jsonl", PretrainDataset, f"{p / 'empty.jsonl'}: the file is empty"),
         ("binary file", p / "binary.txt", PretrainDataset, f"{p / 'binary.txt'}: not a text file"),
         ("missing path", p / "nope.jsonl", PretrainDataset, f"{p / 'nope.jsonl'}: no such file or directory"),
@@ -282,7 +282,7 @@ def test_more_bad_records(tmp_path, tok):
     cases = {
         '{"text": 5}': 'x.jsonl:1: "text" is a int; expected a string',
         '[1, 2]': "x.jsonl:1: a JSON list, not an object",
-        '{"conversations": []}': 'x.jsonl:1: "conversations" is not a non-empty list',
+        '{"conversations": []}': 'x.jsonl:1: conversations is not a non-empty list',
         '{"conversations": [{"role": "user", "content": "hi"}]}': "x.jsonl:1: no assistant message",
         '{"prompt": "p", "chosen": "c"}': 'x.jsonl:1: no "chosen" and "rejected" fields',
         '{"chosen": "c", "rejected": "r"}': 'x.jsonl:1: "chosen" is a string but there is no "prompt"',

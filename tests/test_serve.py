@@ -16,6 +16,7 @@ import torch
 import uvicorn
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
+from minimind.data.messages import parse_conversation
 from minimind.infer.generate import generate, generate_text
 from minimind.serve.app import create_app
 from minimind.serve.server import listen
@@ -118,6 +119,19 @@ def test_greedy_chat_equals_generate_and_counts_tokens(model, tokenizer, client)
     parts = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, messages[1]]
     r2 = client.chat.completions.create(model="tiny", messages=parts, max_tokens=12, temperature=0)
     assert r2.choices[0].message.content == r.choices[0].message.content
+
+
+def test_messages_are_read_as_the_training_data_reads_them(model, tokenizer, client):
+    """developer is system, text parts are joined with "\\n", name is dropped: as `minimind.data.messages` reads
+    an SFT record."""
+    parts = [{"type": "text", "text": "Be brief."}, {"type": "text", "text": "Ok?"}]
+    messages = [{"role": "developer", "content": parts}, {"role": "user", "content": "Hello", "name": "ann"}]
+    trained = parse_conversation({"messages": messages + [{"role": "assistant", "content": "Hi."}]}, "test")[:-1]
+    assert trained[0] == {"role": "system", "content": "Be brief.\nOk?"}
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0)
+    ids = chat_ids(tokenizer, trained)
+    assert r.usage.prompt_tokens == len(ids)
+    assert r.choices[0].message.content == generate_text(model, tokenizer, [ids], 8)[0]
 
 
 def test_compile_decodes_through_the_compiled_forward(model, tokenizer, monkeypatch):
@@ -367,6 +381,8 @@ def test_cache_columns_stay_bounded_while_the_server_stays_busy(server):
     (dict(messages=[{"role": "user"}]), "messages[0].content", "string"),
     (dict(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
      "messages[0].content[0]", "only text parts"),
+    (dict(messages=[{"role": "assistant", "content": "hi", "tool_calls": []}]), "messages[0].tool_calls",
+     "not supported"),
     (dict(temperature="hot"), "temperature", "must be a number"),
     (dict(temperature=2.5), "temperature", "[0, 2]"),
     (dict(top_p=0), "top_p", "(0, 1]"),

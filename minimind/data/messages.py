@@ -1,9 +1,22 @@
-"""The chat format, as records and as tokens.
+"""The chat format, as records and as tokens: the one place that reads a conversation, for the training data
+(SFT conversations, DPO pairs) and the server (`minimind.serve.protocol`) alike, so that a model is served the same
+text it was trained on.
 
-Records: SFT conversations are MiniMind's `{"conversations": [{"role", "content"}, ...]}` or OpenAI's
-`{"messages": [...]}`, roles system / user / assistant; DPO pairs are `{"chosen": [messages], "rejected":
-[messages]}` (both ending with the assistant response) or `{"prompt": "...", "chosen": "...", "rejected": "..."}`
-strings.
+Messages, one rule everywhere (OpenAI's shapes): a message is `{"role", "content"}`, with an optional `name`.
+- role: system, user or assistant; developer (OpenAI's newer name for system) is read as system.
+- content: a string, or a list of text parts `{"type": "text", "text": ...}` joined with "\\n" (as vLLM does).
+  Other parts (images, audio, files) are refused: the model reads text only.
+- name: accepted and dropped. OpenAI clients and datasets send it, and the chat template has no place for it;
+  training and serving both drop it, so nothing differs between them.
+- any other key (tool_calls, weight, ...) is refused rather than dropped: dropping it would train on, or answer,
+  something else than what the conversation says.
+`parse_messages` applies the rule; a message that breaks it raises `MessageError`, which says where in the list
+(`[2].content[1]`), and each reader puts its own place in front: the data reader `path:line: conversations[2]...`,
+the server the param `messages[2].content[1]`.
+
+Records: SFT conversations are MiniMind's `{"conversations": [messages]}` or OpenAI's `{"messages": [messages]}`;
+DPO pairs are `{"chosen": [messages], "rejected": [messages]}` (both ending with the assistant response) or
+`{"prompt": "...", "chosen": "...", "rejected": "..."}` strings.
 
 Tokens: conversations are rendered with the tokenizer's chat template. Labels are -100 everywhere except the
 assistant's content and its closing `<|im_end|>` (SFT: every assistant turn; DPO: the final response). A
@@ -11,33 +24,92 @@ conversation longer than `seq_len` loses whole turns (SFT: from the end; DPO: th
 turn is cut.
 """
 
-from ..tokenizer import ROLES
+import json
+
 from .files import _error
 
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}  # read -> rendered
 
-def _content(value):
-    """A message's content: a string, or OpenAI's list of {"type": "text", "text": ...} parts joined."""
-    if isinstance(value, list) and all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in value):
-        return "".join(p["text"] for p in value)
-    return value
+
+KEYS = ("role", "content", "name")  # name is accepted and dropped
+
+
+EXPECTED = {"role": "system, developer, user or assistant",
+            "content": 'a string or a list of {"type": "text", "text": "..."} parts'}
+
+
+class MessageError(ValueError):
+    """A conversation that breaks the chat format. `at`: where in the list, as a path to put after the list's own
+    name (`[2].content[1]`; "" for the list itself); `problem`: what is wrong; `expected`: what would do."""
+
+    def __init__(self, at: str, problem: str, expected: str):
+        super().__init__(f"{at} {problem}; expected {expected}")
+        self.at, self.problem, self.expected = at, problem, expected
+
+    def message(self, field: str) -> str:
+        """The error as one line about the list called `field`: `messages[2].role is "bot", not a known role; ...`."""
+        return f"{field}{self.at} {self.problem}; expected {self.expected}"
+
+
+def _kind(value) -> str:
+    """A JSON value's kind, for errors: "a string", "an object", "null"..."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true or false"
+    names = {str: "a string", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return names.get(type(value), f"a {type(value).__name__}")
+
+
+def message_content(content, at: str = "") -> str:
+    """A message's content as text: a string, or a list of text parts joined with "\\n"; MessageError otherwise."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise MessageError(f"{at}.content", f"is {_kind(content)}", EXPECTED["content"])
+    texts = []
+    for j, part in enumerate(content):
+        where = f"{at}.content[{j}]"
+        if not isinstance(part, dict) or part.get("type") != "text":
+            what = f"a {json.dumps(part.get('type'))} part" if isinstance(part, dict) else _kind(part)
+            raise MessageError(where, f"is {what}: only text parts are supported", '{"type": "text", "text": "..."}')
+        if not isinstance(part.get("text"), str):
+            raise MessageError(f"{where}.text", f"is {_kind(part.get('text'))}", "a string")
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def parse_message(message, at: str = "") -> dict:
+    """One message as the chat template takes it, `{"role", "content"}` (see the module's rule); MessageError
+    naming the key at fault otherwise, its path starting with `at`."""
+    if not isinstance(message, dict):
+        raise MessageError(at, f"is {_kind(message)}, not a message", '{"role": ..., "content": "..."}')
+    for key in message:
+        if key not in KEYS:
+            raise MessageError(f"{at}.{key}", "is not supported", "only role, content and name (name is ignored)")
+    for key in ("role", "content"):
+        if key not in message:
+            raise MessageError(f"{at}.{key}", "is missing", EXPECTED[key])
+    role = message["role"]
+    if not isinstance(role, str) or role not in ROLES:
+        raise MessageError(f"{at}.role", f"is {json.dumps(role)}, not a known role", EXPECTED["role"])
+    return {"role": ROLES[role], "content": message_content(message["content"], at)}
+
+
+def parse_messages(value) -> list[dict]:
+    """A non-empty list of messages as the chat template takes them, `[{"role", "content"}, ...]`; MessageError
+    naming the message and key at fault otherwise (`[2].content[1]`)."""
+    if not isinstance(value, list) or not value:
+        raise MessageError("", "is not a non-empty list", '[{"role": ..., "content": "..."}, ...]')
+    return [parse_message(m, f"[{i}]") for i, m in enumerate(value)]
 
 
 def _messages(value, where: str, field: str) -> list[dict]:
-    """Validate a list of {"role", "content"} messages; returns clean {"role", "content"} dicts."""
-    if not isinstance(value, list) or not value:
-        raise _error(where, f'"{field}" is not a non-empty list', '[{"role": ..., "content": "..."}, ...]')
-    messages = []
-    for i, m in enumerate(value, 1):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise _error(where, f'"{field}" message {i} is not a {{"role", "content"}} object',
-                         '{"role": "user" | "assistant" | "system", "content": "..."}')
-        if m["role"] not in ROLES:
-            raise _error(where, f'"{field}" message {i} has unknown role {m["role"]!r}', "system, user or assistant")
-        content = _content(m["content"])
-        if not isinstance(content, str):
-            raise _error(where, f'"{field}" message {i} content is a {type(content).__name__}', "a string")
-        messages.append({"role": m["role"], "content": content})
-    return messages
+    """The messages in a record's `field`; DataError naming the record and the message at fault."""
+    try:
+        return parse_messages(value)
+    except MessageError as e:
+        raise _error(where, f"{field}{e.at} {e.problem}", e.expected) from None
 
 
 def parse_conversation(record: dict, where: str) -> list[dict]:

@@ -12,13 +12,15 @@ Endpoints: `GET /v1/models` (the one model served, named after MODEL or --model_
 endpoints stream with `"stream": true` (server-sent events in OpenAI's chunk format, ending with `data: [DONE]`;
 `stream_options: {"include_usage": true}` adds a last chunk with the token counts).
 
-Request fields: model (optional; must be the served model's id when given), messages (system / user / assistant /
-developer, content a string or a list of text parts) or prompt (a string, a list of strings, or token ids; a string
-gets the <|im_start|> that begins every pretraining document, as in `minimind generate`),
-max_tokens (max_completion_tokens in chat), temperature (0 = greedy; OpenAI's default 1), top_p, n, stop (a string
-or up to 4), seed, stream, stream_options; and two extensions: top_k and repetition_penalty. presence_penalty and
-frequency_penalty are refused when not 0 (the model has repetition_penalty instead), and so are logprobs, tools,
-logit_bias, JSON response formats, echo and best_of. Unknown fields are refused, naming the field. usage counts
+Request fields: model (optional; must be the served model's id when given), messages (read by the same rule as the
+training data, `minimind.data.messages`: roles system / developer (read as system) / user / assistant, content a
+string or a list of text parts joined with newlines, name accepted and dropped) or prompt (a string, a list of
+strings, or token ids; a string gets the <|im_start|> that begins every pretraining document, as in
+`minimind generate`), max_tokens (max_completion_tokens in chat), temperature (0 = greedy; OpenAI's default 1),
+top_p, n, stop (a string or up to 4), seed, stream, stream_options; and two extensions: top_k and repetition_penalty.
+presence_penalty and frequency_penalty are refused when not 0 (the model has repetition_penalty instead), and so are
+logprobs, tools, logit_bias, JSON response formats, echo and best_of. Unknown fields are refused, naming the field;
+null is read as not given; types are strict (a number is a JSON number, an integer has no fraction). usage counts
 real tokens: the prompt's (once per prompt, whatever n) and every generated one (an ending eos included).
 
 Chat requests are formatted with the tokenizer's chat template; a tokenizer without one gets a 400 that says to use
@@ -31,6 +33,6 @@ key (`--api_key` or MINIMIND_API_KEY; then `Authorization: Bearer KEY` is requir
 model or route, 413 for a body over --max_request_bytes. max_tokens is capped by --max_tokens_limit; without it a
 request gets what is left of the context window, up to that cap.
 
-The parts: `protocol.py` (request fields and errors), `engine.py` (the batching worker), `app.py` (the endpoints
-and the chat page), `server.py` (socket and uvicorn).
+The parts: `protocol.py` (the requests as pydantic models, and errors), `engine.py` (the batching worker), `app.py`
+(the endpoints and the chat page), `server.py` (socket and uvicorn).
 """

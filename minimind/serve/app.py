@@ -1,4 +1,9 @@
 """The web app: the OpenAI-compatible endpoints and the chat page, over the batching worker (`engine.py`).
+
+A request goes: the API key and the body's size (`Endpoints.read_body`) -> its pydantic model (`protocol.py`) ->
+token ids, checked against the model's context window and the server's limits (`Endpoints.job`) -> the worker,
+whose events come back to the event loop through a queue -> one JSON answer, or server-sent events
+(`Endpoints.answer`). `create_app` builds the FastAPI app and routes to these.
 """
 
 import asyncio
@@ -9,27 +14,297 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import NamedTuple
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from .engine import Engine, Job
-from .protocol import (
-    CHAT_FIELDS,
-    COMPLETION_FIELDS,
-    APIError,
-    chat_messages,
-    check_fields,
-    invalid,
-    number,
-    stop_strings,
-)
+from .protocol import APIError, ChatCompletionRequest, CompletionRequest, at_most, invalid, read_request
 
 CHAT_PAGE = Path(__file__).parent.parent / "assets" / "chat.html"
 
 
-# --- the web app ---------------------------------------------------------------------------------------------------
-
 def served_name(spec) -> str:
     """The model id a MODEL path is served under: its file or directory name."""
     return Path(spec).resolve().name or str(spec)
+
+
+# --- the worker's events, named -------------------------------------------------------------------------------------
+
+class Piece(NamedTuple):
+    row: int
+    text: str
+
+
+class End(NamedTuple):
+    row: int
+    reason: str  # finish_reason: "stop" or "length"
+    tokens: int  # completion tokens of the row
+
+
+def named(event: tuple) -> Piece | End:
+    """A worker event (see `Job`) as a `Piece` or an `End`; an error event raises its APIError."""
+    kind, *fields = event
+    if kind == "error":
+        message, status = fields
+        raise APIError(status, message, type="server_error")
+    return Piece(*fields) if kind == "piece" else End(*fields)
+
+
+# --- the endpoints --------------------------------------------------------------------------------------------------
+
+class Endpoints:
+    """What the endpoints do, over one `Engine`: read a request, make its `Job`, answer. `create_app` routes here."""
+
+    def __init__(self, model, tokenizer, engine: Engine, model_name: str, api_key: str | None,
+                 max_tokens_limit: int, max_batch: int, max_request_bytes: int):
+        self.model, self.engine, self.model_name, self.api_key = model, engine, model_name, api_key
+        self.max_tokens_limit, self.max_batch, self.max_request_bytes = max_tokens_limit, max_batch, max_request_bytes
+        # Requests are tokenized in the event loop while the worker decodes: each thread gets its own tokenizer.
+        self.encoder = copy.deepcopy(tokenizer)
+
+    # reading a request
+
+    def check_key(self, request):
+        if self.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            message = ("incorrect API key provided" if given else
+                       "missing API key: send the header 'Authorization: Bearer YOUR_KEY'")
+            raise APIError(401, message, code="invalid_api_key")
+
+    def check_model(self, name: str | None):
+        if name is not None and name != self.model_name:
+            raise APIError(404, f"the model {json.dumps(name)} does not exist; this server serves "
+                                f"{json.dumps(self.model_name)}", param="model", code="model_not_found")
+
+    async def read_body(self, request, cls):
+        """The request's JSON body as a `cls` request, after the API key; 413 past --max_request_bytes."""
+        self.check_key(request)
+        too_large = APIError(413, f"the request body is larger than this server's limit of {self.max_request_bytes} "
+                                  "bytes (--max_request_bytes)", code="request_too_large")
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_request_bytes):
+            raise too_large
+        raw = bytearray()
+        async for chunk in request.stream():
+            raw += chunk
+            if len(raw) > self.max_request_bytes:
+                raise too_large
+        try:
+            body = json.loads(raw)
+        except ValueError as e:  # also bad UTF-8
+            raise APIError(400, f"the request body is not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise APIError(400, "the request body must be a JSON object")
+        req = read_request(cls, body)
+        self.check_model(req.model)
+        return req
+
+    # prompts and jobs
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        if not getattr(self.encoder, "chat_template", None):
+            raise invalid("messages", "this model's tokenizer has no chat template, so it cannot format messages; "
+                                      "use /v1/completions with a plain prompt instead")
+        try:
+            text = self.encoder.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # the template's own checks (raise_exception)
+            raise invalid("messages", f"the chat template cannot format these messages: {e}") from None
+        return self.encoder.encode(text, add_special_tokens=False)
+
+    def completion_prompts(self, prompts: list) -> list[list[int]]:
+        """Each prompt (a string or token ids) as token ids. Strings get the bos token that begins every
+        pretraining document, as in `minimind generate`."""
+        from ..infer.generate import encode_prompts
+
+        vocab = self.model.config.vocab_size
+        out = []
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                p = encode_prompts(self.encoder, [p])[0][0].tolist()
+            bad = [t for t in p if not 0 <= t < vocab]
+            if bad:
+                raise invalid(f"prompt[{i}]", f"prompt[{i}] holds token id {bad[0]}, outside the vocabulary "
+                                              f"[0, {vocab})")
+            out.append(p)
+        return out
+
+    def job(self, req, prompts: list[list[int]], where: str, limit_field: str) -> Job:
+        """The Job for `prompts` (token ids, one per prompt) with the request's settings, within the server's
+        limits and the context window."""
+        max_tokens = getattr(req, limit_field)
+        at_most("n", req.n, self.max_batch)
+        at_most(limit_field, max_tokens, self.max_tokens_limit)
+        if req.n * len(prompts) > self.max_batch:
+            raise invalid("n", f"{len(prompts)} prompts x n={req.n} = {req.n * len(prompts)} choices, more than this "
+                               f"server's --max_batch of {self.max_batch}")
+        context, longest = self.engine.context, max(len(p) for p in prompts)
+        if longest >= context:
+            raise invalid(where, f"the {where} is {longest} tokens long; the model's context window is {context} "
+                                 "tokens (prompt and answer together): shorten it", code="context_length_exceeded")
+        if max_tokens is None:
+            max_tokens = min(self.max_tokens_limit, context - longest)
+        elif longest + max_tokens > context:
+            raise invalid(where, f"the model's context window is {context} tokens, but {longest + max_tokens} were "
+                                 f"requested ({longest} in the {where} + {max_tokens} {limit_field}): shorten "
+                                 f"the {where} or lower {limit_field}", code="context_length_exceeded")
+        return Job(prompts=[p for p in prompts for _ in range(req.n)], max_tokens=max_tokens, emit=None,
+                   stops=req.stop, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
+                   repetition_penalty=req.repetition_penalty, seed=None if req.seed is None else req.seed % 2**63)
+
+    async def chat(self, request):
+        req = await self.read_body(request, ChatCompletionRequest)
+        prompt = self.chat_prompt(req.messages)
+        job = self.job(req, [prompt], "messages", req.limit_field)
+        return await self.answer(req, "chat", job, len(prompt))
+
+    async def completion(self, request):
+        req = await self.read_body(request, CompletionRequest)
+        prompts = self.completion_prompts(req.prompt)
+        job = self.job(req, prompts, "prompt", "max_tokens")
+        return await self.answer(req, "text", job, sum(len(p) for p in prompts))
+
+    # answering
+
+    async def answer(self, req, kind: str, job: Job, prompt_tokens: int):
+        """Submit `job` and answer: one JSON object, or server-sent events when req.stream."""
+        events = self.submit(job)
+        chat = kind == "chat"
+        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+                "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                "model": self.model_name}
+        answer = Answer(self.engine, job, events, head, chat, prompt_tokens)
+        if not req.stream:
+            return JSONResponse(await answer.whole())
+        return StreamingResponse(answer.stream(req.stream_options.include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def submit(self, job: Job) -> asyncio.Queue:
+        """Queue `job` on the worker; its events arrive on the returned queue, in this event loop."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def emit(event):  # called by the worker thread
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the event loop is gone (shutting down)
+                job.cancelled = True
+        job.emit = emit
+        if self.engine.stopping:
+            raise APIError(503, "the server is shutting down", type="server_error")
+        self.engine.submit(job)
+        return events
+
+
+class Answer:
+    """One job's answer as it comes from the worker: gathered whole (`whole`) or streamed as server-sent events in
+    OpenAI's chunk format (`stream`)."""
+
+    def __init__(self, engine: Engine, job: Job, events: asyncio.Queue, head: dict, chat: bool, prompt_tokens: int):
+        self.engine, self.job, self.events, self.head, self.chat = engine, job, events, head, chat
+        self.prompt_tokens, self.counts = prompt_tokens, [0] * job.rows
+
+    def usage(self) -> dict:
+        completion = sum(self.counts)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+    async def until_done(self):
+        """The job's events, named, until every row has ended; an error event raises."""
+        ended = 0
+        while ended < self.job.rows:
+            try:
+                event = named(await self.events.get())
+            except APIError:
+                self.job.finished = True
+                raise
+            if isinstance(event, End):
+                ended += 1
+                self.counts[event.row] = event.tokens
+            yield event
+        self.job.finished = True
+
+    def leave(self):
+        """The answer is complete, or its client has left: the worker drops the job's rows."""
+        if not self.job.finished and not self.job.cancelled:
+            self.engine.stats["cancelled"] += 1
+        self.job.cancelled = True
+
+    async def whole(self) -> dict:
+        texts, reasons = [""] * self.job.rows, [None] * self.job.rows
+        try:
+            async for event in self.until_done():
+                if isinstance(event, Piece):
+                    texts[event.row] += event.text
+                else:
+                    reasons[event.row] = event.reason
+        finally:
+            self.leave()
+        choices = [{"index": i, **({"message": {"role": "assistant", "content": text}} if self.chat else
+                                   {"text": text}), "logprobs": None, "finish_reason": reason}
+                   for i, (text, reason) in enumerate(zip(texts, reasons))]
+        return {**self.head, "choices": choices, "usage": self.usage()}
+
+    def chunk(self, choices: list[dict], **extra) -> str:
+        """One server-sent event of OpenAI's chunk format."""
+        body = {**self.head, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "choices": choices, **extra}
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    def choice(self, index: int, text: str | None = None, finish_reason: str | None = None, role: bool = False):
+        if self.chat:
+            delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+            body = {"delta": delta}
+        else:
+            body = {"text": text or ""}
+        return {"index": index, **body, "logprobs": None, "finish_reason": finish_reason}
+
+    async def stream(self, include_usage: bool):
+        try:
+            if self.chat:
+                for i in range(self.job.rows):
+                    yield self.chunk([self.choice(i, role=True)])
+            async for event in self.until_done():
+                if isinstance(event, Piece):
+                    yield self.chunk([self.choice(event.row, event.text)])
+                else:
+                    yield self.chunk([self.choice(event.row, finish_reason=event.reason)])
+            if include_usage:
+                yield self.chunk([], usage=self.usage())
+        except APIError as e:  # the status line has gone out: the error travels as an event
+            yield f"data: {json.dumps(e.body())}\n\n"
+        finally:
+            self.leave()
+        yield "data: [DONE]\n\n"
+
+
+# --- the web app ----------------------------------------------------------------------------------------------------
+
+def add_error_handlers(app: FastAPI):
+    """Every error in OpenAI's shape: ours (APIError), the router's (404, 405) and crashes (500)."""
+    def respond(e: APIError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request, e: APIError):
+        return respond(e)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request, e: HTTPException):
+        if e.status_code == 404:
+            message = (f"unknown route {request.method} {request.url.path}; this server has GET /v1/models, "
+                       "POST /v1/chat/completions, POST /v1/completions, GET /health and the web chat at GET /")
+            return respond(APIError(404, message, code="unknown_url"))
+        return respond(APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}"))
+
+    @app.exception_handler(Exception)
+    async def on_crash(request, e: Exception):
+        return respond(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error"))
 
 
 def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | None = None,
@@ -39,16 +314,11 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
     `app.state.engine` is the `Engine`. `cors_origins`: web origins (or "*") whose pages may call the API from a
     browser; none by default (the built-in chat page is same-origin and needs none). `compile`: decode with
     `torch.compile` (see `minimind.infer.generate.compiled_forward`; `run_server` compiles before it listens)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException
-
     if max_tokens_limit < 1:
         raise ValueError(f"max_tokens_limit must be at least 1, got {max_tokens_limit}")
     engine = Engine(model, tokenizer, max_batch, compile)
-    context = engine.context
-    # Requests are tokenized in the event loop while the worker decodes: each thread gets its own tokenizer.
-    encoder = copy.deepcopy(tokenizer)
+    endpoints = Endpoints(model, tokenizer, engine, model_name, api_key, max_tokens_limit, max_batch,
+                          max_request_bytes)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -62,263 +332,32 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
         from starlette.middleware.cors import CORSMiddleware
         app.add_middleware(CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-
-    def error_response(e: APIError):
-        return JSONResponse(e.body(), status_code=e.status)
-
-    @app.exception_handler(APIError)
-    async def on_api_error(request, e: APIError):
-        return error_response(e)
-
-    @app.exception_handler(HTTPException)
-    async def on_http_error(request, e: HTTPException):
-        if e.status_code == 404:
-            message = (f"unknown route {request.method} {request.url.path}; this server has GET /v1/models, "
-                       "POST /v1/chat/completions, POST /v1/completions, GET /health and the web chat at GET /")
-            return error_response(APIError(404, message, code="unknown_url"))
-        return error_response(APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}"))
-
-    @app.exception_handler(Exception)
-    async def on_crash(request, e: Exception):
-        return error_response(APIError(500, f"internal error: {type(e).__name__}: {e}", type="server_error"))
-
-    def check_key(request: Request):
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header[7:].strip() if header[:7].lower() == "bearer " else ""
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
-            message = ("incorrect API key provided" if given else
-                       "missing API key: send the header 'Authorization: Bearer YOUR_KEY'")
-            raise APIError(401, message, code="invalid_api_key")
-
-    async def read_body(request: Request) -> dict:
-        check_key(request)
-        too_large = APIError(413, f"the request body is larger than this server's limit of {max_request_bytes} "
-                                  "bytes (--max_request_bytes)", code="request_too_large")
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_request_bytes):
-            raise too_large
-        raw = bytearray()
-        async for chunk in request.stream():
-            raw += chunk
-            if len(raw) > max_request_bytes:
-                raise too_large
-        try:
-            body = json.loads(raw)
-        except ValueError as e:  # also bad UTF-8
-            raise APIError(400, f"the request body is not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise APIError(400, "the request body must be a JSON object")
-        name = body.get("model")
-        if name is not None and not isinstance(name, str):
-            raise invalid("model", f"model must be a string, got {json.dumps(name)}")
-        if name is not None and name != model_name:
-            raise APIError(404, f"the model {json.dumps(name)} does not exist; this server serves "
-                                f"{json.dumps(model_name)}", param="model", code="model_not_found")
-        return body
-
-    def make_job(body: dict, prompts: list[list[int]], where: str, max_tokens_field: str) -> Job:
-        """The Job for `prompts` (token ids, one per prompt) with the request's settings."""
-        n = number(body, "n", 1, 1, max_batch, integer=True)
-        if n * len(prompts) > max_batch:
-            raise invalid("n", f"{len(prompts)} prompts x n={n} = {n * len(prompts)} choices, more than this "
-                               f"server's --max_batch of {max_batch}")
-        max_tokens = number(body, max_tokens_field, None, 1, max_tokens_limit, integer=True)
-        longest = max(len(p) for p in prompts)
-        if longest >= context:
-            raise invalid(where, f"the {where} is {longest} tokens long; the model's context window is {context} "
-                                 "tokens (prompt and answer together): shorten it", code="context_length_exceeded")
-        if max_tokens is None:
-            max_tokens = min(max_tokens_limit, context - longest)
-        elif longest + max_tokens > context:
-            raise invalid(where, f"the model's context window is {context} tokens, but {longest + max_tokens} were "
-                                 f"requested ({longest} in the {where} + {max_tokens} {max_tokens_field}): shorten "
-                                 f"the {where} or lower {max_tokens_field}", code="context_length_exceeded")
-        seed = number(body, "seed", None, integer=True)
-        return Job(prompts=[p for p in prompts for _ in range(n)], max_tokens=max_tokens, emit=None,
-                   stops=stop_strings(body),
-                   temperature=number(body, "temperature", 1.0, 0, 2),
-                   top_p=number(body, "top_p", 1.0, 0, 1, low_open=True),
-                   top_k=number(body, "top_k", 0, 0, integer=True),
-                   repetition_penalty=number(body, "repetition_penalty", 1.0, 0, 10, low_open=True),
-                   seed=None if seed is None else seed % 2**63)
-
-    def chat_prompt(body: dict) -> list[int]:
-        messages = chat_messages(body.get("messages"))
-        if not getattr(encoder, "chat_template", None):
-            raise invalid("messages", "this model's tokenizer has no chat template, so it cannot format messages; "
-                                      "use /v1/completions with a plain prompt instead")
-        try:
-            text = encoder.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as e:  # the template's own checks (raise_exception)
-            raise invalid("messages", f"the chat template cannot format these messages: {e}") from None
-        return encoder.encode(text, add_special_tokens=False)
-
-    def completion_prompts(prompt) -> list[list[int]]:
-        """A string, a list of strings, a list of token ids, or a list of lists of token ids -> token ids each.
-        Strings get the bos token that begins every pretraining document, as `minimind generate`."""
-        from ..infer.generate import encode_prompts
-
-        def ids_ok(p):
-            return isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
-
-        if isinstance(prompt, str) or ids_ok(prompt):
-            prompt = [prompt]
-        if not isinstance(prompt, list) or not prompt:
-            raise invalid("prompt", "prompt must be a string, a non-empty list of strings, or token ids")
-        out = []
-        for i, p in enumerate(prompt):
-            if isinstance(p, str):
-                out.append(encode_prompts(encoder, [p])[0][0].tolist())
-            elif ids_ok(p):
-                bad = [t for t in p if not 0 <= t < model.config.vocab_size]
-                if bad:
-                    raise invalid("prompt", f"prompt[{i}] holds token id {bad[0]}, outside the vocabulary "
-                                            f"[0, {model.config.vocab_size})")
-                out.append(p)
-            else:
-                raise invalid("prompt", f"prompt[{i}] must be a string or a list of token ids, got "
-                                        f"{json.dumps(p)[:80]}")
-        return out
-
-    async def answer(body: dict, kind: str, job: Job, prompt_tokens: int):
-        """Submit `job` and answer: one JSON object, or server-sent events when body.stream."""
-        stream = body.get("stream") or False
-        if not isinstance(stream, bool):
-            raise invalid("stream", f"stream must be true or false, got {json.dumps(stream)}")
-        options = body.get("stream_options") or {}
-        if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
-            raise invalid("stream_options", "stream_options must be {\"include_usage\": true or false}")
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-
-        def emit(event):  # called by the worker thread
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, event)
-            except RuntimeError:  # the event loop is gone (shutting down)
-                job.cancelled = True
-        job.emit = emit
-        if engine.stopping:
-            raise APIError(503, "the server is shutting down", type="server_error")
-        engine.submit(job)
-
-        chat = kind == "chat"
-        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
-                "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": model_name}
-        counts = [0] * job.rows
-
-        def usage():
-            completion = sum(counts)
-            return {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                    "total_tokens": prompt_tokens + completion}
-
-        async def events_until_done():
-            ended = 0
-            while ended < job.rows:
-                event = await events.get()
-                if event[0] == "error":
-                    job.finished = True
-                    raise APIError(event[2], event[1], type="server_error")
-                if event[0] == "end":
-                    ended += 1
-                    counts[event[1]] = event[3]
-                yield event
-            job.finished = True
-
-        def leave():  # the answer is complete, or its client has left: the worker drops the job's rows
-            if not job.finished and not job.cancelled:
-                engine.stats["cancelled"] += 1
-            job.cancelled = True
-
-        if not stream:
-            texts, reasons = [""] * job.rows, [None] * job.rows
-            try:
-                async for event in events_until_done():
-                    if event[0] == "piece":
-                        texts[event[1]] += event[2]
-                    else:
-                        reasons[event[1]] = event[2]
-            finally:
-                leave()
-            choices = [{"index": i, **({"message": {"role": "assistant", "content": text}} if chat else
-                                       {"text": text}), "logprobs": None, "finish_reason": reason}
-                       for i, (text, reason) in enumerate(zip(texts, reasons))]
-            return JSONResponse({**head, "choices": choices, "usage": usage()})
-
-        chunk_head = {**head, "object": "chat.completion.chunk" if chat else "text_completion"}
-
-        def chunk(index, text=None, finish_reason=None, role=False):
-            if chat:
-                delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
-                body = {"delta": delta}
-            else:
-                body = {"text": text or ""}
-            choice = {"index": index, **body, "logprobs": None, "finish_reason": finish_reason}
-            return f"data: {json.dumps({**chunk_head, 'choices': [choice]}, ensure_ascii=False)}\n\n"
-
-        async def sse():
-            try:
-                if chat:
-                    for i in range(job.rows):
-                        yield chunk(i, role=True)
-                async for event in events_until_done():
-                    if event[0] == "piece":
-                        yield chunk(event[1], event[2])
-                    else:
-                        yield chunk(event[1], finish_reason=event[2])
-                if options.get("include_usage"):
-                    yield f"data: {json.dumps({**chunk_head, 'choices': [], 'usage': usage()})}\n\n"
-            except APIError as e:  # the status line has gone out: the error travels as an event
-                yield f"data: {json.dumps(e.body())}\n\n"
-            finally:
-                leave()
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(sse(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    add_error_handlers(app)
+    card = {"id": model_name, "object": "model", "created": 0, "owned_by": "minimind"}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        body = await read_body(request)
-        check_fields(body, CHAT_FIELDS)
-        if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
-            raise invalid("max_tokens", "give max_tokens or max_completion_tokens, not both")
-        limit_field = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-        prompt = chat_prompt(body)
-        job = make_job(body, [prompt], "messages", limit_field)
-        return await answer(body, "chat", job, len(prompt))
+        return await endpoints.chat(request)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        body = await read_body(request)
-        check_fields(body, COMPLETION_FIELDS)
-        if "prompt" not in body:
-            raise invalid("prompt", "prompt is required: a string or a list of strings")
-        prompts = completion_prompts(body["prompt"])
-        job = make_job(body, prompts, "prompt", "max_tokens")
-        return await answer(body, "text", job, sum(len(p) for p in prompts))
-
-    def model_card():
-        return {"id": model_name, "object": "model", "created": 0, "owned_by": "minimind"}
+        return await endpoints.completion(request)
 
     @app.get("/v1/models")
     async def list_models(request: Request):
-        check_key(request)
-        return {"object": "list", "data": [model_card()]}
+        endpoints.check_key(request)
+        return {"object": "list", "data": [card]}
 
     @app.get("/v1/models/{name:path}")
     async def get_model(name: str, request: Request):
-        check_key(request)
-        if name != model_name:
-            raise APIError(404, f"the model {json.dumps(name)} does not exist; this server serves "
-                                f"{json.dumps(model_name)}", param="model", code="model_not_found")
-        return model_card()
+        endpoints.check_key(request)
+        endpoints.check_model(name)
+        return card
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": model_name, "context": context, "queued": engine.queued(), **engine.stats}
+        return {"status": "ok", "model": model_name, "context": engine.context, "queued": engine.queued(),
+                **engine.stats}
 
     @app.get("/", response_class=HTMLResponse)
     async def page():

@@ -1,36 +1,43 @@
-"""The OpenAI protocol as this server reads it: request fields, checked one by one, and OpenAI's error shape,
-`{"error": {"message", "type", "param", "code"}}`, naming the field that is wrong.
+"""The OpenAI protocol as this server reads it: the two requests as pydantic models (`ChatCompletionRequest`,
+`CompletionRequest`), and OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`, whose param
+names the field at fault (`temperature`, `messages[0].content[1]`).
+
+The models are strict: a number is a JSON number (not "0.5"), a flag is true or false, an integer has no fraction;
+null means "not given", as OpenAI reads it. Unknown fields are refused, naming the field. Fields OpenAI defines that
+change nothing here (`user`, `metadata`, ...) are accepted; features this server lacks (logprobs, tools, ...) are
+accepted only when "off". Messages follow the chat format of `minimind.data.messages`, the rule the training data
+follows too. Limits of the server (max_tokens, n) and of the model (context window, vocabulary) are `app.py`'s.
 """
 
 import json
-import math
+from typing import Annotated, Any, get_args
 
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from ..data.messages import MessageError, parse_messages
 
 MAX_STOPS = 4  # as OpenAI
 
 
-IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls"}  # accepted, no effect here
+IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls")  # accepted, no effect here
 
 
-# Fields we do not implement: refused unless they hold their "off" value.
+# Features this server lacks: refused unless they hold their "off" value (or null, which is always off).
 UNSUPPORTED = {
-    "logprobs": (None, False), "top_logprobs": (None, 0), "logit_bias": (None, {}), "tools": (None, []),
-    "tool_choice": (None, "none", "auto"), "functions": (None, []), "function_call": (None, "none", "auto"),
-    "echo": (None, False), "best_of": (None, 1), "suffix": (None, ""), "modalities": (None, ["text"]),
-    "audio": (None,), "prediction": (None,), "reasoning_effort": (None,), "web_search_options": (None,),
+    "logprobs": (False,), "top_logprobs": (0,), "logit_bias": ({},), "tools": ([],), "tool_choice": ("none", "auto"),
+    "functions": ([],), "function_call": ("none", "auto"), "echo": (False,), "best_of": (1,), "suffix": ("",),
+    "modalities": (["text"],), "audio": (), "prediction": (), "reasoning_effort": (), "web_search_options": (),
 }
-
-
-SAMPLING_FIELDS = {"model", "max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "n", "stop",
-                   "seed", "stream", "stream_options", "presence_penalty", "frequency_penalty", "response_format"}
-
-
-CHAT_FIELDS = SAMPLING_FIELDS | {"messages", "max_completion_tokens"}
-
-
-COMPLETION_FIELDS = SAMPLING_FIELDS | {"prompt"}
 
 
 class APIError(Exception):
@@ -46,88 +53,210 @@ class APIError(Exception):
 
 
 def invalid(param: str, message: str, code: str | None = None) -> APIError:
+    """A 400 about the field `param`."""
     return APIError(400, message, param=param, code=code)
 
 
-# --- reading a request, field by field ----------------------------------------------------------------------------
+def at_most(name: str, value: int | None, high: int):
+    """A limit of this server's on the integer field `name` (max_tokens, n): 400 when `value` is over `high`."""
+    if value is not None and value > high:
+        raise invalid(name, f"{name} must be an integer in [1, {high}], got {value}")
 
-def number(body: dict, name: str, default, low=None, high=None, integer=False, low_open=False):
-    """The field `name` of `body` as a number within [low, high] ((low, high] with low_open), or `default`."""
-    value = body.get(name)
-    if value is None:
-        return default
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) or not math.isfinite(value):
-        raise invalid(name, f"{name} must be {kind}, got {json.dumps(value)}")
-    too_low = low is not None and (value <= low if low_open else value < low)
-    if too_low or (high is not None and value > high):
-        bounds = f"in {'(' if low_open else '['}{low}, {high}]" if high is not None else f">= {low}"
-        raise invalid(name, f"{name} must be {kind} {bounds}, got {value}")
+
+# --- field types ----------------------------------------------------------------------------------------------------
+
+def refused(param: str, message: str) -> PydanticCustomError:
+    """A validator's error: `message` about the field path `param` (which `request_error` reports)."""
+    return PydanticCustomError("refused", "{message}", {"param": param, "message": message})
+
+
+def _off(value, info):
+    if value not in UNSUPPORTED[info.field_name]:
+        raise refused(info.field_name, f"{info.field_name} is not supported by this server; leave it out")
     return value
 
 
-def text_content(content, where: str) -> str:
-    """A message's content: a string, or a list of text parts ({"type": "text", "text": ...}) joined by newlines."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise invalid(where, f"{where} must be a string or a list of text parts, got {json.dumps(content)}")
-    texts = []
-    for i, part in enumerate(content):
-        if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise invalid(f"{where}[{i}]", f"{where}[{i}]: only text parts ({{\"type\": \"text\", \"text\": ...}}) "
-                                           f"are supported, got {json.dumps(kind)}")
-        texts.append(part["text"])
-    return "\n".join(texts)
+def _zero(value, info):
+    if value:
+        raise refused(info.field_name, f"{info.field_name} is not supported (only 0); use repetition_penalty "
+                                       "(> 1 discourages repeated tokens, e.g. 1.1)")
+    return value
 
 
-def chat_messages(messages) -> list[dict]:
-    """The request's messages as [{"role", "content"}] for the chat template; 400 naming the message at fault."""
-    if not isinstance(messages, list) or not messages:
-        raise invalid("messages", "messages must be a non-empty list of {\"role\", \"content\"} objects")
-    out = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise invalid(where, f"{where} must be an object with role and content")
-        role = message.get("role")
-        if role not in ROLES:
-            raise invalid(f"{where}.role", f"{where}.role must be one of system, user, assistant (or developer), "
-                                           f"got {json.dumps(role)}")
-        extra = sorted(set(message) - {"role", "content", "name"})
-        if extra:
-            raise invalid(f"{where}.{extra[0]}", f"{where}.{extra[0]} is not supported (only role, content and name)")
-        out.append({"role": ROLES[role], "content": text_content(message.get("content"), f"{where}.content")})
-    return out
+def _text_format(value):
+    if value != {"type": "text"}:
+        raise refused("response_format", 'response_format: only {"type": "text"} is supported')
+    return value
 
 
-def stop_strings(body: dict) -> list[str]:
-    stop = body.get("stop")
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise invalid("stop", f"stop must be a string or a list of strings, got {json.dumps(stop)}")
-    if len(stops) > MAX_STOPS:
-        raise invalid("stop", f"stop takes at most {MAX_STOPS} strings, got {len(stops)}")
-    return [s for s in stops if s]
+Off = Annotated[Any, AfterValidator(_off)]  # a feature of UNSUPPORTED
+Penalty = Annotated[float, Field(ge=-2, le=2), AfterValidator(_zero)]  # presence / frequency: only 0
+Stops = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+                  AfterValidator(lambda stops: [s for s in stops if s]),
+                  Field(max_length=MAX_STOPS, description=f"a string or a list of up to {MAX_STOPS} strings")]
 
 
-def check_fields(body: dict, known: set[str]):
-    """Refuse unknown fields, and supported-elsewhere features set to anything but off."""
-    for name, value in body.items():
-        if name in known or name in IGNORED:
-            continue
-        if name in UNSUPPORTED:
-            if value not in UNSUPPORTED[name]:
-                raise invalid(name, f"{name} is not supported by this server; leave it out")
-            continue
-        raise invalid(name, f"unrecognized request argument: {name}. Supported: {', '.join(sorted(known))}")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if number(body, name, 0, -2, 2):
-            raise invalid(name, f"{name} is not supported (only 0); use repetition_penalty (> 1 discourages "
-                                "repeated tokens, e.g. 1.1)")
-    response_format = body.get("response_format")
-    if response_format not in (None, {"type": "text"}):
-        raise invalid("response_format", "response_format: only {\"type\": \"text\"} is supported")
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(strict=True)  # other keys are ignored, as OpenAI adds some
+
+    include_usage: bool = False  # a last chunk with the token counts
+
+
+# --- the requests ---------------------------------------------------------------------------------------------------
+
+class _Request(BaseModel):
+    """The fields both endpoints read: the model, sampling settings, stop strings, streaming; and the fields
+    accepted for compatibility (IGNORED, and UNSUPPORTED ones left off)."""
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    model: str | None = None  # must be the served model's id when given (app.py)
+    max_tokens: int | None = Field(None, ge=1)  # None: what is left of the context window, up to the server's cap
+    temperature: float = Field(1.0, ge=0, le=2)  # 0: greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # an extension; 0: off
+    repetition_penalty: float = Field(1.0, gt=0, le=10)  # an extension; > 1 discourages repeated tokens
+    n: int = Field(1, ge=1)  # choices per prompt
+    stop: Stops = []
+    seed: int | None = None
+    stream: bool = False
+    stream_options: StreamOptions = StreamOptions()
+    presence_penalty: Penalty = 0
+    frequency_penalty: Penalty = 0
+    response_format: Annotated[Any, AfterValidator(_text_format)] = None  # only {"type": "text"}
+    # IGNORED
+    user: Any = None
+    metadata: Any = None
+    store: Any = None
+    service_tier: Any = None
+    parallel_tool_calls: Any = None
+    # UNSUPPORTED
+    logprobs: Off = None
+    top_logprobs: Off = None
+    logit_bias: Off = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_not_given(cls, body):  # as OpenAI reads a null field
+        return {k: v for k, v in body.items() if v is not None} if isinstance(body, dict) else body
+
+    @classmethod
+    def supported(cls) -> list[str]:
+        """The fields that do something here."""
+        return sorted(set(cls.model_fields) - set(IGNORED) - set(UNSUPPORTED))
+
+
+class ChatCompletionRequest(_Request):
+    """POST /v1/chat/completions. `messages` is the conversation as the chat template takes it."""
+    messages: list[dict] = Field(description='a non-empty list of {"role", "content"} messages')
+    max_completion_tokens: int | None = Field(None, ge=1)  # max_tokens' newer name
+    # UNSUPPORTED
+    tools: Off = None
+    tool_choice: Off = None
+    functions: Off = None
+    function_call: Off = None
+    modalities: Off = None
+    audio: Off = None
+    prediction: Off = None
+    reasoning_effort: Off = None
+    web_search_options: Off = None
+
+    @field_validator("messages", mode="plain")
+    @classmethod
+    def _chat_format(cls, value) -> list[dict]:
+        try:
+            return parse_messages(value)
+        except MessageError as e:
+            raise refused("messages" + e.at, e.message("messages")) from None
+
+    @model_validator(mode="after")
+    def _one_limit(self):
+        if self.max_tokens is not None and self.max_completion_tokens is not None:
+            raise refused("max_tokens", "give max_tokens or max_completion_tokens, not both")
+        return self
+
+    @property
+    def limit_field(self) -> str:
+        """The field that limits the answer's length: max_completion_tokens when given, else max_tokens."""
+        return "max_tokens" if self.max_completion_tokens is None else "max_completion_tokens"
+
+
+def _token_ids(p) -> bool:
+    return isinstance(p, list) and bool(p) and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+
+
+class CompletionRequest(_Request):
+    """POST /v1/completions. `prompt` is a list of prompts, each a string or token ids."""
+    prompt: list[str | list[int]] = Field(description="a string, a list of strings, or token ids")
+    # UNSUPPORTED
+    echo: Off = None
+    best_of: Off = None
+    suffix: Off = None
+
+    @field_validator("prompt", mode="plain")
+    @classmethod
+    def _prompts(cls, value) -> list:
+        if isinstance(value, str) or _token_ids(value):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise refused("prompt", "prompt must be a string, a non-empty list of strings, or token ids")
+        for i, p in enumerate(value):
+            if not (isinstance(p, str) or _token_ids(p)):
+                raise refused(f"prompt[{i}]", f"prompt[{i}] must be a string or a list of token ids, got "
+                                              f"{json.dumps(p)[:80]}")
+        return value
+
+
+# --- pydantic's errors in OpenAI's shape ------------------------------------------------------------------------------
+
+EXPECTED = {"float_type": "a number", "int_type": "an integer", "int_from_float": "an integer",
+            "bool_type": "true or false", "string_type": "a string", "list_type": "a list", "dict_type": "an object",
+            "model_type": "an object", "finite_number": "a finite number"}
+
+
+BOUNDS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def read_request(cls: type[_Request], body: dict):
+    """`body` as a `cls` request; a 400 naming the first field at fault otherwise."""
+    try:
+        return cls.model_validate(body)
+    except ValidationError as e:
+        raise request_error(cls, e.errors()[0]) from None
+
+
+def field_path(loc: tuple) -> str:
+    """pydantic's location as OpenAI's param: ("messages", 0, "role") -> "messages[0].role"."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def _range(field) -> str:
+    """A field's bounds as errors say them: "in (0, 1]", ">= 1"."""
+    ge = gt = le = None
+    for m in field.metadata:
+        ge, gt, le = getattr(m, "ge", ge), getattr(m, "gt", gt), getattr(m, "le", le)
+    if le is None:
+        return f">= {ge}" if ge is not None else f"> {gt}"
+    return f"in {f'[{ge}' if ge is not None else f'({gt}'}, {le}]"
+
+
+def request_error(cls: type[_Request], error: dict) -> APIError:
+    """One of pydantic's errors about a `cls` request as a 400 whose message says what the field should be."""
+    kind, loc, ctx, value = error["type"], error["loc"], error.get("ctx") or {}, error.get("input")
+    param = ctx.get("param") or field_path(loc)
+    field = cls.model_fields.get(loc[0]) if loc and len(loc) == 1 else None
+    if kind == "refused":
+        return invalid(param, error["msg"])
+    if kind == "extra_forbidden":
+        return invalid(param, f"unrecognized request argument: {param}. Supported: {', '.join(cls.supported())}")
+    if kind == "missing":
+        return invalid(param, f"{param} is required: {field.description if field else 'give it'}")
+    if kind == "too_long":
+        return invalid(param, f"{param} takes at most {ctx['max_length']} items, got {ctx['actual_length']}")
+    integer = field is not None and (field.annotation is int or int in get_args(field.annotation))
+    number = "an integer" if integer else "a number"
+    if kind in BOUNDS and field is not None:
+        return invalid(param, f"{param} must be {number} {_range(field)}, got {json.dumps(value)}")
+    if kind in EXPECTED:
+        expected = field.description if field is not None and field.description else EXPECTED[kind]
+        return invalid(param, f"{param} must be {expected}, got {json.dumps(value)[:80]}")
+    return invalid(param, f"{param}: {error['msg']}")
