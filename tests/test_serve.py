@@ -123,10 +123,10 @@ def test_greedy_chat_equals_generate_and_counts_tokens(model, tokenizer, client)
 def test_compile_decodes_through_the_compiled_forward(model, tokenizer, monkeypatch):
     """--compile reaches the decode loop (the compile itself is tested in test_generate.py; here it is replaced by
     the model, so that this test stays fast)."""
-    import minimind.infer.generate
+    import minimind.infer.engine
 
     compiled = []
-    monkeypatch.setattr(minimind.infer.generate, "compiled_forward", lambda m: compiled.append(m) or m)
+    monkeypatch.setattr(minimind.infer.engine, "compiled_forward", lambda m: compiled.append(m) or m)
     server, thread, url = start_server(create_app(model, tokenizer, model_name="tiny", compile=True))
     try:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
