@@ -137,10 +137,10 @@ def test_messages_are_read_as_the_training_data_reads_them(model, tokenizer, cli
 def test_compile_decodes_through_the_compiled_forward(model, tokenizer, monkeypatch):
     """--compile reaches the decode loop (the compile itself is tested in test_generate.py; here it is replaced by
     the model, so that this test stays fast)."""
-    import minimind.infer.generate
+    import minimind.infer.engine
 
     compiled = []
-    monkeypatch.setattr(minimind.infer.generate, "compiled_forward", lambda m: compiled.append(m) or m)
+    monkeypatch.setattr(minimind.infer.engine, "compiled_forward", lambda m: compiled.append(m) or m)
     server, thread, url = start_server(create_app(model, tokenizer, model_name="tiny", compile=True))
     try:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)

@@ -14,11 +14,11 @@ streaming text that never splits a UTF-8 character.
 convention) lands in `minimind.infer.hf.hf_generate` and returns prompt + new tokens as a LongTensor (B, T + n).
 
 Layers, bottom up:
-- `generate_tokens`: the decode loop. Yields the next token of every row, step by step. One prefill of the whole
-  prompt, then one forward of one token per row per step, writing into a KV cache preallocated to exactly
-  prompt + max_new_tokens (no reallocation, no `cat`). Everything that does not change between steps (the sampling
-  function, the mask and position buffers) is built once before the loop; a batch without padding passes no mask
-  and no positions at all, so the model takes its causal fast path.
+- `generate_tokens`: the decode loop. Yields the next token of every row, step by step, from one
+  `minimind.infer.engine.DecodeBatch` (the decode engine the server shares): one prefill of the whole prompt, then
+  one forward of one token per row per step, writing into a KV cache preallocated to exactly
+  prompt + max_new_tokens (no reallocation, no `cat`); a batch without padding passes no mask and no positions at
+  all, so the model takes its causal fast path.
 - `generate`: tokens in, tokens out (B, T + n); stops rows at eos or at a stop string and pads them after.
 - `stream_batch` / `stream` / `generate_text`: text in, text out, through `TextStream`, which turns token ids into
   text pieces incrementally, holding back an incomplete UTF-8 character and any tail that may begin a stop string
@@ -35,42 +35,16 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kv_cache import KVCache
-from .sampling import (
-    apply_repetition_penalty,
-    as_id_list,
-    as_stop_list,
-    check_settings,
-    make_generator,
-    seen_tokens,
-    token_chooser,
+from .engine import (
+    DecodeBatch,
+    Group,
+    compiled_forward,  # noqa: F401  (importable from here too, where it lived before the engine)
+    eval_mode,
 )
+from .sampling import as_id_list, as_stop_list, check_settings, make_generator
 from .textstream import TextStream
 
 # --- the decode loop -----------------------------------------------------------------------------------------------
-
-def compiled_forward(model):
-    """`model.forward` under `torch.compile`, compiled once per model and kept on it.
-
-    dynamic=True: the KV length grows every step, so one graph serves every length (the prompt and the one-token
-    steps get a graph each). Inductor options: `freezing` folds the weights into the graph as constants, which lets
-    it prepack them for the CPU matmul kernels (bf16 decoding on CPU: ~1.8x faster); `cpp_wrapper` calls the
-    kernels from C++ rather than Python (less overhead per step). The price of freezing: weights changed after the
-    first call are not seen. The first call compiles: tens of seconds."""
-    fn = getattr(model, "_minimind_compiled_forward", None)
-    if fn is None:
-        import torch._inductor.config as inductor_config
-
-        compiled = torch.compile(model.forward, dynamic=True)
-
-        def fn(*args, **kwargs):
-            # Graphs compile lazily, at a call, and part of Inductor reads its global config then (passing these as
-            # torch.compile(options=...) loses freezing): so the options are set around every call.
-            with inductor_config.patch(freezing=True, cpp_wrapper=True):
-                return compiled(*args, **kwargs)
-        model._minimind_compiled_forward = fn
-    return fn
-
 
 def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     max_new_tokens: int = 20, do_sample: bool = False, temperature: float = 1.0,
@@ -81,13 +55,13 @@ def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
     input_ids (B, T), left-padded where `attention_mask` (B, T) has zeros. The loop does not stop by itself at eos:
     the caller decides (stop iterating, or `close()`); eos ids are only needed here for `min_new_tokens`.
-    `use_cache=False` recomputes the whole sequence every step (slow; for checking the cache).
+    `use_cache=False` recomputes the whole sequence every step (slow; for checking the cache). One `DecodeBatch`
+    of one group, its cache preallocated to exactly prompt + max_new_tokens.
     """
     check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty, min_new_tokens)
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
         raise ValueError(f"input_ids must be (batch, length) with length >= 1, got shape {tuple(input_ids.shape)}")
     B, T = input_ids.shape
-    device = input_ids.device
     total = T + max_new_tokens
     limit = model.config.max_position_embeddings
     if total > limit:
@@ -96,66 +70,14 @@ def generate_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
                          "new tokens")
     if max_new_tokens == 0:
         return
-
-    # Built once: masks and positions only when some row is padded (else the model's causal fast path).
-    padded = attention_mask is not None and not bool(attention_mask.all())
-    mask = positions = None
-    if padded:
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids "
-                             f"{tuple(input_ids.shape)}; they must match")
-        if not bool(attention_mask[:, -1].all()):
-            raise ValueError("a prompt ends in padding: pad the batch on the left (tokenizer.padding_side = 'left')")
-        mask = torch.ones(B, total, dtype=torch.long, device=device)  # (B, T + n), grows by a column per step
-        mask[:, :T] = attention_mask
-        positions = torch.zeros(B, total, dtype=torch.long, device=device)  # row b starts at 0 at its first token
-        positions[:, :T] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        positions[:, T:] = positions[:, T - 1:T] + torch.arange(1, max_new_tokens + 1, device=device)
-    choose = token_chooser(do_sample, temperature, top_k, top_p, generator)
-    eos = torch.tensor(as_id_list(eos_token_id), dtype=torch.long, device=device)
-    seen = None
-    if repetition_penalty != 1.0:
-        seen = seen_tokens(input_ids, attention_mask, model.config.vocab_size)
-    ids = None
-    if not use_cache:  # the whole sequence so far, re-run every step
-        ids = torch.empty(B, total, dtype=torch.long, device=device)
-        ids[:, :T] = input_ids
-    forward = compiled_forward(model) if compile else model
-    cache = KVCache(model.config.num_hidden_layers, capacity=total) if use_cache else None
-
-    was_training = model.training
-    model.eval()  # no dropout while generating; the mode is restored when the loop ends
-    try:
-        with torch.inference_mode():
-            logits = forward(input_ids, attention_mask=mask[:, :T] if padded else None,
-                             position_ids=positions[:, :T] if padded else None, cache=cache,
-                             use_cache=use_cache, logits_to_keep=1).logits[:, -1]  # (B, V)
-        for step in range(max_new_tokens):
-            with torch.inference_mode():
-                if seen is not None:
-                    logits = apply_repetition_penalty(logits, seen[:, :-1], repetition_penalty)
-                if step < min_new_tokens and len(eos):
-                    logits = logits.index_fill(-1, eos, float("-inf"))
-                nxt = choose(logits)  # (B,)
-            yield nxt
-            if step == max_new_tokens - 1:
-                return
-            end = T + step + 1  # tokens in the sequence once nxt is in
-            with torch.inference_mode():
-                if seen is not None:
-                    seen.scatter_(1, nxt[:, None], True)
-                if use_cache:
-                    x = nxt[:, None]  # (B, 1)
-                    sl = slice(end - 1, end)
-                else:
-                    ids[:, end - 1] = nxt
-                    x = ids[:, :end]
-                    sl = slice(0, end)
-                logits = forward(x, attention_mask=mask[:, :end] if padded else None,
-                                 position_ids=positions[:, sl] if padded else None, cache=cache,
-                                 use_cache=use_cache, logits_to_keep=1).logits[:, -1]
-    finally:
-        model.train(was_training)
+    batch = DecodeBatch(model, compile=compile, use_cache=use_cache)
+    group = Group(B, do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                  repetition_penalty=repetition_penalty, min_new_tokens=min_new_tokens, eos_token_id=eos_token_id,
+                  generator=generator)
+    with eval_mode(model):  # no dropout while generating; the mode is restored when the loop ends
+        yield batch.add(input_ids, attention_mask, [group], capacity=total)
+        for _ in range(max_new_tokens - 1):
+            yield batch.step()
 
 
 def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 20,

@@ -3,12 +3,12 @@
 Batching (continuous, at each decode step): a request is validated and tokenized in the web server's event loop,
 then queued as a `Job`. Before every decode step the worker lets the oldest waiting jobs join the running batch, in
 order, while their rows fit (--max_batch rows; a job that does not fit waits, and the ones behind it wait behind
-it): their prompts are prefilled as one left-padded batch with a cache of their own, each row chooses its first
-token, and their cache, attention mask, positions and last tokens are joined to the running batch's along the
-batch dimension, the side with fewer cache columns left-padded and masked out. A step is one forward of every
-row's last token, with each row's own position ids (a row counts positions from its first token, so it gives the
-same tokens as alone, as in `minimind.infer.generate`). Each row keeps its own max_tokens, stop strings and text
-stream (UTF-8 safe, `TextStream`) and ends on its own; each job samples its rows with its own temperature / top_k /
+it): their prompts are prefilled as one left-padded batch, each job a `Group` of rows, and join the running batch.
+The batch mechanics (cache, attention mask, positions, joining, a decode step, sampling, dropping rows and cache
+columns) are the decode engine's, `minimind.infer.engine.DecodeBatch`, the same that `minimind.infer.generate`
+runs, so a row gives the same tokens as alone; this module keeps the worker thread, the queue, the text streams,
+the events and the stats. Each row keeps its own max_tokens, stop strings and text stream (UTF-8 safe,
+`TextStream`) and ends on its own; each job samples its rows with its own temperature / top_k /
 top_p / repetition penalty and its own seeded generator, so a seeded request gives the same text joined or alone.
 A job leaves the batch once all its rows have ended (until then its ended rows still draw, as they would alone),
 and the cache columns that no remaining row uses are dropped with it: the cache holds at most the context window
@@ -61,8 +61,7 @@ class Job:
 class Member:
     """A job in the running batch and its decoding state; its rows are consecutive rows of the batch."""
     job: Job
-    pick: Callable  # logits (rows, V) -> next tokens (rows,), with the job's own settings and generator
-    seen: object  # (rows, V + 1) bool: the tokens each row has seen, for the repetition penalty; None when off
+    group: object  # its rows in the decode batch (a minimind.infer.engine.Group), with the job's sampling settings
     streams: list  # a TextStream per row
     counts: list[int]  # tokens generated per row
     done: list[bool]  # rows that have ended
@@ -87,10 +86,10 @@ class Engine:
         self.stopping = False
         self.stats = {"requests": 0, "batches": 0, "joined_running": 0, "largest_batch": 0, "largest_cache": 0,
                       "cancelled": 0}
-        # The running batch: its jobs in row order, and per row (B rows): the KV cache, the attention mask over the
-        # cache's columns (B, t), the next position id (B,) and the last token (B,).
+        # The running batch: its jobs in row order, and their rows' decode state (cache, mask, positions, last
+        # tokens, sampling: minimind.infer.engine.DecodeBatch), created by the worker.
         self.members: list[Member] = []
-        self.cache = self.mask = self.positions = self.last = None
+        self.batch = None
         self.thread = threading.Thread(target=self._run, name="minimind-decode", daemon=True)
 
     def start(self):
@@ -115,8 +114,8 @@ class Engine:
 
     def columns(self) -> int:
         """KV-cache columns the running batch holds now (0 when idle)."""
-        mask = self.mask
-        return 0 if mask is None else mask.shape[1]
+        batch = self.batch
+        return 0 if batch is None else batch.columns
 
     @contextmanager
     def paused(self):
@@ -197,91 +196,37 @@ class Engine:
         self._leave()
 
     def _join(self, jobs: list[Job]):
-        import torch
-        import torch.nn.functional as F
-
+        """Prefill the jobs' prompts as one left-padded batch, a group of rows per job, joining the running batch."""
+        from ..infer.engine import DecodeBatch, Group
         from ..infer.generate import encode_prompts
-        from ..infer.sampling import make_generator, seen_tokens, token_chooser
         from ..infer.textstream import TextStream
-        from ..kv_cache import KVCache
 
+        if self.batch is None:
+            self.batch = DecodeBatch(self.model, compile=self.compile)
         device = next(self.model.parameters()).device
         ids, mask = encode_prompts(self.tokenizer, [p for job in jobs for p in job.prompts], device=device)  # (b, T)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # each row starts at 0 at its first real token
-        padded = not bool(mask.all())
-        cache = KVCache(self.model.config.num_hidden_layers)
-        logits = self._forward(ids, mask if padded else None, positions if padded else None, cache)
-        members, start = [], 0
-        for job in jobs:
-            rows = slice(start, start + job.rows)
-            start += job.rows
-            seen = None
-            if job.repetition_penalty != 1.0:
-                seen = seen_tokens(ids[rows], mask[rows], self.model.config.vocab_size)
-            pick = token_chooser(job.temperature > 0, job.temperature, job.top_k or None, job.top_p,
-                                 make_generator(job.seed, device))
-            members.append(Member(job, pick, seen, [TextStream(self.tokenizer, job.stops) for _ in job.prompts],
-                                  [0] * job.rows, [False] * job.rows))
-        last = first = self._choose(members, logits)  # (b,)
-        if self.members:  # left-pad the side with fewer columns, so every row's last token is in the last column
-            t = max(self.mask.shape[1], mask.shape[1])
-            mask = torch.cat([F.pad(self.mask, (t - self.mask.shape[1], 0)), F.pad(mask, (t - mask.shape[1], 0))])
-            cache = KVCache.cat([self.cache, cache])
-            last = torch.cat([self.last, last])
-            positions = torch.cat([self.positions, positions[:, -1] + 1])
-        else:
-            positions = positions[:, -1] + 1
-        self.members, self.cache, self.mask, self.positions, self.last = self.members + members, cache, mask, \
-            positions, last
+        groups = [Group(job.rows, do_sample=job.temperature > 0, temperature=job.temperature, top_k=job.top_k or None,
+                        top_p=job.top_p, repetition_penalty=job.repetition_penalty, seed=job.seed) for job in jobs]
+        first = self.batch.add(ids, mask, groups)  # (b,)
+        members = [Member(job, group, [TextStream(self.tokenizer, job.stops) for _ in job.prompts], [0] * job.rows,
+                          [False] * job.rows) for job, group in zip(jobs, groups)]
+        self.members = self.members + members
         self._emit(members, first.tolist())
 
     def _step(self):
         """One decode step: one forward of every row's last token, then each job's rows choose their next."""
-        import torch
-
         if not self.members:
             return
         try:
-            self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)  # (B, t + 1)
-            mask = None if bool(self.mask.all()) else self.mask  # no padding: the model's fast path
-            logits = self._forward(self.last[:, None], mask, self.positions[:, None], self.cache)
-            self.positions = self.positions + 1
-            self.last = self._choose(self.members, logits)
-            self._emit(self.members, self.last.tolist())
+            tokens = self.batch.step()  # (B,)
+            self._emit(self.members, tokens.tolist())
         except Exception as e:  # a failed step answers the running requests with an error; the worker goes on
             for member in self.members:
                 member.job.emit(("error", f"generation failed: {type(e).__name__}: {e}", 500))
             self._clear()
             return
-        self.stats["largest_cache"] = max(self.stats["largest_cache"], self.mask.shape[1])
+        self.stats["largest_cache"] = max(self.stats["largest_cache"], self.batch.columns)
         self._leave()
-
-    def _forward(self, ids, mask, positions, cache):
-        """ids (B, T) -> the logits of each row's last token (B, V), appending to `cache`."""
-        from ..infer.generate import compiled_forward
-
-        forward = compiled_forward(self.model) if self.compile else self.model
-        return forward(ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
-                       logits_to_keep=1).logits[:, -1]
-
-    def _choose(self, members: list[Member], logits):
-        """logits (B, V) -> next tokens (B,), each job's rows with the job's own sampling settings and generator."""
-        import torch
-
-        from ..infer.sampling import apply_repetition_penalty
-
-        out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
-        start = 0
-        for m in members:
-            rows = slice(start, start + m.job.rows)
-            start += m.job.rows
-            part = logits[rows]
-            if m.seen is not None:
-                part = apply_repetition_penalty(part, m.seen[:, :-1], m.job.repetition_penalty)
-            out[rows] = m.pick(part)
-            if m.seen is not None:
-                m.seen.scatter_(1, out[rows, None], True)
-        return out
 
     def _emit(self, members: list[Member], tokens: list[int]):
         """Send each row's new token as text (or its end) to its request."""
@@ -311,27 +256,13 @@ class Engine:
     def _leave(self):
         """Jobs whose rows have all ended (or whose client left) leave the batch, and so do the cache columns that
         no remaining row uses. A job's rows stay until all have ended, so its generator draws as it would alone."""
-        import torch
-
-        stay = [not m.job.cancelled and not all(m.done) for m in self.members]
+        stay = [not m.job.cancelled and not all(m.done) for m in self.members]  # once: a client may leave meanwhile
         if all(stay):
             return
-        if not any(stay):
-            self._clear()
-            return
-        rows, start = [], 0
-        for m, keep in zip(self.members, stay):
-            if keep:
-                rows.extend(range(start, start + m.job.rows))
-            start += m.job.rows
-        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
-        mask = self.mask.index_select(0, index)
-        first = int(mask.any(0).long().argmax())  # the first column some row uses
-        self.mask = mask[:, first:].clone()
-        self.cache.select(index, first)
-        self.positions, self.last = self.positions[index], self.last[index]
+        self.batch.remove([m.group for m, keep in zip(self.members, stay) if not keep])
         self.members = [m for m, keep in zip(self.members, stay) if keep]
 
     def _clear(self):
         self.members = []
-        self.cache = self.mask = self.positions = self.last = None
+        if self.batch is not None:
+            self.batch.clear()

@@ -1,0 +1,334 @@
+"""The decode engine: one running batch of rows over one KV cache, decoded a token per row per step. Everything that
+generates goes through it: `generate_tokens` (and so `generate`, `stream`, the Hugging Face bridge, the chat) runs
+one batch for one call; the server's worker (`minimind.serve.engine`) keeps one batch for its lifetime and lets
+requests join and leave it between steps.
+
+    batch = DecodeBatch(model)
+    a = Group(rows=2, do_sample=True, temperature=0.8, seed=0)
+    first = batch.add(input_ids, attention_mask, [a])  # prefill two left-padded prompts: their first tokens (2,)
+    nxt = batch.step()                                 # one forward of every row's last token: next tokens (B,)
+    b = Group(rows=1, repetition_penalty=1.2)
+    first_b = batch.add(other_ids, None, [b])          # joins the running batch: its first token (1,)
+    nxt = batch.step()                                 # (3,): a's rows, then b's (batch.span(b) says where)
+    batch.remove([a])                                  # a's rows leave, and the cache columns only they used
+
+What the batch holds, per row (B rows): the cache (`KVCache`, (B, Hkv, columns, D) per layer), the attention mask
+over the cache's columns (B, columns), the row's next position id (B,) and its last token (B,). Rows are left-aligned
+to the newest column: a row that joins with a shorter prompt than the batch's columns (or a batch that is shorter
+than a newcomer's prompt) is left-padded, and the padding is masked out. Each row counts positions from 0 at its
+first real token, so a row gives the same tokens in a batch as alone, whenever it joins and whoever leaves.
+
+Rows come in `Group`s, consecutive in the batch: the rows of one request (or one `generate` call). A group has its
+own token choice (greedy, or temperature / top-k / top-p through `sampling.token_chooser` with its own generator),
+its own repetition penalty (over the tokens each row has seen: real prompt tokens and the tokens chosen) and its own
+`min_new_tokens` (its eos ids are masked out until each row has that many tokens). A group draws for all its rows
+at once, so a seeded group gives the same tokens joined or alone as long as its rows stay together: drop a group
+whole (`remove`) when reproducibility matters; `keep(rows)` drops single rows too.
+
+Speed: `add(..., capacity=n)` on an empty batch preallocates the cache (and the mask) to n columns, so a decode of
+known length never reallocates; a batch with no padded row passes no mask and no position ids, so the model takes
+its causal fast path. `compile=True` runs the forward under `torch.compile` (`compiled_forward`). `use_cache=False`
+recomputes the whole sequence every step (slow: for checking the cache). The engine does not stop rows: the caller
+reads the tokens, decides which rows have ended (eos, stop strings, lengths) and removes them. Put the model in
+eval mode around the decode (`eval_mode`).
+"""
+
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..kv_cache import KVCache
+from .sampling import (
+    apply_repetition_penalty,
+    as_id_list,
+    check_settings,
+    make_generator,
+    seen_tokens,
+    token_chooser,
+)
+
+
+def compiled_forward(model):
+    """`model.forward` under `torch.compile`, compiled once per model and kept on it.
+
+    dynamic=True: the KV length grows every step, so one graph serves every length (the prompt and the one-token
+    steps get a graph each). Inductor options: `freezing` folds the weights into the graph as constants, which lets
+    it prepack them for the CPU matmul kernels (bf16 decoding on CPU: ~1.8x faster); `cpp_wrapper` calls the
+    kernels from C++ rather than Python (less overhead per step). The price of freezing: weights changed after the
+    first call are not seen. The first call compiles: tens of seconds."""
+    fn = getattr(model, "_minimind_compiled_forward", None)
+    if fn is None:
+        import torch._inductor.config as inductor_config
+
+        compiled = torch.compile(model.forward, dynamic=True)
+
+        def fn(*args, **kwargs):
+            # Graphs compile lazily, at a call, and part of Inductor reads its global config then (passing these as
+            # torch.compile(options=...) loses freezing): so the options are set around every call.
+            with inductor_config.patch(freezing=True, cpp_wrapper=True):
+                return compiled(*args, **kwargs)
+        model._minimind_compiled_forward = fn
+    return fn
+
+
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode (no dropout) inside the block, its own mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@dataclass(eq=False)
+class Group:
+    """Consecutive rows of a batch that choose their tokens together, with these settings (as `generate`'s).
+
+    `seed` makes a generator of its own (or pass `generator`; neither: torch's global random state). The batch
+    fills in the rest when the group joins: its chooser, its seen tokens (with a repetition penalty) and its eos ids;
+    `steps` counts the tokens each row has chosen."""
+    rows: int
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    min_new_tokens: int = 0
+    eos_token_id: int | list[int] | None = None
+    seed: int | None = None
+    generator: torch.Generator | None = None
+    steps: int = field(default=0, init=False)
+    choose: Callable | None = field(default=None, init=False, repr=False)  # logits (rows, V) -> tokens (rows,)
+    seen: torch.Tensor | None = field(default=None, init=False, repr=False)  # (rows, V + 1) bool; None: no penalty
+    eos: torch.Tensor | None = field(default=None, init=False, repr=False)  # (E,) ids kept out for min_new_tokens
+
+    def _bind(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab_size: int):
+        """Build the chooser and the penalty state from the group's prompts, input_ids (rows, T)."""
+        check_settings(0, self.temperature, self.top_k, self.top_p, self.repetition_penalty, self.min_new_tokens)
+        device = input_ids.device
+        generator = self.generator if self.generator is not None else make_generator(self.seed, device)
+        self.choose = token_chooser(self.do_sample, self.temperature, self.top_k, self.top_p, generator)
+        self.eos = torch.tensor(as_id_list(self.eos_token_id), dtype=torch.long, device=device)
+        if self.repetition_penalty != 1.0:
+            self.seen = seen_tokens(input_ids, attention_mask, vocab_size)
+
+    def next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits (rows, V) -> the rows' next tokens (rows,), after the repetition penalty and min_new_tokens."""
+        if self.seen is not None:
+            logits = apply_repetition_penalty(logits, self.seen[:, :-1], self.repetition_penalty)
+        if self.steps < self.min_new_tokens and len(self.eos):
+            logits = logits.index_fill(-1, self.eos, float("-inf"))
+        tokens = self.choose(logits)
+        if self.seen is not None:
+            self.seen.scatter_(1, tokens[:, None], True)
+        self.steps += 1
+        return tokens
+
+
+class DecodeBatch:
+    """The running batch: its rows' cache, mask, positions and last tokens, and their groups (see the module's
+    docstring). `add` prefills new rows (joining the running batch), `step` decodes one token for every row,
+    `remove` / `keep` drop rows. Not thread-safe: one thread drives it."""
+
+    def __init__(self, model, compile: bool = False, use_cache: bool = True):
+        self.model = model
+        self.forward = compiled_forward(model) if compile else model
+        self.use_cache = use_cache
+        self.groups: list[Group] = []
+        self.clear()
+
+    def clear(self):
+        """Drop every row: the batch is empty (and holds no memory)."""
+        self.groups = []
+        self.cache: KVCache | None = None
+        self.mask: torch.Tensor | None = None  # (B, width >= columns), ones past `columns`; None: no row is padded
+        self.ids: torch.Tensor | None = None  # (B, width >= columns): every token so far, only with use_cache=False
+        self.positions: torch.Tensor | None = None  # (B,) each row's next position id (its real tokens so far)
+        self.last: torch.Tensor | None = None  # (B,) each row's last token, the input of the next step
+        self.columns = 0  # cache columns (the batch's sequence length, padding included)
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.last is None else self.last.shape[0]
+
+    def span(self, group: Group) -> slice:
+        """The batch rows of `group`."""
+        start = 0
+        for g in self.groups:
+            if g is group:
+                return slice(start, start + g.rows)
+            start += g.rows
+        raise ValueError("this group is not in the batch")
+
+    # --- joining --------------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def add(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+            groups: Sequence[Group] | None = None, capacity: int = 0) -> torch.Tensor:
+        """Prefill left-padded prompts input_ids (b, T) (zeros in attention_mask (b, T) mark padding) as new rows
+        at the end of the batch, split into `groups` in order (default: one greedy group of all b rows); returns
+        their first tokens (b,). `capacity`: cache columns to preallocate when the batch is empty (0: grow as
+        needed). If the prefill fails, the batch is as it was."""
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be (batch, length) with length >= 1, got shape {tuple(input_ids.shape)}")
+        b, T = input_ids.shape
+        groups = list(groups) if groups is not None else [Group(b)]
+        if sum(g.rows for g in groups) != b:
+            raise ValueError(f"the groups have {sum(g.rows for g in groups)} rows, input_ids {b}")
+        if attention_mask is not None:
+            if attention_mask.shape != input_ids.shape:
+                raise ValueError(f"attention_mask has shape {tuple(attention_mask.shape)}, input_ids "
+                                 f"{tuple(input_ids.shape)}; they must match")
+            if bool(attention_mask.all()):
+                attention_mask = None  # no padding: the model's causal fast path
+            elif not bool(attention_mask[:, -1].all()):
+                raise ValueError("a prompt ends in padding: pad the batch on the left "
+                                 "(tokenizer.padding_side = 'left')")
+        device = input_ids.device
+        mask = None if attention_mask is None else attention_mask.long()
+        positions = None if mask is None else (mask.cumsum(-1) - 1).clamp(min=0)  # (b, T) from 0 at the first token
+        width = max(capacity, T) if not self.groups else T  # buffers preallocated to this many columns
+        cache = KVCache(self.model.config.num_hidden_layers, capacity=width) if self.use_cache else None
+        logits = self._forward(input_ids, mask, positions, cache)  # (b, V)
+        start = 0
+        for g in groups:
+            g._bind(input_ids[start:start + g.rows], None if mask is None else mask[start:start + g.rows],
+                    self.model.config.vocab_size)
+            start += g.rows
+        first = self._choose(groups, logits)  # (b,)
+        # (b,) each row's next position id: its real tokens so far
+        after = torch.full((b,), T, dtype=torch.long, device=device) if mask is None else mask.sum(-1)
+        ids = None
+        if not self.use_cache:
+            ids = input_ids.new_zeros(b, width)  # (b, width)
+            ids[:, :T] = input_ids
+
+        if not self.groups:  # the batch was empty: the newcomers are the batch
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(b, width - T)], dim=1)  # (b, width)
+            self.groups, self.cache, self.mask, self.ids = groups, cache, mask, ids
+            self.positions, self.last, self.columns = after, first, T
+            return first
+        # Joining: the side with fewer columns is left-padded (and masked), so every row's last token is in the last
+        # column; positions need no change, as they count real tokens only.
+        t, B = max(self.columns, T), self.rows
+        joined_mask = None
+        if self.mask is not None or mask is not None or self.columns != T:
+            old = self.mask[:, :self.columns] if self.mask is not None else \
+                torch.ones(B, self.columns, dtype=torch.long, device=device)
+            new = mask if mask is not None else torch.ones(b, T, dtype=torch.long, device=device)
+            joined_mask = torch.cat([F.pad(old, (t - self.columns, 0)), F.pad(new, (t - T, 0))])  # (B + b, t)
+        if self.use_cache:
+            self.cache = KVCache.cat([self.cache, cache])
+        else:
+            self.ids = torch.cat([F.pad(self.ids[:, :self.columns], (t - self.columns, 0)),
+                                  F.pad(ids[:, :T], (t - T, 0))])  # (B + b, t)
+        self.mask = joined_mask
+        self.positions = torch.cat([self.positions, after])
+        self.last = torch.cat([self.last, first])
+        self.groups = self.groups + groups
+        self.columns = t
+        return first
+
+    # --- decoding -------------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> torch.Tensor:
+        """One forward of every row's last token; returns every row's next token (B,)."""
+        t = self.columns + 1  # columns once the last tokens are in
+        mask = positions = None
+        if self.mask is not None:
+            self.mask = widen(self.mask, t, 1)
+            mask = self.mask[:, :t]  # (B, t)
+        if self.use_cache:
+            x = self.last[:, None]  # (B, 1)
+            if mask is not None:
+                positions = self.positions[:, None]  # (B, 1)
+        else:  # the whole sequence again
+            self.ids = widen(self.ids, t, 0)
+            self.ids[:, t - 1] = self.last
+            x = self.ids[:, :t]  # (B, t)
+            if mask is not None:
+                positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, t)
+        logits = self._forward(x, mask, positions, self.cache)  # (B, V)
+        self.columns = t
+        self.positions = self.positions + 1
+        self.last = self._choose(self.groups, logits)
+        return self.last
+
+    def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
+        """ids (B, T) -> the logits of each row's last token (B, V), appending to `cache`."""
+        return self.forward(ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=self.use_cache,
+                            logits_to_keep=1).logits[:, -1]
+
+    @staticmethod
+    def _choose(groups: list[Group], logits: torch.Tensor) -> torch.Tensor:
+        """logits (B, V) -> next tokens (B,), each group's rows with the group's own settings."""
+        if len(groups) == 1:
+            return groups[0].next_tokens(logits)
+        out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+        start = 0
+        for g in groups:
+            out[start:start + g.rows] = g.next_tokens(logits[start:start + g.rows])
+            start += g.rows
+        return out
+
+    # --- leaving --------------------------------------------------------------------------------------------------
+
+    def remove(self, groups: Sequence[Group]):
+        """Drop these groups' rows (see `keep`)."""
+        gone = {id(g) for g in groups}
+        rows, start = [], 0
+        for g in self.groups:
+            if id(g) not in gone:
+                rows.extend(range(start, start + g.rows))
+            start += g.rows
+        self.keep(rows)
+
+    @torch.inference_mode()
+    def keep(self, rows: Sequence[int]):
+        """Keep only the batch rows `rows` (ascending indices), and drop the cache columns that no row kept uses.
+        The kept rows' buffers are copied to exactly their size, so the dropped ones free their memory."""
+        rows = list(rows)
+        if rows == list(range(self.rows)):
+            return
+        if not rows:
+            self.clear()
+            return
+        if any(a >= b for a, b in zip(rows, rows[1:])) or rows[0] < 0 or rows[-1] >= self.rows:
+            raise ValueError(f"rows to keep must be ascending indices below {self.rows}, got {rows}")
+        groups, start = [], 0
+        for g in self.groups:
+            mine = [r - start for r in rows if start <= r < start + g.rows]
+            start += g.rows
+            if mine:
+                if len(mine) < g.rows:
+                    g.rows = len(mine)
+                    g.seen = g.seen[mine] if g.seen is not None else None
+                groups.append(g)
+        index = torch.tensor(rows, dtype=torch.long, device=self.last.device)
+        first = 0  # the first column some kept row uses
+        if self.mask is not None:
+            mask = self.mask[:, :self.columns].index_select(0, index)  # (b, columns)
+            first = int(mask.any(0).long().argmax())
+            self.mask = None if bool(mask[:, first:].all()) else mask[:, first:].clone()
+        if self.cache is not None:
+            self.cache.select(index, first)
+        if self.ids is not None:
+            self.ids = self.ids[:, first:self.columns].index_select(0, index)
+        self.groups, self.columns = groups, self.columns - first
+        self.positions, self.last = self.positions[index], self.last[index]
+
+
+def widen(buffer: torch.Tensor, width: int, fill: int) -> torch.Tensor:
+    """buffer (B, w) itself if w >= width, else a copy at least `width` wide (doubling), new columns `fill`ed."""
+    if buffer.shape[1] >= width:
+        return buffer
+    out = buffer.new_full((buffer.shape[0], max(width, 2 * buffer.shape[1])), fill)
+    out[:, :buffer.shape[1]] = buffer
+    return out
