@@ -2,9 +2,9 @@
 
 Read top to bottom: RMSNorm, rotary embeddings (with YaRN), attention (grouped-query, through
 `F.scaled_dot_product_attention`, writing into the KV cache of `minimind/kv_cache.py`), the SwiGLU
-feed-forward, the MoE layer, the block, the model. Parameter names are MiniMind's, which are Hugging Face Llama's (`model.layers.0.self_attn.q_proj`
-...), so a dense state dict loads unchanged into `transformers.LlamaForCausalLM` and back, and the
-public MiniMind checkpoints load here.
+feed-forward, the MoE layer, the block, the model. Parameter names are MiniMind's, which are Hugging
+Face Llama's (`model.layers.0.self_attn.q_proj` ...), so a dense state dict loads unchanged into
+`transformers.LlamaForCausalLM` and back, and the public MiniMind checkpoints load here.
 
 Notable choices:
 - GQA is left to SDPA (`enable_gqa=True`); K/V are never materialised per query head.

@@ -33,6 +33,6 @@ key (`--api_key` or MINIMIND_API_KEY; then `Authorization: Bearer KEY` is requir
 model or route, 413 for a body over --max_request_bytes. max_tokens is capped by --max_tokens_limit; without it a
 request gets what is left of the context window, up to that cap.
 
-The parts: `protocol.py` (the requests as pydantic models, and errors), `engine.py` (the batching worker), `app.py`
+The parts: `protocol.py` (the requests as pydantic models, and errors), `worker.py` (the batching worker), `app.py`
 (the endpoints and the chat page), `server.py` (socket and uvicorn).
 """

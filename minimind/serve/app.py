@@ -1,4 +1,4 @@
-"""The web app: the OpenAI-compatible endpoints and the chat page, over the batching worker (`engine.py`).
+"""The web app: the OpenAI-compatible endpoints and the chat page, over the batching worker (`worker.py`).
 
 A request goes: the API key and the body's size (`Endpoints.read_body`) -> its pydantic model (`protocol.py`) ->
 token ids, checked against the model's context window and the server's limits (`Endpoints.job`) -> the worker,
@@ -20,8 +20,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from .engine import Engine, Job
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, at_most, invalid, read_request
+from .worker import Job, Worker
 
 CHAT_PAGE = Path(__file__).parent.parent / "assets" / "chat.html"
 
@@ -56,9 +56,9 @@ def named(event: tuple) -> Piece | End:
 # --- the endpoints --------------------------------------------------------------------------------------------------
 
 class Endpoints:
-    """What the endpoints do, over one `Engine`: read a request, make its `Job`, answer. `create_app` routes here."""
+    """What the endpoints do, over one `Worker`: read a request, make its `Job`, answer. `create_app` routes here."""
 
-    def __init__(self, model, tokenizer, engine: Engine, model_name: str, api_key: str | None,
+    def __init__(self, model, tokenizer, engine: Worker, model_name: str, api_key: str | None,
                  max_tokens_limit: int, max_batch: int, max_request_bytes: int):
         self.model, self.engine, self.model_name, self.api_key = model, engine, model_name, api_key
         self.max_tokens_limit, self.max_batch, self.max_request_bytes = max_tokens_limit, max_batch, max_request_bytes
@@ -205,7 +205,7 @@ class Answer:
     """One job's answer as it comes from the worker: gathered whole (`whole`) or streamed as server-sent events in
     OpenAI's chunk format (`stream`)."""
 
-    def __init__(self, engine: Engine, job: Job, events: asyncio.Queue, head: dict, chat: bool, prompt_tokens: int):
+    def __init__(self, engine: Worker, job: Job, events: asyncio.Queue, head: dict, chat: bool, prompt_tokens: int):
         self.engine, self.job, self.events, self.head, self.chat = engine, job, events, head, chat
         self.prompt_tokens, self.counts = prompt_tokens, [0] * job.rows
 
@@ -311,12 +311,12 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
                max_tokens_limit: int = 1024, max_batch: int = 8, max_request_bytes: int = 1 << 20,
                cors_origins: list[str] | None = None, compile: bool = False):
     """The FastAPI app serving `model`. Its worker starts and stops with the app (its lifespan);
-    `app.state.engine` is the `Engine`. `cors_origins`: web origins (or "*") whose pages may call the API from a
+    `app.state.engine` is the `Worker`. `cors_origins`: web origins (or "*") whose pages may call the API from a
     browser; none by default (the built-in chat page is same-origin and needs none). `compile`: decode with
     `torch.compile` (see `minimind.infer.generate.compiled_forward`; `run_server` compiles before it listens)."""
     if max_tokens_limit < 1:
         raise ValueError(f"max_tokens_limit must be at least 1, got {max_tokens_limit}")
-    engine = Engine(model, tokenizer, max_batch, compile)
+    engine = Worker(model, tokenizer, max_batch, compile)
     endpoints = Endpoints(model, tokenizer, engine, model_name, api_key, max_tokens_limit, max_batch,
                           max_request_bytes)
 

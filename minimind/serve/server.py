@@ -8,7 +8,7 @@ import socket
 import time
 
 from .app import create_app
-from .engine import Engine, Job
+from .worker import Job, Worker
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -34,7 +34,7 @@ def warm_up(model, tokenizer):
 
     print("minimind serve: compiling the decode step (about a minute on a CPU) ...", flush=True)
     start = time.perf_counter()
-    engine = Engine(model, tokenizer, max_batch=3, compile=True)  # driven here, in this thread; never started
+    engine = Worker(model, tokenizer, max_batch=3, compile=True)  # driven here, in this thread; never started
     with torch.inference_mode():
         for job in (Job([[1, 2, 3]], 4, emit=lambda event: None), Job([[1, 2], [1, 2, 3, 4]], 3, emit=lambda e: None)):
             engine.submit(job)

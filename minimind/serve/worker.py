@@ -67,7 +67,7 @@ class Member:
     done: list[bool]  # rows that have ended
 
 
-class Engine:
+class Worker:
     """The worker thread that owns the model: it lets waiting jobs join the running batch and decodes it step by
     step (see the module's docstring). `submit(job)` from any thread; `stats` counts requests (jobs decoded),
     batches (started from idle), jobs that joined a batch already decoding, the largest batch (rows), the most
