@@ -1,6 +1,6 @@
 """The decode engine: one running batch of rows over one KV cache, decoded a token per row per step. Everything that
 generates goes through it: `generate_tokens` (and so `generate`, `stream`, the Hugging Face bridge, the chat) runs
-one batch for one call; the server's worker (`minimind.serve.engine`) keeps one batch for its lifetime and lets
+one batch for one call; the server's worker (`minimind.serve.worker`) keeps one batch for its lifetime and lets
 requests join and leave it between steps.
 
     batch = DecodeBatch(model)
