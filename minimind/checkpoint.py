@@ -81,15 +81,54 @@ def load_weights(model, path: str | Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
-DTYPES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
-          "fp16": "float16", "float16": "float16"}
+# --- devices and precisions ---------------------------------------------------------------------------------------
+
+# The one table of precision names (the flags' fp32/bf16/fp16, GGUF's f32/f16, torch's own) -> torch dtype names.
+DTYPES = {"fp32": "float32", "f32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp16": "float16", "f16": "float16", "float16": "float16"}
+
+
+def best_device() -> str:
+    """cuda, else mps, else cpu."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(name, device="cpu", cpu_bf16: bool = False):
+    """The torch dtype for a precision name (see DTYPES) or "auto", on `device`.
+
+    "auto" is half precision where the hardware does it: on a GPU bf16 where supported, else fp16. A CPU gets bf16
+    only with `cpu_bf16` and native bf16 (AVX512-BF16 / AMX), else fp32, as does MPS. Training passes
+    cpu_bf16=True: it autocasts (weights stay fp32) and a bf16-capable CPU runs that faster. Inference keeps the
+    default: there the dtype is the weights', and bf16 weights on a CPU are slower and less exact than fp32."""
+    import torch
+
+    if isinstance(name, torch.dtype):
+        return name
+    device = torch.device(device)
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if (cpu_bf16 and device.type == "cpu" and torch.backends.mkldnn.is_available()
+                and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return torch.bfloat16
+        return torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of auto, fp32, bf16, fp16")
+    return getattr(torch, DTYPES[name])
 
 
 def load_model(spec, config=None, device="cpu", dtype=None, adapter=None):
     """(model, tokenizer) ready for inference (eval mode) from a training output directory, a Hugging Face style
     model directory, or a `.pth` / `.pt` / `.safetensors` weights file with its config.json beside it (or given as
     `config`). The tokenizer comes from the same directory when it has tokenizer files, else the shipped one (a
-    warning says so). `dtype`: None (as built, fp32), "fp32", "bf16", "fp16" or a torch dtype. `adapter`: a LoRA
+    warning says so). `dtype`: None (as built, fp32), a name of DTYPES, "auto" (see `resolve_dtype`) or a torch
+    dtype. `adapter`: a LoRA
     adapter to apply (see `minimind.lora.load_adapter`).
     """
     import logging
@@ -135,10 +174,8 @@ def load_model(spec, config=None, device="cpu", dtype=None, adapter=None):
         from .lora import load_adapter
 
         model = load_adapter(model, adapter)
-    if dtype is not None and not isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of fp32, bf16, fp16")
-        dtype = getattr(torch, DTYPES[dtype])
+    if dtype is not None:
+        dtype = resolve_dtype(dtype, device)
     model = model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
     return model.eval(), tokenizer
 

@@ -1,7 +1,7 @@
 """Files written safely and files read with clear errors: the helpers every part that saves or loads shares.
 
-Everything that writes a file that matters writes it under a temporary name first and renames it into place, so
-an interrupted run never leaves a complete-looking file.
+Everything that writes a file that matters writes it through `atomic_write`: under a temporary name first, renamed
+into place, so an interrupted run never leaves a complete-looking file.
 """
 
 import json
@@ -9,8 +9,6 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
 
 # --- writing safely ------------------------------------------------------------------------------------------
 
@@ -31,35 +29,40 @@ def check_output(out: str | Path, force: bool, kind: str) -> Path:
     return out
 
 
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Move a finished temporary directory to `out`: a rename when `out` is new or empty, else file by file
-    (each an atomic replace) into the existing directory."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    for item in sorted(tmp.iterdir()):
-        os.replace(item, out / item.name)
-    tmp.rmdir()
-
-
-def staging_path(out: Path) -> Path:
-    """A temporary name beside `out` (same filesystem, so the final rename is atomic)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent / f".{out.name}.tmp-{os.getpid()}"
-
-
 @contextmanager
-def staging_dir(out: Path):
-    """A fresh temporary directory beside `out`, removed afterwards (empty by then when the export succeeded)."""
-    path = staging_path(out)
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir()
+def atomic_write(path: str | Path, directory: bool = False):
+    """Write `path` under a temporary name beside it (same filesystem), then rename it into place, so that a reader
+    never sees half a file and an interrupted writer leaves `path` as it was. Yields the temporary path: a file name
+    to write (`with atomic_write(p) as tmp: torch.save(obj, tmp)`), or with `directory`, a fresh empty directory to
+    fill, which replaces `path` when `path` is new or empty and else moves in file by file (each an atomic
+    replace). On an error the temporary is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    _remove(tmp)  # a leftover of an earlier, interrupted write by a process of the same id
+    if directory:
+        tmp.mkdir()
     try:
-        yield path
+        yield tmp
+        if not directory:
+            os.replace(tmp, path)
+        else:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+            if not path.exists():
+                os.replace(tmp, path)
+            else:
+                for item in sorted(tmp.iterdir()):
+                    os.replace(item, path / item.name)
     finally:
+        _remove(tmp)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def read_json_object(path: Path, what: str) -> dict:
@@ -90,11 +93,3 @@ def check_fit(tensors: dict, expected: dict, title: str, hint: str | None = None
     if hint:
         lines.append(f"  {hint}")
     raise ValueError("\n".join(lines))
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, then rename: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

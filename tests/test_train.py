@@ -9,16 +9,17 @@ import signal
 import subprocess
 import sys
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import pytest
 import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
+from minimind.train.checkpointing import STATE_FILE
+from minimind.train.config import TrainConfig
 from minimind.train.pretrain import run
 from minimind.train.setup import parse_args
-from minimind.train.trainer import STATE_FILE, Trainer, TrainingError, lr_at
+from minimind.train.trainer import Trainer, TrainingError, lr_at
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--hidden_size", "32", "--num_layers", "2", "--num_heads", "2", "--num_kv_heads", "1", "--max_seq_len", "32",
@@ -98,7 +99,7 @@ def trainer_args(tmp_path, **kw):
                 min_lr_ratio=0.1, warmup_ratio=0.0, warmup_steps=None, weight_decay=0.1, grad_clip=1.0, max_steps=0,
                 log_interval=100, eval_interval=0, eval_batches=2, save_steps=0, save_interval=0, seed=0,
                 num_workers=0, output_dir=str(tmp_path), report_to="none", resume=None, compile=False, fsdp=False)
-    return Namespace(**{**base, **kw})
+    return TrainConfig(**{**base, **kw})
 
 
 def small_model(seed=0):

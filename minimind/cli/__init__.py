@@ -79,7 +79,7 @@ def main(argv=None, prog: str | None = None):
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        resume = getattr(args, "output_dir", None) if getattr(args, "save_steps", None) is not None else None
-        hint = f"; continue with --resume (state in {resume})" if resume else ""
+        # a training command (it has --resume) saved its state every --save_steps steps in its output directory
+        hint = "; continue with the same command and --resume" if hasattr(args, "resume") else ""
         print(f"\n{prog}: interrupted{hint}", file=sys.stderr)
         sys.exit(130)

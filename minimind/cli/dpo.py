@@ -6,20 +6,18 @@ from preference pairs (default: the built-in ones) against a frozen copy of itse
 A resumed run rebuilds its reference from `--pretrained_path`.
 """
 
-from .train import add_training_flags
+from ..train.config import command_defaults
+from .train import add_training_flags, training_config
 
 
 def add_arguments(p):
-    add_training_flags(p, ("dpo",))
+    add_training_flags(p, "dpo")
     g = p.add_argument_group("DPO")
-    g.add_argument("--beta", type=float, default=0.1, help="strength of the pull towards the reference: reward = "
-                                                           "beta * (log pi - log pi_ref) (default: %(default)s)")
-    # dropout would make the policy differ from the reference by noise alone
-    p.set_defaults(learning_rate=5e-6, dropout=0.0)
+    g.add_argument("--beta", type=float, help="strength of the pull towards the reference: reward = beta * "
+                                              f"(log pi - log pi_ref) (default: {command_defaults('dpo')['beta']})")
 
 
 def main(args):
     from ..train.dpo import run_dpo
-    from ..train.setup import resolve_args
 
-    run_dpo(resolve_args(args))
+    run_dpo(training_config(args, "dpo"))

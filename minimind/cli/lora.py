@@ -8,28 +8,24 @@ A resumed run rebuilds base + adapters before the saved state is loaded, so the 
 exactly.
 """
 
-from ..presets import LORA_TARGETS
-from .train import add_training_flags
+from ..train.config import command_defaults
+from .train import add_training_flags, training_config
 
 
 def add_arguments(p):
-    add_training_flags(p, ("sft", "pretrain"))
+    add_training_flags(p, "lora")
+    d = command_defaults("lora")
     g = p.add_argument_group("LoRA")
-    g.add_argument("--lora_rank", type=int, default=8, help="rank r of the adapters (default: %(default)s)")
-    g.add_argument("--lora_alpha", type=float, default=16.0, help="scale: the update is alpha/r * B A "
-                                                                  "(default: %(default)s)")
-    g.add_argument("--lora_dropout", type=float, default=0.05, help="dropout on the adapter path "
-                                                                    "(default: %(default)s)")
-    g.add_argument("--lora_targets", nargs="+", default=list(LORA_TARGETS), metavar="NAME",
-                   help="linear layers to adapt, by name, space- or comma-separated (default: "
-                        f"{' '.join(LORA_TARGETS)})")
-    g.add_argument("--merge", action="store_true", help="also write the merged full model (config.json, "
-                                                        "model.safetensors, model_final.pth) to --output_dir")
-    p.set_defaults(learning_rate=2e-4, dropout=0.0)
+    g.add_argument("--lora_rank", type=int, help=f"rank r of the adapters (default: {d['lora_rank']})")
+    g.add_argument("--lora_alpha", type=float, help=f"scale: the update is alpha/r * B A (default: {d['lora_alpha']})")
+    g.add_argument("--lora_dropout", type=float, help=f"dropout on the adapter path (default: {d['lora_dropout']})")
+    g.add_argument("--lora_targets", nargs="+", metavar="NAME", help="linear layers to adapt, by name, space- or "
+                   f"comma-separated (default: {' '.join(d['lora_targets'])})")
+    g.add_argument("--merge", action="store_true", default=None, help="also write the merged full model "
+                   "(config.json, model.safetensors, model_final.pth) to --output_dir")
 
 
 def main(args):
     from ..train.lora import run_lora
-    from ..train.setup import resolve_args
 
-    run_lora(resolve_args(args))
+    run_lora(training_config(args, "lora"))

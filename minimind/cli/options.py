@@ -36,14 +36,10 @@ def add_sampling_flags(p, max_new_tokens):
 
 def load_for_inference(args):
     """(model, tokenizer) from MODEL and the --config/--adapter/--device/--dtype/--quantize flags."""
-    from ..checkpoint import load_model
-    from ..train.trainer import best_device
+    from ..checkpoint import best_device, load_model
 
     device = args.device or best_device()
-    dtype = args.dtype
-    if dtype == "auto":  # fp32 on CPU; half precision on a GPU
-        import torch
-        dtype = "fp32" if not device.startswith("cuda") else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    dtype = args.dtype  # "auto": fp32 on a CPU, half precision on a GPU (checkpoint.resolve_dtype)
     model, tokenizer = load_model(args.model, args.config, device=device, dtype=dtype, adapter=args.adapter)
     if args.quantize == "int8":
         from ..lora import merge_lora

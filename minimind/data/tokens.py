@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write
 from ..tokenizer import tokenizer_hash
 from .files import _error, read_texts
 
@@ -98,10 +99,10 @@ def _cached_tokens(key_parts, build, directory) -> tuple[np.ndarray, dict]:
     tokens, counts = build()
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".tokens-{key}.{os.getpid()}.npy"
-        np.save(tmp, tokens)
-        os.replace(tmp, npy)
-        meta.write_text(json.dumps(counts))
+        with atomic_write(npy) as tmp, open(tmp, "wb") as f:
+            np.save(f, tokens)
+        with atomic_write(meta) as tmp:
+            tmp.write_text(json.dumps(counts))
     except OSError as e:
         logger.warning(f"could not write the token cache in {root} ({e}); continuing without it")
     return tokens, counts
@@ -186,9 +187,8 @@ def prepare_shards(data, tokenizer, out_dir, shard_tokens: int = 2**28, skip_bad
     index = {"format": SHARD_FORMAT, "version": 1, "tokenizer_hash": tokenizer_hash(tokenizer),
              "vocab_size": len(tokenizer), "dtype": np.dtype(dtype).name, "bos_token_id": tokenizer.bos_token_id,
              "eos_token_id": tokenizer.eos_token_id, "source": str(data), **totals, "shards": shards}
-    tmp = out / "index.json.tmp"
-    tmp.write_text(json.dumps(index, indent=2) + "\n")
-    os.replace(tmp, out / "index.json")  # written last: its presence means the shards are complete
+    with atomic_write(out / "index.json") as tmp:  # written last: its presence means the shards are complete
+        tmp.write_text(json.dumps(index, indent=2) + "\n")
     return index
 
 

@@ -9,13 +9,12 @@ Hugging Face export (router `ffn_gate_inp`, the folded experts stacked in `ffn_*
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
 
 from ..config import MiniMindConfig
-from ..io import check_output, staging_path
+from ..io import atomic_write, check_output
 from .hf import mixtral_config, mixtral_state_dict
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -131,8 +130,7 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bo
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
     tokens, types, merges = gguf_vocab(tokenizer, config.vocab_size)
 
-    tmp = staging_path(out)
-    try:
+    with atomic_write(out) as tmp:
         w = gguf.GGUFWriter(tmp, arch="llama")
         w.add_name(name)
         w.add_file_type(file_type)
@@ -199,8 +197,4 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bo
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return out

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, MixtralConfig
 
+from ..checkpoint import resolve_dtype
 from ..config import MiniMindConfig
-from ..io import check_output, publish_dir, staging_dir
+from ..io import atomic_write, check_output
 
-HF_DTYPES = {"fp32": torch.float32, "f32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-             "f16": torch.float16}
+HF_DTYPES = ("fp32", "f32", "bf16", "fp16", "f16")  # the precisions a Hugging Face export takes (checkpoint.DTYPES)
 
 
 def shared_fields(config: MiniMindConfig) -> dict:
@@ -107,7 +107,7 @@ def export_hf(model, tokenizer, out: str | Path, dtype: str = "fp32", force: boo
     if dtype not in HF_DTYPES:
         raise ValueError(f"--dtype {dtype}: not a Hugging Face export precision; choose fp32, bf16 or fp16")
     out = check_output(out, force, "dir")
-    torch_dtype = HF_DTYPES[dtype]
+    torch_dtype = resolve_dtype(dtype)
     state = {k: v.detach().to("cpu", torch_dtype).contiguous() for k, v in model.state_dict().items()}
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)  # Llama re-ties it to model.embed_tokens.weight on load
@@ -118,12 +118,11 @@ def export_hf(model, tokenizer, out: str | Path, dtype: str = "fp32", force: boo
         target = llama_config(config)
         target.architectures = ["LlamaForCausalLM"]
     target.dtype = torch_dtype
-    with staging_dir(out) as tmp:
+    with atomic_write(out, directory=True) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         target.save_pretrained(str(tmp))
         add_legacy_rope_fields(tmp / "config.json", config)
         GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id).save_pretrained(str(tmp))
         save_tokenizer(tokenizer, tmp)
-        publish_dir(tmp, out)
     return out

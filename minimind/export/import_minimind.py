@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import check_output, publish_dir, staging_dir
+from ..io import atomic_write, check_output
 from .gguf import from_llama_cpp_rope as from_pair_rope
 
 FFN = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
@@ -193,11 +193,10 @@ def import_minimind(pth: str | Path, out: str | Path, config: str | None = None,
             "tokenizer_config.json)")
     tok = load_tokenizer(tokenizer)
 
-    with staging_dir(out) as tmp:
+    with atomic_write(out, directory=True) as tmp:
         cfg.save_pretrained(str(tmp))
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         save_tokenizer(tok, tmp)
         model, _ = load_model(str(tmp))  # the directory loads as any minimind model
-        publish_dir(tmp, out)
     return {"scheme": scheme, "parameters": sum(p.numel() for p in model.parameters()), "config": cfg,
             "out": out, "tokenizer": tokenizer or "minimind's shipped tokenizer"}

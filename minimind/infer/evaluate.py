@@ -1,4 +1,4 @@
-"""`minimind eval MODEL`: loss, perplexity and bits per byte of a model over a set of texts.
+"""`minimind eval MODEL`: loss, per-document perplexity and bits per byte of a model over a set of texts.
 
     minimind eval out/                          # the built-in corpus' held-out split
     minimind eval out/ --data notes.jsonl --json
@@ -9,7 +9,9 @@ How it is scored:
   other documents). A document longer than `seq_len` is cut into windows of `seq_len` tokens that overlap by one
   token, so each of its tokens is still predicted exactly once (with the context of its own window).
 - The loss is token-weighted: total negative log-likelihood (nats) over all predicted tokens, divided by their
-  number (the closing `<|im_end|>` included). Perplexity = exp(loss).
+  number (the closing `<|im_end|>` included). The per-document perplexity = exp(loss). It is not the trainer's
+  packed held-out perplexity, whose sequences are cut from concatenated documents (a token there may see the end
+  of the previous document, and no document starts fresh): compare like with like.
 - Bits per byte = total nats / ln 2 / total UTF-8 bytes of the texts scored: comparable across tokenizers,
   unlike perplexity.
 
@@ -37,7 +39,8 @@ def evaluate(model, tokenizer, texts, seq_len: int | None = None, batch_tokens: 
              progress: bool | None = False, add_special_tokens: bool = True) -> dict:
     """Score `texts` (an iterable of strings) with `model`.
 
-    Returns {"loss", "perplexity", "bits_per_byte", "tokens" (predicted), "bytes", "documents", "seq_len"}.
+    Returns {"loss", "perplexity" (per-document), "bits_per_byte", "tokens" (predicted), "bytes", "documents",
+    "seq_len"}.
     `seq_len`: the window length (default: 512, or the model's context when shorter).
     `add_special_tokens`: wrap each document in the tokenizer's bos/eos as pretraining does.
     `progress`: a tqdm bar over the tokens (None: only when stderr is a terminal)."""

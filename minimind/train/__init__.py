@@ -1,9 +1,13 @@
 """Training: one loop, shared by every stage.
 
-- `trainer.py`: the `Trainer` (AMP, accumulation, clipping, the NaN guard, evaluation, logging, exact resume,
-  DDP / FSDP2 under torchrun), which knows nothing of a stage but its data and its loss.
-- `setup.py`: what every stage shares around it: the flags resolved, the run's start (device, distributed, seed,
-  tokenizer), the model, the data, and the saved model directories.
+- `config.py`: `TrainConfig`, every setting of a run, typed, with its default (no torch: the CLI builds its flags
+  from it), and reading settings from a YAML / JSON file (`--config`).
+- `trainer.py`: the `Trainer`, the loop (AMP, accumulation, clipping, the NaN guard, evaluation), which knows
+  nothing of a stage but its data and its loss. Beside it, its components: `parallel.py` (DDP / FSDP2 under
+  torchrun), `checkpointing.py` (the training state that resumes exactly), `metrics.py` (logging, the seed's
+  status lines, metrics.jsonl, TensorBoard / W&B, the loss curve).
+- `setup.py`: what every stage shares around it: the settings resolved, the run's start (logging, device,
+  distributed, seed, tokenizer), the model, the data, the saved model directories.
 - One module per stage, each a short recipe of data + loss: `pretrain.py` (pretraining and SFT), `lora.py`,
   `dpo.py`, `distill.py`.
 """

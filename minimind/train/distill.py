@@ -21,8 +21,10 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from ..checkpoint import resolve_dtype
+from .config import TrainConfig
+from .metrics import log
 from .setup import build_model, fit, load_data, model_saver, sampler_for, start
-from .trainer import resolve_dtype
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -72,33 +74,35 @@ def load_teacher(spec: str, device="cpu", dtype: torch.dtype = torch.float32, to
 
 # --- distillation --------------------------------------------------------------------------------------------------
 
-def run_distill(args) -> dict | None:
-    """Distil --teacher into a student built from --preset / size flags / --student_config (or --pretrained_path)."""
+def run_distill(config: TrainConfig) -> dict | None:
+    """Distil config.teacher into a student built from the preset / size fields / student_config (or
+    pretrained_path)."""
     from ..checkpoint import load_config
     from ..data.datasets import collate
-    from .distill import distill_loss_fn, load_teacher
 
-    if not 0.0 <= args.alpha <= 1.0:
-        raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
-    if args.temperature <= 0:
-        raise ValueError(f"--temperature must be positive, got {args.temperature}")
-    dist_info, tokenizer = start(args)
-    config = None
-    if args.student_config and not args.pretrained_path:
-        config = load_config(args.student_config)
-        config.dropout = args.dropout
-    student = build_model(args, tokenizer, config, main=dist_info.main)
-    device = torch.device(args.device)
-    teacher = load_teacher(args.teacher, device, resolve_dtype(args.dtype, device), tokenizer)
+    if not config.teacher:
+        raise ValueError("--teacher is required for distill: the teacher MODEL (a training output directory, a model "
+                         "directory, or a .pth/.safetensors file with config.json beside it)")
+    if not 0.0 <= config.alpha <= 1.0:
+        raise ValueError(f"--alpha must be between 0 and 1, got {config.alpha}")
+    if config.temperature <= 0:
+        raise ValueError(f"--temperature must be positive, got {config.temperature}")
+    config, dist_info, tokenizer = start(config, "distill")
+    student_cfg = None
+    if config.student_config and not config.pretrained_path:
+        student_cfg = load_config(config.student_config)
+        student_cfg.dropout = config.dropout
+    student = build_model(config, tokenizer, student_cfg)
+    device = torch.device(config.device)
+    teacher = load_teacher(config.teacher, device, resolve_dtype(config.dtype, device, cpu_bf16=True), tokenizer)
     if teacher.config.vocab_size != student.config.vocab_size:
-        raise ValueError(f"the teacher ({args.teacher}) has vocab_size {teacher.config.vocab_size} but the student "
+        raise ValueError(f"the teacher ({config.teacher}) has vocab_size {teacher.config.vocab_size} but the student "
                          f"{student.config.vocab_size}: distillation needs both on the same tokenizer; give the "
                          f"student --vocab_size {teacher.config.vocab_size}")
-    if dist_info.main:
-        print(f"Teacher {args.teacher}: {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M parameters, "
-              f"{next(teacher.parameters()).dtype}".replace("torch.", ""))
-    train_set, val_set = load_data(args, tokenizer)
-    return fit(args, "distill", student, train_set, val_set, dist_info,
-               loss_fn=distill_loss_fn(teacher, args.alpha, args.temperature),
+    log.info(f"Teacher {config.teacher}: {sum(p.numel() for p in teacher.parameters()) / 1e6:.2f}M parameters, "
+             f"{next(teacher.parameters()).dtype}".replace("torch.", ""))
+    train_set, val_set = load_data(config, tokenizer)
+    return fit(config, "distill", student, train_set, val_set, dist_info,
+               loss_fn=distill_loss_fn(teacher, config.alpha, config.temperature),
                collate_fn=partial(collate, pad_id=tokenizer.pad_token_id), save_model=model_saver(tokenizer),
-               sample_fn=sampler_for(tokenizer, args.stage))
+               sample_fn=sampler_for(tokenizer, config.stage))

@@ -26,7 +26,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from .setup import _require_base, build_model, fit, model_saver, sampler_for, start
+from .config import TrainConfig
+from .setup import build_model, fit, model_saver, require_base, sampler_for, start
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -94,17 +95,17 @@ def dpo_loss_fn(reference: torch.nn.Module, beta: float = 0.1):
 
 # --- DPO -----------------------------------------------------------------------------------------------------------
 
-def run_dpo(args) -> dict | None:
-    """DPO of --pretrained_path on preference pairs (default: the built-in ones) against a frozen copy of itself."""
+def run_dpo(config: TrainConfig) -> dict | None:
+    """DPO of config.pretrained_path on preference pairs (default: the built-in ones) against a frozen copy of
+    itself."""
     from ..data.datasets import DPODataset, collate
-    from .dpo import dpo_loss_fn, frozen_reference
 
-    _require_base(args, "dpo")
-    dist_info, tokenizer = start(args)
-    model = build_model(args, tokenizer, main=dist_info.main)
-    reference = frozen_reference(model).to(args.device)  # the starting weights; a resumed run rebuilds the same
-    kw = {"tokenizer": tokenizer, "seq_len": args.max_seq_len, "skip_bad_records": args.skip_bad_records}
-    train_set, val_set = DPODataset(args.data, split="train", **kw), DPODataset(args.data, split="val", **kw)
-    return fit(args, "dpo", model, train_set, val_set, dist_info, loss_fn=dpo_loss_fn(reference, args.beta),
+    require_base(config, "dpo")
+    config, dist_info, tokenizer = start(config, "dpo")
+    model = build_model(config, tokenizer)
+    reference = frozen_reference(model).to(config.device)  # the starting weights; a resumed run rebuilds the same
+    kw = {"tokenizer": tokenizer, "seq_len": config.max_seq_len, "skip_bad_records": config.skip_bad_records}
+    train_set, val_set = DPODataset(config.data, split="train", **kw), DPODataset(config.data, split="val", **kw)
+    return fit(config, "dpo", model, train_set, val_set, dist_info, loss_fn=dpo_loss_fn(reference, config.beta),
                collate_fn=partial(collate, pad_id=tokenizer.pad_token_id), save_model=model_saver(tokenizer),
                sample_fn=sampler_for(tokenizer, "sft"))

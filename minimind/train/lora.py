@@ -8,7 +8,9 @@ import copy
 from functools import partial
 from pathlib import Path
 
-from .setup import _require_base, build_model, fit, load_data, model_saver, sampler_for, start
+from .config import TrainConfig
+from .metrics import log, seed_line
+from .setup import build_model, fit, load_data, model_saver, require_base, sampler_for, start
 
 # --- LoRA ----------------------------------------------------------------------------------------------------------
 
@@ -24,11 +26,11 @@ def lora_saver(tokenizer, merge: bool, base_path: str | None = None):
     def save(model, out: Path, final: bool, epoch: int | None = None):
         if not final:
             path = save_adapter(model, out, base_path, name=f"adapter_epoch_{epoch}.safetensors")
-            print(f"适配器已保存到: {path}")
+            log.info(seed_line("adapter_saved", path=path))
             return
         path = save_adapter(model, out, base_path)
         save_tokenizer(tokenizer, out)
-        print(f"LoRA adapter saved to {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        log.info(f"LoRA adapter saved to {path} ({path.stat().st_size / 1e6:.2f} MB)")
         if merge:
             save_full(merge_lora(copy.deepcopy(model)), out, final=True)
     return save
@@ -38,17 +40,17 @@ def _targets(values) -> list[str]:
     return [t for v in values for t in v.split(",") if t]
 
 
-def run_lora(args) -> dict | None:
-    """LoRA fine-tuning of --pretrained_path on SFT (or pretraining) data; see the module docstring."""
+def run_lora(config: TrainConfig) -> dict | None:
+    """LoRA fine-tuning of config.pretrained_path on SFT (or pretraining) data; see the module docstring."""
     from ..data.datasets import collate
     from ..lora import apply_lora
 
-    _require_base(args, "lora")
-    dist_info, tokenizer = start(args)
-    model = build_model(args, tokenizer, main=dist_info.main)
-    apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout, _targets(args.lora_targets))
-    train_set, val_set = load_data(args, tokenizer)
-    return fit(args, "lora", model, train_set, val_set, dist_info,
+    require_base(config, "lora")
+    config, dist_info, tokenizer = start(config, "lora")
+    model = build_model(config, tokenizer)
+    apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, _targets(config.lora_targets))
+    train_set, val_set = load_data(config, tokenizer)
+    return fit(config, "lora", model, train_set, val_set, dist_info,
                collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
-               save_model=lora_saver(tokenizer, args.merge, str(args.pretrained_path)),
-               sample_fn=sampler_for(tokenizer, args.stage))
+               save_model=lora_saver(tokenizer, config.merge, str(config.pretrained_path)),
+               sample_fn=sampler_for(tokenizer, config.stage))
