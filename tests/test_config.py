@@ -6,8 +6,8 @@ from dataclasses import asdict
 
 import pytest
 
+from minimind.cli.train import parse_args
 from minimind.train.config import TrainConfig, command_defaults, read_config_file
-from minimind.train.setup import parse_args
 
 
 def test_defaults_are_the_commands():

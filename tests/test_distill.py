@@ -8,8 +8,8 @@ import torch
 from helpers import tiny_model
 
 from minimind import MiniMindForCausalLM
+from minimind.cli.train import parse_args
 from minimind.train.distill import distill_loss, load_teacher, run_distill
-from minimind.train.setup import parse_args
 
 
 def stage_args(stage, argv):

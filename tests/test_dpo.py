@@ -9,10 +9,10 @@ import torch
 from helpers import tiny_model
 
 from minimind import MiniMindForCausalLM
+from minimind.cli.train import parse_args
 from minimind.data.datasets import DPODataset, collate
 from minimind.data.messages import parse_pair
 from minimind.train.dpo import dpo_loss, dpo_loss_fn, frozen_reference, run_dpo, sequence_logps
-from minimind.train.setup import parse_args
 
 
 def stage_args(stage, argv):

@@ -10,6 +10,7 @@ from helpers import save_model_dir, tiny_model
 from safetensors.torch import load_file
 
 from minimind import MiniMindForCausalLM
+from minimind.cli.train import parse_args
 from minimind.lora import (
     DEFAULT_TARGETS,
     LoRALinear,
@@ -21,7 +22,6 @@ from minimind.lora import (
     save_adapter,
 )
 from minimind.train.lora import run_lora
-from minimind.train.setup import parse_args
 
 
 def stage_args(stage, argv):

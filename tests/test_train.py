@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
+from minimind.cli.train import parse_args
 from minimind.train.checkpointing import STATE_FILE
 from minimind.train.config import TrainConfig
 from minimind.train.pretrain import run
-from minimind.train.setup import parse_args
 from minimind.train.trainer import Trainer, TrainingError, lr_at
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -99,6 +99,15 @@ def training_config(args, command: str):
     return build_config(command, given, args.config)
 
 
+def parse_args(argv=None, command: str = "train"):
+    """The resolved `TrainConfig` of `minimind COMMAND ARGV...` (train, lora, dpo, distill): for Python use and
+    tests that want a command line's settings without running it."""
+    from ..train.setup import resolve
+    from . import command_parser
+
+    return resolve(training_config(command_parser(command).parse_args(argv), command))
+
+
 def add_arguments(p):
     add_training_flags(p)
 

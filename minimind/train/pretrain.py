@@ -3,10 +3,9 @@ trainer with the packed corpus (or conversations, `--stage sft`) and the next-to
 
     from minimind.train.config import TrainConfig
     from minimind.train.pretrain import run
-    run(TrainConfig(preset="tiny", max_steps=300, output_dir="out"))   # or run(setup.parse_args([...flags]))
+    run(TrainConfig(preset="tiny", max_steps=300, output_dir="out"))  # or run(cli.train.parse_args([...flags]))
 """
 
-import sys
 from functools import partial
 
 from .config import TrainConfig
@@ -23,10 +22,3 @@ def run(config: TrainConfig) -> dict | None:
     return fit(config, "train", model, train_set, val_set, dist_info,
                collate_fn=partial(collate, pad_id=tokenizer.pad_token_id), save_model=model_saver(tokenizer),
                sample_fn=sampler_for(tokenizer, config.stage))
-
-
-def main(argv=None):
-    """`python train.py`: the same as `minimind train`."""
-    from ..cli import main as cli_main
-
-    cli_main(["train", *(sys.argv[1:] if argv is None else argv)], prog="train.py")

@@ -19,14 +19,6 @@ from .parallel import init_distributed
 from .trainer import Trainer
 
 
-def parse_args(argv=None, command: str = "train") -> TrainConfig:
-    """The resolved settings of `minimind COMMAND ARGV...` (train, lora, dpo, distill), for Python use and tests."""
-    from ..cli import command_parser
-    from ..cli.train import training_config
-
-    return resolve(training_config(command_parser(command).parse_args(argv), command))
-
-
 def resolve(config: TrainConfig) -> TrainConfig:
     """A copy with the model fields not given filled from the preset (or the seed's defaults), the device picked, and
     resume="latest" made the state file in output_dir. Resolving a resolved config changes nothing."""
