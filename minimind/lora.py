@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .io import check_fit, read_json_object
+from .io import atomic_write, check_fit, read_json_object
 from .presets import LORA_TARGETS as DEFAULT_TARGETS
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -141,12 +141,10 @@ def save_adapter(model: nn.Module, out_dir, base_path: str | None = None, name: 
     state = {k: v.float().cpu().contiguous() for k, v in lora_state_dict(model).items()}
     config = adapter_config(model, base_path)
     path = out / name
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": ADAPTER_FORMAT})
-    tmp.replace(path)
-    tmp = out / f".{ADAPTER_CONFIG}.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / ADAPTER_CONFIG)
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": ADAPTER_FORMAT})
+    with atomic_write(out / ADAPTER_CONFIG) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return path
 
 

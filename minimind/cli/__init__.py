@@ -71,8 +71,10 @@ def main(argv=None, prog: str | None = None):
         prog = f"minimind {args.command}"
     else:
         args = command_parser(argv[0], prog).parse_args(argv[1:])
-    from ..train.trainer import TrainingError
+    from ..train.metrics import setup_logging
+    from ..train.trainer import TrainingError  # torch: only once a command runs
 
+    setup_logging()  # the "minimind" logger's one console handler, for every command
     try:
         args.func(args)
     except (FileNotFoundError, ValueError, TrainingError) as e:  # DataError is a ValueError

@@ -38,6 +38,6 @@ def main(args):
     if args.json:
         print(json.dumps({"model": args.model, "data": data, **result}))
     else:
-        print(f"{args.model} on {data}: loss {result['loss']:.4f}, perplexity {result['perplexity']:.2f}, "
+        print(f"{args.model} on {data}: loss {result['loss']:.4f}, per-document perplexity {result['perplexity']:.2f}, "
               f"bits per byte {result['bits_per_byte']:.4f} ({result['tokens']:,} tokens predicted, "
               f"{result['bytes']:,} bytes, {result['documents']:,} documents, windows of {seq_len})")
