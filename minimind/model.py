@@ -376,9 +376,9 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.model = MiniMindModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        if config.tie_word_embeddings:  # tied here, not left to transformers (whose releases differ, e.g. on meta)
+        self.post_init()  # initializes the weights, then ties lm_head to the embedding (keeping the embedding's values)
+        if config.tie_word_embeddings:  # tied here too: transformers 5.0 does not tie on the meta device
             self.lm_head.weight = self.model.embed_tokens.weight
-        self.post_init()
 
     def get_input_embeddings(self):
         return self.model.embed_tokens
