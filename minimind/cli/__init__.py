@@ -7,6 +7,7 @@ same functions a Python user would. The modules import torch and transformers on
 
 import argparse
 import ast
+import functools
 import importlib
 import importlib.util
 import sys
@@ -40,25 +41,25 @@ def description(module) -> str:
     return getattr(module, "DESCRIPTION", None) or module.__doc__
 
 
-def command_parser(name: str, prog: str | None = None) -> argparse.ArgumentParser:
-    """The parser of one command alone (`python train.py` is `minimind train`'s)."""
+def _command(make_parser, name: str, **kw) -> argparse.ArgumentParser:
+    """`make_parser(**kw)` (argparse.ArgumentParser or a subparsers' add_parser) filled by command `name`'s module."""
     module = importlib.import_module(f".{COMMANDS[name][0]}", __name__)
-    p = argparse.ArgumentParser(prog=prog or f"minimind {name}", description=description(module),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(description=description(module), formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
     module.add_arguments(p)
     p.set_defaults(func=module.main)
     return p
 
 
+def command_parser(name: str, prog: str | None = None) -> argparse.ArgumentParser:
+    """The parser of one command alone (`python train.py` is `minimind train`'s)."""
+    return _command(argparse.ArgumentParser, name, prog=prog or f"minimind {name}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minimind", description="Train small language models from scratch.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module_name, line) in COMMANDS.items():
-        module = importlib.import_module(f".{module_name}", __name__)
-        p = sub.add_parser(name, help=line, description=description(module),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
-        module.add_arguments(p)
-        p.set_defaults(func=module.main)
+    for name, (_, line) in COMMANDS.items():
+        _command(functools.partial(sub.add_parser, name), name, help=line)
     return parser
 
 

@@ -17,6 +17,7 @@ def add_arguments(p):
 
 
 def main(args):
+    from ..data.messages import prompt_text
     from ..infer.generate import GenerationStats, generate_text, stream
     from ..infer.sampling import make_generator
 
@@ -25,8 +26,7 @@ def main(args):
         raise ValueError(f"--num_samples must be at least 1, got {args.num_samples}")
     prompts = args.prompt
     if args.chat:
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True) for p in prompts]
+        prompts = [prompt_text(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
     settings = sampling_settings(args)
     generator = make_generator(args.seed, next(model.parameters()).device)
     jobs = [(shown, prompt) for shown, prompt in zip(args.prompt, prompts) for _ in range(args.num_samples)]

@@ -112,12 +112,6 @@ def add_arguments(p):
     add_training_flags(p)
 
 
-def build_parser(prog: str = "minimind train") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_training_flags(p)
-    return p
-
-
 def main(args):
     from ..train.pretrain import run
 

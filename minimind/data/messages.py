@@ -150,6 +150,19 @@ def parse_pair(record: dict, where: str) -> tuple[list[dict], list[dict]]:
     return sides[0], sides[1]
 
 
+# --- rendering --------------------------------------------------------------------------------------------------
+
+def prompt_text(tokenizer, messages: list[dict]) -> str:
+    """What the model continues to answer `messages`: the chat template's rendering with the assistant's turn opened
+    (the same template `encode_chat` renders training conversations with)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """`prompt_text` as token ids (the template writes its own special tokens)."""
+    return tokenizer.encode(prompt_text(tokenizer, messages), add_special_tokens=False)
+
+
 # --- SFT and DPO ------------------------------------------------------------------------------------------------
 
 def _render(tokenizer, messages: list[dict], only_last: bool) -> tuple[list[int], list[int]]:

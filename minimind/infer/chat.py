@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..checkpoint import training_args
+from ..data.messages import prompt_ids
 from .generate import GenerationStats, encode_prompts, stream
 
 COMMANDS = "/reset, /system TEXT, /speed, /help, /exit"
@@ -85,9 +86,7 @@ class ChatSession:
             ids = encode_prompts(self.tokenizer, [text])[0][0].tolist()
         else:
             while True:
-                rendered = self.tokenizer.apply_chat_template(self.messages(text), tokenize=False,
-                                                              add_generation_prompt=True)
-                ids = self.tokenizer.encode(rendered, add_special_tokens=False)
+                ids = prompt_ids(self.tokenizer, self.messages(text))
                 if len(ids) + self.max_new_tokens <= self.context or not self.history:
                     break
                 self.history = self.history[2:]  # the oldest user message and its answer

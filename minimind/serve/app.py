@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from ..data.messages import prompt_ids
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, at_most, invalid, read_request
 from .worker import Job, Worker
 
@@ -112,10 +113,9 @@ class Endpoints:
             raise invalid("messages", "this model's tokenizer has no chat template, so it cannot format messages; "
                                       "use /v1/completions with a plain prompt instead")
         try:
-            text = self.encoder.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return prompt_ids(self.encoder, messages)
         except Exception as e:  # the template's own checks (raise_exception)
             raise invalid("messages", f"the chat template cannot format these messages: {e}") from None
-        return self.encoder.encode(text, add_special_tokens=False)
 
     def completion_prompts(self, prompts: list) -> list[list[int]]:
         """Each prompt (a string or token ids) as token ids. Strings get the bos token that begins every

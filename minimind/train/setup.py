@@ -59,11 +59,11 @@ def load_data(config: TrainConfig, tokenizer):
 
 def sampler_for(tokenizer, stage: str, max_new_tokens: int = 48):
     """A function model -> text that continues a fixed prompt (chat-formatted for SFT)."""
+    from ..data.messages import prompt_text
     from ..infer.generate import sample
 
     if stage == "sft":
-        prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Hello, how are you?"}], tokenize=False,
-                                               add_generation_prompt=True)
+        prompt = prompt_text(tokenizer, [{"role": "user", "content": "Hello, how are you?"}])
     else:
         prompt = tokenizer.bos_token + "In the beginning"
 
