@@ -35,12 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .engine import (
-    DecodeBatch,
-    Group,
-    compiled_forward,  # noqa: F401  (importable from here too, where it lived before the engine)
-    eval_mode,
-)
+from .engine import DecodeBatch, Group, eval_mode
 from .sampling import as_id_list, as_stop_list, check_settings, make_generator
 from .textstream import TextStream
 

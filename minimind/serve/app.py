@@ -313,7 +313,7 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
     """The FastAPI app serving `model`. Its worker starts and stops with the app (its lifespan);
     `app.state.engine` is the `Worker`. `cors_origins`: web origins (or "*") whose pages may call the API from a
     browser; none by default (the built-in chat page is same-origin and needs none). `compile`: decode with
-    `torch.compile` (see `minimind.infer.generate.compiled_forward`; `run_server` compiles before it listens)."""
+    `torch.compile` (see `minimind.infer.engine.compiled_forward`; `run_server` compiles before it listens)."""
     if max_tokens_limit < 1:
         raise ValueError(f"max_tokens_limit must be at least 1, got {max_tokens_limit}")
     engine = Worker(model, tokenizer, max_batch, compile)
