@@ -12,6 +12,23 @@ from .presets import PRESETS
 
 SCORING_FUNCS = ("softmax",)
 
+# How an MoE layer turns router scores into expert weights and a load-balancing loss, per MiniMind generation:
+# - "minimind2": top-k weights renormalized only when k > 1; aux = alpha * sum_i f_i * P_i, per sequence (seq_aux)
+#   or over the batch, f_i being expert i's share of the slots times E (alpha at uniform routing).
+# - "minimind3" (as Qwen3-MoE): top-k weights renormalized for every k when norm_topk_prob; aux = alpha * E *
+#   sum_i load_i * P_i over the batch, load_i summed over the k choices (alpha * k at uniform routing).
+MOE_ROUTERS = ("minimind2", "minimind3")
+
+# Keys that only a MiniMind-3 config.json has (its model always normalizes queries and keys per head).
+MINIMIND3_KEYS = ("router_aux_loss_coef", "num_experts")
+
+
+def ffn_width(hidden_size: int, qk_norm: bool) -> int:
+    """The default SwiGLU width, rounded up to a multiple of 64: 8/3 * hidden (MiniMind 2), pi * hidden (MiniMind-3,
+    whose models are the ones with qk_norm)."""
+    ratio = math.pi if qk_norm else 8 / 3
+    return 64 * math.ceil(ratio * hidden_size / 64)
+
 # YaRN settings used when `inference_rope_scaling=True` (MiniMind's values).
 YARN_SCALING = {
     "type": "yarn",
@@ -36,6 +53,8 @@ class MiniMindConfig(PreTrainedConfig):
         vocab_size: int = 6400,
         max_position_embeddings: int = 32768,
         intermediate_size: int | None = None,
+        head_dim: int | None = None,
+        qk_norm: bool | None = None,
         rms_norm_eps: float = 1e-5,
         rope_theta: float = 1e6,
         inference_rope_scaling: bool = False,
@@ -47,7 +66,9 @@ class MiniMindConfig(PreTrainedConfig):
         use_moe: bool = False,
         num_experts_per_tok: int = 2,
         n_routed_experts: int = 4,
-        n_shared_experts: int = 1,
+        n_shared_experts: int | None = None,
+        moe_intermediate_size: int | None = None,
+        moe_router: str | None = None,
         scoring_func: str = "softmax",
         aux_loss_alpha: float = 0.01,
         seq_aux: bool = True,
@@ -59,15 +80,28 @@ class MiniMindConfig(PreTrainedConfig):
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
+        # A MiniMind-3 config.json (its names: num_experts, router_aux_loss_coef; no qk_norm key, the model always
+        # has it) reads as the same model here.
+        minimind3 = qk_norm is None and any(k in kwargs for k in MINIMIND3_KEYS)
+        if "num_experts" in kwargs:
+            n_routed_experts = kwargs.pop("num_experts")
+        if "router_aux_loss_coef" in kwargs:
+            aux_loss_alpha = kwargs.pop("router_aux_loss_coef")
+        qk_norm = bool(qk_norm) or minimind3
+        if head_dim is None and isinstance(num_attention_heads, int) and num_attention_heads > 0:
+            if hidden_size % num_attention_heads:
+                raise ValueError(f"MiniMindConfig.num_attention_heads ({num_attention_heads}) must divide "
+                                 f"hidden_size ({hidden_size}), or give head_dim")
+            head_dim = hidden_size // num_attention_heads
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
         self.num_key_value_heads = num_key_value_heads
         self.vocab_size = vocab_size
         self.max_position_embeddings = max_position_embeddings
-        if intermediate_size is None:  # 8/3 * hidden, rounded up to a multiple of 64 (SwiGLU sizing)
-            intermediate_size = 64 * math.ceil(8 * hidden_size / 3 / 64)
-        self.intermediate_size = intermediate_size
+        self.intermediate_size = intermediate_size or ffn_width(hidden_size, qk_norm)
+        self.head_dim = head_dim
+        self.qk_norm = qk_norm
         self.rms_norm_eps = rms_norm_eps
         self.rope_theta = rope_theta
         self.inference_rope_scaling = inference_rope_scaling
@@ -82,7 +116,9 @@ class MiniMindConfig(PreTrainedConfig):
         self.use_moe = use_moe
         self.num_experts_per_tok = num_experts_per_tok
         self.n_routed_experts = n_routed_experts
-        self.n_shared_experts = n_shared_experts
+        self.n_shared_experts = (0 if minimind3 else 1) if n_shared_experts is None else n_shared_experts
+        self.moe_intermediate_size = moe_intermediate_size or self.intermediate_size
+        self.moe_router = moe_router or ("minimind3" if minimind3 else "minimind2")
         self.scoring_func = scoring_func
         self.aux_loss_alpha = aux_loss_alpha
         self.seq_aux = seq_aux
@@ -106,23 +142,21 @@ class MiniMindConfig(PreTrainedConfig):
         return y
 
     @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
+    def num_experts(self) -> int:
+        """MiniMind-3's (and Qwen3-MoE's) name for n_routed_experts."""
+        return self.n_routed_experts
 
     def validate(self):
         """Raise a ValueError naming the field for any combination the model cannot build."""
         positive = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                    "vocab_size", "max_position_embeddings", "intermediate_size")
+                    "vocab_size", "max_position_embeddings", "intermediate_size", "head_dim",
+                    "moe_intermediate_size")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"MiniMindConfig.{name} must be a positive integer, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"MiniMindConfig.num_attention_heads ({self.num_attention_heads}) must divide "
-                             f"hidden_size ({self.hidden_size})")
         if self.head_dim % 2:
-            raise ValueError(f"MiniMindConfig: head dimension hidden_size / num_attention_heads = {self.head_dim} "
-                             "must be even for rotary embeddings")
+            raise ValueError(f"MiniMindConfig.head_dim ({self.head_dim}) must be even for rotary embeddings")
         if self.num_attention_heads % self.num_key_value_heads:
             raise ValueError(f"MiniMindConfig.num_key_value_heads ({self.num_key_value_heads}) must divide "
                              f"num_attention_heads ({self.num_attention_heads})")
@@ -140,6 +174,9 @@ class MiniMindConfig(PreTrainedConfig):
                                  f"and n_routed_experts ({self.n_routed_experts})")
             if self.n_shared_experts < 0:
                 raise ValueError(f"MiniMindConfig.n_shared_experts must be >= 0, got {self.n_shared_experts}")
+            if self.moe_router not in MOE_ROUTERS:
+                raise ValueError(f"MiniMindConfig.moe_router: unknown router {self.moe_router!r}; supported: "
+                                 f"{', '.join(MOE_ROUTERS)}")
             if self.scoring_func not in SCORING_FUNCS:
                 raise ValueError(f"MiniMindConfig.scoring_func: unknown scoring function {self.scoring_func!r}; "
                                  f"supported: {', '.join(SCORING_FUNCS)}")
@@ -148,7 +185,8 @@ class MiniMindConfig(PreTrainedConfig):
 
 
 def preset(name: str, **overrides) -> MiniMindConfig:
-    """Build a named preset config (`tiny`, `small`, `medium`, `large`, `small-moe`/`moe`), with overrides."""
+    """Build a named preset config (`tiny`, `small`, `medium`, `large`, `small-moe`/`moe`, `minimind3`,
+    `minimind3-moe`), with overrides."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
     return MiniMindConfig(**{**PRESETS[name], **overrides})

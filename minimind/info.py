@@ -43,11 +43,14 @@ def parameter_counts(config: MiniMindConfig) -> dict[str, int]:
 def describe(config: MiniMindConfig) -> str:
     """A human-readable report: architecture, parameter counts per component, weight memory."""
     counts = parameter_counts(config)
-    lines = ["MiniMind model", "-" * 44]
-    fields = ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-              "intermediate_size", "vocab_size", "max_position_embeddings", "rope_theta", "tie_word_embeddings"]
+    generation = "MiniMind-3 (QK-norm)" if config.qk_norm else "MiniMind 2"
+    lines = [f"MiniMind model: {generation} architecture", "-" * 44]
+    fields = ["hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim", "qk_norm",
+              "intermediate_size", "vocab_size", "max_position_embeddings", "rope_theta", "rms_norm_eps",
+              "tie_word_embeddings"]
     if config.use_moe:
-        fields += ["n_routed_experts", "num_experts_per_tok", "n_shared_experts", "aux_loss_alpha", "seq_aux"]
+        fields += ["n_routed_experts", "num_experts_per_tok", "n_shared_experts", "moe_intermediate_size",
+                   "moe_router", "aux_loss_alpha"] + (["seq_aux"] if config.moe_router == "minimind2" else [])
     fields += ["inference_rope_scaling"]
     for f in fields:
         lines.append(f"{f:<26}{getattr(config, f)}")

@@ -89,6 +89,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=False)
+        if config.qk_norm:  # MiniMind-3 / Qwen3: RMSNorm over each head's query and key, before RoPE
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qk_norm = config.qk_norm
         self.dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
         self.flash = config.flash_attn
@@ -99,6 +103,8 @@ class Attention(nn.Module):
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, T, D)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (B, Hkv, S, D), S = past + T
@@ -120,13 +126,14 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU: down(silu(gate(x)) * up(x))."""
+    """SwiGLU: down(silu(gate(x)) * up(x)), `width` wide (default: the config's intermediate_size)."""
 
-    def __init__(self, config: MiniMindConfig):
+    def __init__(self, config: MiniMindConfig, width: int | None = None):
         super().__init__()
-        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        width = width or config.intermediate_size
+        self.gate_proj = nn.Linear(config.hidden_size, width, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, width, bias=False)
+        self.down_proj = nn.Linear(width, config.hidden_size, bias=False)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
@@ -134,7 +141,8 @@ class FeedForward(nn.Module):
 
 
 class MoEFeedForward(nn.Module):
-    """Top-k routed SwiGLU experts plus always-on shared experts, with a load-balancing aux loss."""
+    """Top-k routed SwiGLU experts plus always-on shared experts (MiniMind 2; MiniMind-3 has none), with a
+    load-balancing aux loss. `moe_router` picks the generation's weighting and loss (see `MOE_ROUTERS`)."""
 
     def __init__(self, config: MiniMindConfig):
         super().__init__()
@@ -143,7 +151,9 @@ class MoEFeedForward(nn.Module):
         self.norm_topk_prob = config.norm_topk_prob
         self.alpha = config.aux_loss_alpha
         self.seq_aux = config.seq_aux
-        self.experts = nn.ModuleList(FeedForward(config) for _ in range(config.n_routed_experts))
+        self.minimind3 = config.moe_router == "minimind3"
+        self.experts = nn.ModuleList(FeedForward(config, config.moe_intermediate_size)
+                                     for _ in range(config.n_routed_experts))
         self.gate = nn.Linear(config.hidden_size, config.n_routed_experts, bias=False)
         self.shared_experts = nn.ModuleList(FeedForward(config) for _ in range(config.n_shared_experts))
 
@@ -151,15 +161,20 @@ class MoEFeedForward(nn.Module):
         """x (B, T, C) -> top-k weights and expert ids (B*T, k), routing probabilities (B*T, E)."""
         scores = self.gate(x).reshape(-1, self.n_experts).float().softmax(dim=-1)  # (N, E)
         weights, idx = scores.topk(self.top_k, dim=-1)  # (N, k)
-        if self.top_k > 1 and self.norm_topk_prob:
+        if self.norm_topk_prob and (self.top_k > 1 or self.minimind3):
             weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
         return weights, idx, scores
 
     def aux_loss(self, scores, idx, batch_size):
-        """alpha * sum_i f_i * P_i; equals alpha at uniform routing and grows as routing collapses."""
+        """alpha * sum_i f_i * P_i; equals alpha at uniform routing (MiniMind-3: alpha * k) and grows as routing
+        collapses."""
         if not self.training or self.alpha == 0.0:
             return scores.new_zeros(())
-        E, _k = self.n_experts, self.top_k
+        E = self.n_experts
+        if self.minimind3:  # load_i: tokens sent to expert i over all tokens, summed over the k choices
+            load = torch.zeros(E, device=scores.device).scatter_add_(
+                0, idx.reshape(-1), torch.ones(idx.numel(), device=scores.device)) / idx.shape[0]
+            return (load * scores.mean(0)).sum() * E * self.alpha
         if self.seq_aux:  # per sequence: f_i counts expert i's share of that sequence's slots
             idx = idx.reshape(batch_size, -1)  # (B, T*k)
             f = torch.zeros(batch_size, E, device=scores.device).scatter_add_(

@@ -14,9 +14,10 @@ def add_arguments(p):
                                                      "shipped tokenizer, with a warning")
     p.add_argument("--config", default=None, help="a config.json (MiniMind's or ours) to take the architecture from "
                                                   "instead of inferring it from the tensor shapes")
-    p.add_argument("--num_heads", type=int, default=None, help="attention heads, which shapes cannot tell "
-                                                               "(default: 8, MiniMind's)")
-    p.add_argument("--num_experts_per_tok", type=int, default=None, help="MoE: routed experts per token (default: 2)")
+    p.add_argument("--num_heads", type=int, default=None, help="attention heads, which MiniMind 2's shapes cannot tell "
+                                                               "(default: 8, MiniMind's; MiniMind-3: from q_norm)")
+    p.add_argument("--num_experts_per_tok", type=int, default=None, help="MoE: routed experts per token (default: 2; "
+                                                                         "MiniMind-3: 1)")
     p.add_argument("--rope_theta", type=float, default=None, help="RoPE base (default: 1e6, MiniMind's)")
     p.add_argument("--max_position_embeddings", type=int, default=None, help="context length (default: 32768)")
     p.add_argument("--force", action="store_true", help="write into an existing non-empty --out directory")
@@ -31,7 +32,7 @@ def main(args):
     c = result["config"]
     kind = (f"MoE ({c.n_routed_experts} experts, {c.num_experts_per_tok} per token, {c.n_shared_experts} shared)"
             if c.use_moe else "dense")
-    print(f"imported {args.pth} ({result['scheme']} MiniMind names): {result['parameters'] / 1e6:.1f}M parameters, "
+    print(f"imported {args.pth} ({result['generation']} checkpoint): {result['parameters'] / 1e6:.1f}M parameters, "
           f"{kind}, hidden {c.hidden_size}, {c.num_hidden_layers} layers, {c.num_attention_heads} heads / "
-          f"{c.num_key_value_heads} key-value heads, vocab {c.vocab_size}; tokenizer: {result['tokenizer']}; "
+          f"{c.num_key_value_heads} key-value heads{' (QK-norm)' if c.qk_norm else ''}, vocab {c.vocab_size}; tokenizer: {result['tokenizer']}; "
           f"saved to {result['out']}")

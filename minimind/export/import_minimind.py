@@ -1,8 +1,11 @@
 """Import a checkpoint of the public MiniMind project (its `.pth` state dict) as a minimind model directory.
 
-The public project has saved its weights under two naming schemes, both mapped here:
+The public project has saved its weights under three generations of names and shapes, all mapped here:
 
-- current (MiniMind 2): Hugging Face Llama names, which are ours: `model.embed_tokens`,
+- MiniMind-3 (minimind-3, minimind-3-moe; since April 2026): Qwen3's names, which are ours, with per-head query and
+  key norms (`self_attn.q_norm`, `self_attn.k_norm`); the MoE has `mlp.gate.weight` and `mlp.experts.E.*`, top-1
+  routing and no shared expert. The head size is read from q_norm, so the head count needs no flag.
+- MiniMind 2: Hugging Face Llama names, which are ours: `model.embed_tokens`,
   `model.layers.N.self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`, norms, `lm_head`; MoE layers have
   `mlp.gate.weight`, `mlp.experts.E.*` and `mlp.shared_experts.S.*`.
 - legacy (MiniMind v1): `tok_embeddings`, `layers.N.attention.w{q,k,v,o}`, `attention_norm`, `ffn_norm`,
@@ -11,13 +14,16 @@ The public project has saved its weights under two naming schemes, both mapped h
   a head (complex numbers, as Meta's Llama), so `wq`/`wk` rows are permuted into our half-split layout.
 
 The config is read from the tensor shapes (vocabulary, width, layers, FFN width, key/value heads, experts);
-what shapes cannot tell comes from flags with MiniMind's defaults: the head count (8), the experts used per
-token (2), the RoPE base (1e6) and the context length (32768), or from a `--config` config.json.
+what shapes cannot tell comes from flags with the generation's defaults: the head count (8; MiniMind-3's comes from
+its shapes), the experts used per token (2; MiniMind-3: 1), the RoPE base (1e6) and the context length (32768), or
+from a `--config` config.json (MiniMind's or ours).
 
     minimind import full_sft_512.pth --tokenizer minimind/model --out minimind-512
+    minimind import full_sft_768.pth --tokenizer minimind/model --out minimind-3     # a minimind-3 checkpoint
 
 The tokenizer matters: MiniMind's weights expect MiniMind's own tokenizer (`model/tokenizer.json` and
-`tokenizer_config.json` in the public project), not the one minimind ships.
+`tokenizer_config.json` in the public project), not the one minimind ships; its chat template (MiniMind-3's: Qwen3's,
+with thinking and tools) comes with it and is what `minimind chat` then uses.
 """
 
 import logging
@@ -34,8 +40,7 @@ FFN = {"w1": "gate_proj", "w2": "down_proj", "w3": "up_proj"}
 
 BUFFERS = re.compile(r"(.*\.)?(pos_cis|freqs_cos|freqs_sin|rotary_emb\.inv_freq|attention\.mask)$")
 
-
-UNSUPPORTED = re.compile(r".*\.self_attn\.[qk]_norm\.weight$")
+SCHEMES = {"minimind3": "MiniMind-3", "current": "MiniMind 2", "legacy": "MiniMind v1"}  # scheme -> generation
 
 
 def legacy_name(key: str) -> str | None:
@@ -66,23 +71,21 @@ def legacy_name(key: str) -> str | None:
 
 
 def current_name(key: str) -> str | None:
-    """Our name for a MiniMind 2 key (they are the same), or None when it is not one of our parameters."""
+    """Our name for a MiniMind 2 or MiniMind-3 key (they are the same), or None when it is not one of our
+    parameters."""
     pattern = (r"model\.embed_tokens\.weight|model\.norm\.weight|lm_head\.weight|model\.layers\.\d+\.("
-               r"self_attn\.[qkvo]_proj|input_layernorm|post_attention_layernorm|mlp\.gate|"
+               r"self_attn\.[qkvo]_proj|self_attn\.[qk]_norm|input_layernorm|post_attention_layernorm|mlp\.gate|"
                r"mlp\.(experts|shared_experts)\.\d+\.(gate|up|down)_proj|mlp\.(gate|up|down)_proj)\.weight")
     return key if re.fullmatch(pattern, key) else None
 
 
 def rename(state: dict, source: str) -> tuple[dict, str]:
-    """MiniMind's state dict under our names, and which scheme it used ("current" or "legacy")."""
+    """MiniMind's state dict under our names, and which scheme it used ("minimind3", "current" (MiniMind 2) or
+    "legacy" (v1))."""
     state = {k: v for k, v in state.items() if not BUFFERS.fullmatch(k)}  # prefixes: stripped by read_state_dict
-    unsupported = [k for k in state if UNSUPPORTED.fullmatch(k)]
-    if unsupported:
-        raise ValueError(f"{source}: {unsupported[0]}: this checkpoint normalises each attention head's queries and "
-                         "keys (q_norm/k_norm, MiniMind's newer attention), which minimind's model does not have; it "
-                         "cannot be imported")
     legacy = "tok_embeddings.weight" in state or any(k.startswith("layers.") for k in state)
-    scheme = "legacy" if legacy else "current"
+    qk_norm = any(k.endswith(("self_attn.q_norm.weight", "self_attn.k_norm.weight")) for k in state)
+    scheme = "legacy" if legacy else "minimind3" if qk_norm else "current"
     to_ours = legacy_name if legacy else current_name
     renamed, unknown = {}, []
     for key, value in state.items():
@@ -94,16 +97,17 @@ def rename(state: dict, source: str) -> tuple[dict, str]:
     if unknown:
         raise ValueError(f"{source}: {len(unknown)} key(s) are not MiniMind parameters this importer knows: "
                          + ", ".join(unknown[:6]) + (" ..." if len(unknown) > 6 else "")
-                         + f" (read as the {scheme} MiniMind naming); is this a MiniMind checkpoint?")
+                         + f" (read as {SCHEMES[scheme]}'s naming); is this a MiniMind checkpoint?")
     if "model.embed_tokens.weight" not in renamed:
         raise ValueError(f"{source}: no token embedding ({'tok_embeddings' if legacy else 'model.embed_tokens'}"
                          ".weight); is this a MiniMind checkpoint?")
     return renamed, scheme
 
 
-def infer_config(state: dict, source: str, num_heads: int = 8, **fields):
+def infer_config(state: dict, source: str, num_heads: int | None = None, **fields):
     """A MiniMindConfig fitting the tensor shapes of `state` (our names); `fields` fill in what shapes cannot
-    tell (num_experts_per_tok, rope_theta, max_position_embeddings, ...)."""
+    tell (num_experts_per_tok, rope_theta, max_position_embeddings, ...). A MiniMind-3 state dict (per-head q_norm)
+    gives its head size, hence the head count, and takes MiniMind-3's defaults for the rest."""
     from ..config import MiniMindConfig
 
     vocab, hidden = state["model.embed_tokens.weight"].shape
@@ -116,14 +120,26 @@ def infer_config(state: dict, source: str, num_heads: int = 8, **fields):
             raise ValueError(f"{source}: {key} is missing; the checkpoint is incomplete")
         return tuple(state[key].shape)
 
-    if hidden % num_heads:
-        raise ValueError(f"{source}: hidden size {hidden} is not divisible by --num_heads {num_heads}; give the "
-                         "checkpoint's head count with --num_heads")
-    head_dim = hidden // num_heads
+    minimind3 = "model.layers.0.self_attn.q_norm.weight" in state
     q_rows = shape("model.layers.0.self_attn.q_proj.weight")[0]
-    if q_rows != hidden:
-        raise ValueError(f"{source}: model.layers.0.self_attn.q_proj.weight has {q_rows} rows, not hidden size "
-                         f"{hidden}; minimind's attention needs num_heads * head_dim == hidden_size")
+    if minimind3:
+        head_dim = shape("model.layers.0.self_attn.q_norm.weight")[0]
+        if q_rows % head_dim:
+            raise ValueError(f"{source}: model.layers.0.self_attn.q_proj.weight has {q_rows} rows, not a multiple of "
+                             f"the head size {head_dim} that self_attn.q_norm.weight gives")
+        if num_heads is not None and num_heads != q_rows // head_dim:
+            raise ValueError(f"{source}: --num_heads {num_heads} does not fit: the query projection has "
+                             f"{q_rows} rows of heads of {head_dim} (q_norm), i.e. {q_rows // head_dim} heads")
+        num_heads = q_rows // head_dim
+    else:
+        num_heads = num_heads or 8
+        if hidden % num_heads:
+            raise ValueError(f"{source}: hidden size {hidden} is not divisible by --num_heads {num_heads}; give the "
+                             "checkpoint's head count with --num_heads")
+        head_dim = hidden // num_heads
+        if q_rows != hidden:
+            raise ValueError(f"{source}: model.layers.0.self_attn.q_proj.weight has {q_rows} rows, not hidden size "
+                             f"{hidden}; a MiniMind 2 attention has num_heads * head_dim == hidden_size")
     k_rows = shape("model.layers.0.self_attn.k_proj.weight")[0]
     if k_rows % head_dim:
         raise ValueError(f"{source}: model.layers.0.self_attn.k_proj.weight has {k_rows} rows, not a multiple of the "
@@ -136,8 +152,15 @@ def infer_config(state: dict, source: str, num_heads: int = 8, **fields):
     inferred = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": num_heads,
                 "num_key_value_heads": k_rows // head_dim, "vocab_size": vocab, "intermediate_size": shape(ffn)[0],
                 "tie_word_embeddings": tied}
+    if minimind3:  # MiniMind-3's defaults for what shapes cannot tell
+        inferred.update(head_dim=head_dim, qk_norm=True, rms_norm_eps=1e-6)
     if experts:
         inferred.update(use_moe=True, n_routed_experts=len(experts), n_shared_experts=len(shared))
+        if shared:  # all experts of a MiniMind 2 MoE share one width
+            inferred["intermediate_size"] = shape("model.layers.0.mlp.shared_experts.0.gate_proj.weight")[0]
+        inferred["moe_intermediate_size"] = shape(ffn)[0]
+        if minimind3:
+            inferred.update(num_experts_per_tok=1, moe_router="minimind3", aux_loss_alpha=5e-4)
     return MiniMindConfig(**{**inferred, **fields})
 
 
@@ -168,7 +191,7 @@ def import_minimind(pth: str | Path, out: str | Path, config: str | None = None,
                     if k not in ("model_type", "architectures", "transformers_version")}
             cfg = type(cfg)(**{**base, **({"num_attention_heads": num_heads} if num_heads else {}), **fields})
     else:
-        cfg = infer_config(state, source, num_heads or 8, **fields)
+        cfg = infer_config(state, source, num_heads, **fields)
     if scheme == "legacy":  # adjacent-pair RoPE rows -> half-split rows, per head
         for key in list(state):
             if key.endswith("self_attn.q_proj.weight"):
@@ -198,5 +221,5 @@ def import_minimind(pth: str | Path, out: str | Path, config: str | None = None,
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         save_tokenizer(tok, tmp)
         model, _ = load_model(str(tmp))  # the directory loads as any minimind model
-    return {"scheme": scheme, "parameters": sum(p.numel() for p in model.parameters()), "config": cfg,
+    return {"scheme": scheme, "generation": SCHEMES[scheme], "parameters": sum(p.numel() for p in model.parameters()), "config": cfg,
             "out": out, "tokenizer": tokenizer or "minimind's shipped tokenizer"}
