@@ -1,10 +1,11 @@
 """Export as one GGUF file for llama.cpp and Ollama.
 
-It writes llama.cpp's `llama` architecture with the tokenizer as byte-level BPE ("gpt2") metadata, and permutes
-the Q and K projections into llama.cpp's RoPE layout as llama.cpp's own converter does (Hugging Face rotates the
-two halves of a head, llama.cpp adjacent pairs). The file of an MoE model is Mixtral-shaped the same way as the
-Hugging Face export (router `ffn_gate_inp`, the folded experts stacked in `ffn_*_exps`), which llama.cpp runs as
-`llama`.
+A MiniMind 2 model is written as llama.cpp's `llama` architecture, with the Q and K projections permuted into
+llama.cpp's RoPE layout as llama.cpp's own converter does (Hugging Face rotates the two halves of a head, llama.cpp
+adjacent pairs); its MoE is Mixtral-shaped as in the Hugging Face export (router `ffn_gate_inp`, the folded experts
+stacked in `ffn_*_exps`), which llama.cpp runs as `llama`. A MiniMind-3 (qk_norm) model is written as `qwen3`, its
+MoE as `qwen3moe` (per-head `attn_q_norm` / `attn_k_norm`; halves-rotating RoPE, so no permutation). The tokenizer
+goes in as byte-level BPE ("gpt2") metadata.
 """
 
 import json
@@ -15,7 +16,7 @@ import torch
 
 from ..config import MiniMindConfig
 from ..io import atomic_write, check_output
-from .hf import mixtral_config, mixtral_state_dict
+from .hf import folded_experts_state_dict, folded_width, mixtral_state_dict, qwen3_moe_config, renormalizes
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -51,6 +52,9 @@ def gguf_tensor_name(name: str) -> str | None:
              "block_sparse_moe.experts.w1": "ffn_gate_exps.weight",
              "block_sparse_moe.experts.w3": "ffn_up_exps.weight",
              "block_sparse_moe.experts.w2": "ffn_down_exps.weight",
+             "mlp.gate.weight": "ffn_gate_inp.weight", "mlp.experts.gate_proj": "ffn_gate_exps.weight",
+             "mlp.experts.up_proj": "ffn_up_exps.weight", "mlp.experts.down_proj": "ffn_down_exps.weight",
+             "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
              "self_attn.q_proj.weight": "attn_q.weight", "self_attn.k_proj.weight": "attn_k.weight",
              "self_attn.v_proj.weight": "attn_v.weight", "self_attn.o_proj.weight": "attn_output.weight",
              "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.up_proj.weight": "ffn_up.weight",
@@ -62,12 +66,12 @@ def gguf_tensor_name(name: str) -> str | None:
 
 
 def gguf_tensors(state: dict, config: MiniMindConfig):
-    """(name, tensor) in our names, except that an MoE layer's Mixtral-named experts (see `mixtral_state_dict`) come
-    stacked, as llama.cpp keeps them: `...block_sparse_moe.experts.w1` (experts, ff, hidden), w3 alike, w2
-    (experts, hidden, ff)."""
+    """(name, tensor) in our names, except that an MoE layer's experts come stacked, as llama.cpp keeps them:
+    Mixtral-named (see `mixtral_state_dict`) `...block_sparse_moe.experts.w1` (experts, ff, hidden), w3 alike, w2
+    (experts, hidden, ff); ours (Qwen3-MoE's) `...mlp.experts.gate_proj`, up_proj, down_proj alike."""
     experts = {}
     for key, t in state.items():
-        if ".block_sparse_moe.experts." not in key:
+        if ".experts." not in key:
             yield key, t
             continue
         prefix, rest = key.split(".experts.")
@@ -109,7 +113,8 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[s
 
 def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bool = False, name: str = "minimind"):
     """Write `model` and `tokenizer` as one GGUF file of llama.cpp's `llama` architecture (an MoE model as Mixtral
-    is written: shared experts folded into the routed ones, expert tensors stacked). dtype: f32, f16, bf16 or q8_0
+    is written: shared experts folded into the routed ones, expert tensors stacked), or `qwen3` / `qwen3moe` for a
+    qk_norm model. dtype: f32, f16, bf16 or q8_0
     for the matrices (norms stay f32, as llama.cpp's converter keeps them; a q8_0 matrix whose rows are not a
     multiple of 32 falls back to f16)."""
     import gguf
@@ -117,8 +122,16 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bo
 
     config = model.config
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
-    if config.use_moe:  # as Mixtral, which llama.cpp runs as `llama` with expert tensors
-        mixtral, state = mixtral_config(config), mixtral_state_dict(state, config)
+    arch = ("qwen3moe" if config.use_moe else "qwen3") if config.qk_norm else "llama"
+    if arch == "qwen3moe":
+        qwen3_moe_config(config)  # refuses what Qwen3-MoE cannot compute
+        if not renormalizes(config):  # llama.cpp's qwen3moe always renormalizes the top-k weights
+            raise ValueError(f"this MoE model weights its single expert by its probability (num_experts_per_tok="
+                             f"{config.num_experts_per_tok}, norm_topk_prob={config.norm_topk_prob}); llama.cpp's "
+                             "qwen3moe always renormalizes the top-k weights, so it cannot be exported to GGUF exactly")
+        state = folded_experts_state_dict(state, config)
+    elif config.use_moe:  # as Mixtral, which llama.cpp runs as `llama` with expert tensors
+        state = mixtral_state_dict(state, config)
     dtype = GGUF_ALIASES.get(dtype, dtype)
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"--dtype {dtype}: not a GGUF export precision; choose one of {', '.join(GGUF_DTYPES)}")
@@ -131,20 +144,24 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bo
     tokens, types, merges = gguf_vocab(tokenizer, config.vocab_size)
 
     with atomic_write(out) as tmp:
-        w = gguf.GGUFWriter(tmp, arch="llama")
+        w = gguf.GGUFWriter(tmp, arch=arch)
         w.add_name(name)
         w.add_file_type(file_type)
         w.add_context_length(config.max_position_embeddings)
         w.add_embedding_length(config.hidden_size)
         w.add_block_count(config.num_hidden_layers)
         if config.use_moe:
-            w.add_feed_forward_length(mixtral.intermediate_size)  # the folded experts' width
             w.add_expert_count(config.n_routed_experts)
             w.add_expert_used_count(config.num_experts_per_tok)
-        else:
+        if arch == "qwen3moe":
             w.add_feed_forward_length(config.intermediate_size)
+            w.add_expert_feed_forward_length(folded_width(config))
+        else:
+            w.add_feed_forward_length(folded_width(config) if config.use_moe else config.intermediate_size)
         w.add_head_count(config.num_attention_heads)
         w.add_head_count_kv(config.num_key_value_heads)
+        w.add_key_length(config.head_dim)
+        w.add_value_length(config.head_dim)
         w.add_rope_dimension_count(config.head_dim)
         w.add_rope_freq_base(float(config.rope_theta))
         w.add_layer_norm_rms_eps(float(config.rms_norm_eps))
@@ -178,7 +195,9 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bo
         for key, t in gguf_tensors(state, config):
             if key == "lm_head.weight" and config.tie_word_embeddings:
                 continue  # llama.cpp reuses token_embd, as its own converter writes it
-            if key.endswith("self_attn.q_proj.weight"):
+            if arch != "llama":  # qwen3 rotates halves of a head, as we do
+                pass
+            elif key.endswith("self_attn.q_proj.weight"):
                 t = to_llama_cpp_rope(t, config.num_attention_heads)
             elif key.endswith("self_attn.k_proj.weight"):
                 t = to_llama_cpp_rope(t, config.num_key_value_heads)
