@@ -2,6 +2,11 @@
 
 The field names are MiniMind's (and mostly Hugging Face Llama's), so a `config.json` written by the
 public MiniMind project loads here and ours loads there.
+
+One config covers both of MiniMind's model generations. MiniMind 2 (the seeds' model) is the default; `qk_norm=True`
+makes a MiniMind-3 model (per-head query/key RMSNorm, as Qwen3), whose other defaults then follow MiniMind-3
+(`GENERATION_DEFAULTS`, FFN width pi * hidden, its MoE router). A MiniMind-3 `config.json` (with its names
+`num_experts`, `router_aux_loss_coef`) reads as a MiniMind-3 model.
 """
 
 import math
@@ -21,6 +26,14 @@ MOE_ROUTERS = ("minimind2", "minimind3")
 
 # Keys that only a MiniMind-3 config.json has (its model always normalizes queries and keys per head).
 MINIMIND3_KEYS = ("router_aux_loss_coef", "num_experts")
+
+# The defaults that differ between the generations: MiniMind 2's, and MiniMind-3's (a model with qk_norm).
+GENERATION_DEFAULTS = {
+    False: dict(rms_norm_eps=1e-5, num_experts_per_tok=2, n_shared_experts=1, aux_loss_alpha=0.01,
+                moe_router="minimind2"),
+    True: dict(rms_norm_eps=1e-6, num_experts_per_tok=1, n_shared_experts=0, aux_loss_alpha=5e-4,
+               moe_router="minimind3"),
+}
 
 
 def ffn_width(hidden_size: int, qk_norm: bool) -> int:
@@ -55,7 +68,7 @@ class MiniMindConfig(PreTrainedConfig):
         intermediate_size: int | None = None,
         head_dim: int | None = None,
         qk_norm: bool | None = None,
-        rms_norm_eps: float = 1e-5,
+        rms_norm_eps: float | None = None,
         rope_theta: float = 1e6,
         inference_rope_scaling: bool = False,
         dropout: float = 0.0,
@@ -64,13 +77,13 @@ class MiniMindConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         # MoE
         use_moe: bool = False,
-        num_experts_per_tok: int = 2,
+        num_experts_per_tok: int | None = None,
         n_routed_experts: int = 4,
         n_shared_experts: int | None = None,
         moe_intermediate_size: int | None = None,
         moe_router: str | None = None,
         scoring_func: str = "softmax",
-        aux_loss_alpha: float = 0.01,
+        aux_loss_alpha: float | None = None,
         seq_aux: bool = True,
         norm_topk_prob: bool = True,
         # special tokens (ids of the shipped tokenizer)
@@ -88,6 +101,12 @@ class MiniMindConfig(PreTrainedConfig):
         if "router_aux_loss_coef" in kwargs:
             aux_loss_alpha = kwargs.pop("router_aux_loss_coef")
         qk_norm = bool(qk_norm) or minimind3
+        defaults = GENERATION_DEFAULTS[qk_norm]
+        rms_norm_eps = defaults["rms_norm_eps"] if rms_norm_eps is None else rms_norm_eps
+        num_experts_per_tok = defaults["num_experts_per_tok"] if num_experts_per_tok is None else num_experts_per_tok
+        n_shared_experts = defaults["n_shared_experts"] if n_shared_experts is None else n_shared_experts
+        aux_loss_alpha = defaults["aux_loss_alpha"] if aux_loss_alpha is None else aux_loss_alpha
+        moe_router = moe_router or defaults["moe_router"]
         if head_dim is None and isinstance(num_attention_heads, int) and num_attention_heads > 0:
             if hidden_size % num_attention_heads:
                 raise ValueError(f"MiniMindConfig.num_attention_heads ({num_attention_heads}) must divide "
@@ -116,9 +135,9 @@ class MiniMindConfig(PreTrainedConfig):
         self.use_moe = use_moe
         self.num_experts_per_tok = num_experts_per_tok
         self.n_routed_experts = n_routed_experts
-        self.n_shared_experts = (0 if minimind3 else 1) if n_shared_experts is None else n_shared_experts
+        self.n_shared_experts = n_shared_experts
         self.moe_intermediate_size = moe_intermediate_size or self.intermediate_size
-        self.moe_router = moe_router or ("minimind3" if minimind3 else "minimind2")
+        self.moe_router = moe_router
         self.scoring_func = scoring_func
         self.aux_loss_alpha = aux_loss_alpha
         self.seq_aux = seq_aux
