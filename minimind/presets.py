@@ -25,3 +25,13 @@ PRESETS["moe"] = PRESETS["small-moe"]
 PRESETS["minimind3"] = dict(hidden_size=768, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
                             qk_norm=True, vocab_size=6400, max_position_embeddings=32768)
 PRESETS["minimind3-moe"] = dict(PRESETS["minimind3"], use_moe=True, n_routed_experts=4)
+
+# The seed train.py's model flags and their defaults (the parser leaves them None, so that a --preset can fill what
+# was not given), and the config field each one sets.
+SEED_MODEL_DEFAULTS = {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2, "vocab_size": 6400,
+                       "use_moe": 0}
+FLAG_TO_FIELD = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
+                 "num_kv_heads": "num_key_value_heads", "vocab_size": "vocab_size", "use_moe": "use_moe"}
+
+# The linear layers LoRA adapts unless told otherwise: every projection of attention and of the feed-forward.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
