@@ -237,3 +237,53 @@ def test_import_refuses_a_head_count_that_does_not_fit(tmp_path):
     torch.save(state, tmp_path / "m.pth")
     with pytest.raises(ValueError, match="--num_heads 8 does not fit.*4 heads"):
         import_minimind(tmp_path / "m.pth", tmp_path / "out", num_heads=8)
+
+
+@pytest.mark.parametrize("kind", ["dense", "moe"])
+def test_gguf_is_llama_cpp_qwen3(tmp_path, kind):
+    """The tensor names and metadata keys of llama.cpp's qwen3 / qwen3moe (checked against the gguf package's own
+    tables), and the file read back by transformers' GGUF loader gives our logits. Its qwen3 reader ignores
+    attention.key_length and its qwen3_moe reader expert_feed_forward_length, so the read-back is given the config."""
+    import gguf
+
+    from minimind.export.gguf import export_gguf
+    from minimind.export.hf import hf_target
+
+    config = (moe3 if kind == "moe" else tiny3)()
+    model = perturbed(config)
+    export_gguf(model, load_tokenizer(None), tmp_path / "m.gguf", dtype="f32")
+    reader = gguf.GGUFReader(str(tmp_path / "m.gguf"))
+    fields = {name: f.contents() for name, f in reader.fields.items()}
+    arch = {"dense": gguf.MODEL_ARCH.QWEN3, "moe": gguf.MODEL_ARCH.QWEN3MOE}[kind]
+    name = gguf.MODEL_ARCH_NAMES[arch]
+    assert fields["general.architecture"] == name
+    allowed = {gguf.TENSOR_NAMES[t] for t in gguf.MODEL_TENSORS[arch]}
+    names = {t.name.rsplit(".", 1)[0] for t in reader.tensors}
+    assert {n.replace(n.split(".")[1], "{bid}", 1) if n.startswith("blk.") else n for n in names} <= allowed
+    assert "blk.1.attn_q_norm" in names and "blk.1.attn_k_norm" in names
+    K = gguf.Keys
+    assert fields[K.Attention.KEY_LENGTH.format(arch=name)] == 24  # head_dim, not hidden / heads
+    assert fields[K.Attention.HEAD_COUNT.format(arch=name)] == 4
+    assert fields[K.Attention.LAYERNORM_RMS_EPS.format(arch=name)] == pytest.approx(1e-6)
+    stored = {t.name: torch.from_numpy(t.data.copy()) for t in reader.tensors}
+    q = model.model.layers[0].self_attn.q_proj.weight.detach()
+    assert torch.equal(stored["blk.0.attn_q.weight"], q)  # qwen3 rotates halves, as we do: no permutation
+    if kind == "moe":
+        assert fields[K.LLM.EXPERT_COUNT.format(arch=name)] == 4
+        assert fields[K.LLM.EXPERT_USED_COUNT.format(arch=name)] == 1
+        assert fields[K.LLM.EXPERT_FEED_FORWARD_LENGTH.format(arch=name)] == 96
+        assert stored["blk.0.ffn_gate_exps.weight"].shape == (4, 96, 64)
+    target, _, _ = hf_target(config, model.state_dict())
+    theirs = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf", config=target).eval()
+    ids = torch.randint(0, 300, (2, 16))
+    with torch.no_grad():
+        assert (theirs(ids).logits - model(ids).logits).abs().max() < 1e-4
+
+
+def test_minimind3_moe_with_a_probability_weighted_expert_is_refused_by_gguf(tmp_path):
+    from minimind.export.gguf import export_gguf
+
+    model = perturbed(moe3(norm_topk_prob=False))
+    with pytest.raises(ValueError, match="always renormalizes"):
+        export_gguf(model, load_tokenizer(None), tmp_path / "m.gguf")
+    assert not (tmp_path / "m.gguf").exists()

@@ -16,7 +16,8 @@ import torch
 
 from ..config import MiniMindConfig
 from ..io import atomic_write, check_output
-from .hf import folded_experts_state_dict, folded_width, mixtral_state_dict, qwen3_moe_config, renormalizes
+from .hf import (folded_experts_state_dict, folded_width, mixtral_config, mixtral_state_dict, qwen3_moe_config,
+                 renormalizes)
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 
@@ -131,6 +132,7 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bo
                              "qwen3moe always renormalizes the top-k weights, so it cannot be exported to GGUF exactly")
         state = folded_experts_state_dict(state, config)
     elif config.use_moe:  # as Mixtral, which llama.cpp runs as `llama` with expert tensors
+        mixtral_config(config)  # refuses what Mixtral cannot compute
         state = mixtral_state_dict(state, config)
     dtype = GGUF_ALIASES.get(dtype, dtype)
     if dtype not in GGUF_DTYPES:
