@@ -287,3 +287,66 @@ def test_minimind3_moe_with_a_probability_weighted_expert_is_refused_by_gguf(tmp
     with pytest.raises(ValueError, match="always renormalizes"):
         export_gguf(model, load_tokenizer(None), tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
+
+
+def test_minimind3_moe_through_every_stage(tmp_path, capsys):
+    """The shared paths at tiny size on a MiniMind-3 MoE: pretraining from the preset, LoRA, DPO, distillation into a
+    dense MiniMind-3 student, greedy generation in fp32 and int8, and serving through the official client."""
+    import openai
+    from test_serve import start_server
+
+    from minimind.checkpoint import load_model
+    from minimind.cli import main
+    from minimind.infer.generate import generate_text
+    from minimind.serve.app import create_app
+
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": f"The number {i} comes after {i - 1}."}) + "\n"
+                                              for i in range(64)))
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps({"conversations": [
+        {"role": "user", "content": f"What is {i} plus one?"}, {"role": "assistant", "content": f"It is {i + 1}."}]})
+        + "\n" for i in range(32)))
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"prompt": f"What is {i} plus one?", "chosen":
+                                                               f"It is {i + 1}.", "rejected": "No."}) + "\n"
+                                                   for i in range(32)))
+    shape = ["--hidden_size", "32", "--num_layers", "2", "--num_heads", "2", "--num_kv_heads", "1"]
+    run = ["--max_seq_len", "32", "--batch_size", "4", "--max_steps", "3", "--eval_interval", "0", "--dtype", "fp32",
+           "--save_steps", "0", "--learning_rate", "3e-3"]
+    pre = tmp_path / "pre"
+    main(["train", "--preset", "minimind3-moe", *shape, *run, "--data", str(tmp_path / "c.jsonl"),
+          "--output_dir", str(pre)])
+    model, tokenizer = load_model(str(pre))
+    c = model.config
+    assert (c.qk_norm, c.use_moe, c.moe_router, c.num_experts_per_tok, c.n_shared_experts) == (
+        True, True, "minimind3", 1, 0)
+    steps = [r for r in map(json.loads, (pre / "metrics.jsonl").read_text().splitlines()) if "aux" in r]
+    assert steps and all(0 < r["aux"] < 0.01 and r["loss"] == pytest.approx(r["ce"] + r["aux"], rel=1e-4)
+                         for r in steps)  # MiniMind-3's load-balancing loss (5e-4 per layer near uniform) is trained
+
+    main(["lora", "--pretrained_path", str(pre), *run, "--data", str(tmp_path / "chat.jsonl"), "--output_dir",
+          str(tmp_path / "lora")])
+    assert (tmp_path / "lora" / "adapter_model.safetensors").exists()
+    main(["dpo", "--pretrained_path", str(pre), *run, "--data", str(tmp_path / "pairs.jsonl"), "--output_dir",
+          str(tmp_path / "dpo")])
+    assert load_model(str(tmp_path / "dpo"))[0].config.qk_norm
+    main(["distill", "--teacher", str(pre), "--preset", "minimind3", *shape, *run, "--data",
+          str(tmp_path / "chat.jsonl"), "--output_dir", str(tmp_path / "student")])
+    student = load_model(str(tmp_path / "student"))[0].config
+    assert student.qk_norm and not student.use_moe
+
+    capsys.readouterr()
+    greedy = generate_text(model, tokenizer, ["The number 7"], max_new_tokens=6, temperature=0)[0]
+    main(["generate", str(pre), "--prompt", "The number 7", "--temperature", "0", "--max_new_tokens", "6"])
+    assert greedy in capsys.readouterr().out
+    main(["generate", str(pre), "--prompt", "The number 7", "--temperature", "0", "--max_new_tokens", "6",
+          "--quantize", "int8"])
+    assert capsys.readouterr().out.strip()
+
+    server, thread, url = start_server(create_app(model, tokenizer, model_name="m3"))
+    try:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        reply = client.chat.completions.create(model="m3", messages=[{"role": "user", "content": "What is 3?"}],
+                                               max_tokens=5, temperature=0)
+        assert reply.usage.completion_tokens >= 1 and reply.choices[0].finish_reason in ("stop", "length")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

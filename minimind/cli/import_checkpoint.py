@@ -34,5 +34,5 @@ def main(args):
             if c.use_moe else "dense")
     print(f"imported {args.pth} ({result['generation']} checkpoint): {result['parameters'] / 1e6:.1f}M parameters, "
           f"{kind}, hidden {c.hidden_size}, {c.num_hidden_layers} layers, {c.num_attention_heads} heads / "
-          f"{c.num_key_value_heads} key-value heads{' (QK-norm)' if c.qk_norm else ''}, vocab {c.vocab_size}; tokenizer: {result['tokenizer']}; "
-          f"saved to {result['out']}")
+          f"{c.num_key_value_heads} key-value heads{' (QK-norm)' if c.qk_norm else ''}, vocab {c.vocab_size}; "
+          f"tokenizer: {result['tokenizer']}; saved to {result['out']}")

@@ -16,8 +16,14 @@ import torch
 
 from ..config import MiniMindConfig
 from ..io import atomic_write, check_output
-from .hf import (folded_experts_state_dict, folded_width, mixtral_config, mixtral_state_dict, qwen3_moe_config,
-                 renormalizes)
+from .hf import (
+    folded_experts_state_dict,
+    folded_width,
+    mixtral_config,
+    mixtral_state_dict,
+    qwen3_moe_config,
+    renormalizes,
+)
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
 

@@ -221,5 +221,5 @@ def import_minimind(pth: str | Path, out: str | Path, config: str | None = None,
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         save_tokenizer(tok, tmp)
         model, _ = load_model(str(tmp))  # the directory loads as any minimind model
-    return {"scheme": scheme, "generation": SCHEMES[scheme], "parameters": sum(p.numel() for p in model.parameters()), "config": cfg,
-            "out": out, "tokenizer": tokenizer or "minimind's shipped tokenizer"}
+    return {"scheme": scheme, "generation": SCHEMES[scheme], "parameters": sum(p.numel() for p in model.parameters()),
+            "config": cfg, "out": out, "tokenizer": tokenizer or "minimind's shipped tokenizer"}
