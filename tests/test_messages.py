@@ -57,7 +57,17 @@ def test_sft_tokens_are_what_the_server_renders(tmp_path):
     ({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}, "[0].content[0]",
      'is a "image_url" part: only text parts are supported'),
     ({"role": "user", "content": [{"type": "text", "text": None}]}, "[0].content[0].text", "is null"),
-    ({"role": "assistant", "content": "", "tool_calls": []}, "[0].tool_calls", "is not supported"),
+    ({"role": "assistant", "content": "", "weight": 1}, "[0].weight", "is not supported"),
+    ({"role": "user", "content": "", "tool_calls": []}, "[0].tool_calls", "is not supported in a user message"),
+    ({"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {
+        "name": "calculator", "arguments": '{"expression": 1+'}}]}, "[0].tool_calls[0].function.arguments",
+     "is not valid JSON"),
+    ({"role": "assistant", "content": None, "tool_calls": [{"function": {"arguments": {}}}]},
+     "[0].tool_calls[0].function.name", "is missing"),
+    ({"role": "assistant", "content": None, "tool_calls": [{"name": "calculator", "arguments": [1]}]},
+     "[0].tool_calls[0].arguments", "is a list"),
+    ({"role": "assistant", "content": "", "reasoning_content": 3}, "[0].reasoning_content", "is a number"),
+    ({"role": "tool", "content": "84"}, "[0].role", '"tool" does not follow an assistant message with tool_calls'),
     ("hi", "[0]", "is a string, not a message"),
 ])
 def test_the_same_mistake_gets_the_same_words_on_both_sides(message, at, words):
