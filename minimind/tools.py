@@ -170,20 +170,20 @@ def _schema(properties: dict) -> dict:
     return {"type": "object", "properties": properties, "required": list(properties)}
 
 
-DATE = {"type": "string", "description": "a date as YYYY-MM-DD"}
+DATE = {"type": "string", "description": "YYYY-MM-DD"}
 
 
 TOOLS: dict[str, Tool] = {t.name: t for t in (
     Tool("calculator", "Evaluate an arithmetic expression exactly.",
-         _schema({"expression": {"type": "string", "description": "numbers with + - * / // % ** and parentheses"}}),
+         _schema({"expression": {"type": "string"}}),
          calculator),
-    Tool("convert_units", "Convert a value between units of length, mass, volume, time or temperature.",
-         _schema({"value": {"type": "number"}, "from_unit": {"type": "string", "enum": list(UNITS)},
-                  "to_unit": {"type": "string", "enum": list(UNITS)}}),
+    Tool("convert_units", "Convert a value between units (length, mass, volume, time, temperature).",
+         _schema({"value": {"type": "number"}, "from_unit": {"type": "string", "description": "e.g. km, lb, C"},
+                  "to_unit": {"type": "string", "description": "e.g. mi, kg, F"}}),
          convert_units),
     Tool("days_between", "The number of days from one date to another.",
          _schema({"start": DATE, "end": DATE}), days_between),
-    Tool("add_days", "The date a number of days after (or before, if negative) a date.",
+    Tool("add_days", "The date some days after a date (before it if days < 0).",
          _schema({"date": DATE, "days": {"type": "integer"}}), add_days),
     Tool("weekday", "The day of the week of a date.", _schema({"date": DATE}), weekday),
 )}
