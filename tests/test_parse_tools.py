@@ -16,7 +16,8 @@ def test_parse_splits_reasoning_content_and_calls():
     assert parse_output(FULL) == Parsed("add them", "Let me compute.", [
         {"name": "calculator", "arguments": {"expression": "12*7"}},
         {"name": "weekday", "arguments": {"date": "2024-02-29"}}])
-    assert parse_output("just text\n") == Parsed("", "just text", [])
+    assert parse_output(" just text\n") == Parsed("", " just text\n", [])  # no tags: the text unchanged
+    assert parse_output("a <tool_call>x</tool_call>", tools=False) == Parsed("", "a <tool_call>x</tool_call>", [])
     assert parse_output("</think> not opened") == Parsed("", "</think> not opened", [])
     assert parse_output("still thinking", thinking=True) == Parsed("still thinking", "", [])
 

@@ -14,7 +14,9 @@ The chat format (`minimind.data.messages`) has the model write, in this order,
 each part optional. `parse_output(text)` splits such a text into a `Parsed` (reasoning, content, tool_calls);
 `StreamParser` does the same piece by piece while the text streams, and hands out each part as soon as it is
 known: reasoning and content text as it comes (a tail that may be the start of a tag is held back until it is
-decided, and so is trailing whitespace), a tool call once its closing tag arrives. Both are one code path:
+decided, and so is trailing whitespace), a tool call once its closing tag arrives. The whitespace the format puts
+around the tags is dropped (after `<think>` and `</think>`, before `</think>`, around tool calls); a text with no
+tags comes out as its content unchanged. Both are one code path:
 `parse_output` is a `StreamParser` fed the whole text, so what a stream shows adds up to what `parse_output` gives.
 
 A small model makes mistakes, and none of them is an exception here:
@@ -77,13 +79,14 @@ class StreamParser:
     joined equal that field of `parse_output` of the whole text; `parsed` gathers them.
 
     `thinking`: the prompt already opened `<think>` (the text starts inside the thinking). Otherwise thinking
-    starts only where the text begins with `<think>`."""
+    starts only where the text begins with `<think>`. `tools`: read tool calls (False: `<tool_call>` is text)."""
 
-    def __init__(self, thinking: bool = False):
+    def __init__(self, thinking: bool = False, tools: bool = True):
         self.mode = "think" if thinking else "start"  # start -> (think ->) content <-> call
+        self.tools = tools
         self.buffer = ""  # text received and not yet handed out
         self.pending_space = ""  # whitespace held back at the end of the current text part
-        self.fresh = True  # at the start of a part: leading whitespace is dropped
+        self.fresh = thinking  # at the start of a part after a tag: leading whitespace is dropped
         self.parsed = Parsed()
 
     def push(self, text: str) -> list[tuple]:
@@ -110,7 +113,7 @@ class StreamParser:
                 if call is not None:
                     events.append(("tool_call", call))
                 else:
-                    self._text(events, "content", CALL_OPEN + self.buffer, final=True)
+                    self._text(events, "content", CALL_OPEN + self.buffer, final=True, keep_space=True)
                 self.buffer = ""
         for kind, value in events:
             if kind == "tool_call":
@@ -139,14 +142,14 @@ class StreamParser:
         self.buffer = self.buffer[len(self.buffer) - keep:]
 
     def _content(self, events, final):
-        start = self.buffer.find(CALL_OPEN)
+        start = self.buffer.find(CALL_OPEN) if self.tools else -1
         if start >= 0:
             self._text(events, "content", self.buffer[:start], final=True)
             self.buffer = self.buffer[start + len(CALL_OPEN):]
             self.mode = "call"
             return
-        keep = 0 if final else _partial_tag(self.buffer, (CALL_OPEN,))
-        self._text(events, "content", self.buffer[:len(self.buffer) - keep], final)
+        keep = 0 if final or not self.tools else _partial_tag(self.buffer, (CALL_OPEN,))
+        self._text(events, "content", self.buffer[:len(self.buffer) - keep], final, keep_space=True)
         self.buffer = self.buffer[len(self.buffer) - keep:]
 
     def _in_call(self, events, final):
@@ -161,25 +164,26 @@ class StreamParser:
             events.append(("tool_call", call))
         self.mode, self.fresh = "content", True
 
-    def _text(self, events, kind: str, text: str, final: bool):
-        """Hand out `text` of the part `kind`: leading whitespace of a part dropped, trailing whitespace held
-        until more text follows (and dropped at the end of the part, `final`)."""
+    def _text(self, events, kind: str, text: str, final: bool, keep_space: bool = False):
+        """Hand out `text` of the part `kind`: leading whitespace of a part that follows a tag dropped, trailing
+        whitespace held until more text follows. At the end of the part (`final`) it is dropped, unless
+        `keep_space` (the end of the whole text, in the answer)."""
         if self.fresh:
             text = text.lstrip()
             if not text:
                 return
             self.fresh = False
         text = self.pending_space + text
-        body = text.rstrip()
+        body = text if final and keep_space else text.rstrip()
         self.pending_space = "" if final else text[len(body):]
         if body:
             events.append((kind, body))
 
 
-def parse_output(text: str, thinking: bool = False) -> Parsed:
+def parse_output(text: str, thinking: bool = False, tools: bool = True) -> Parsed:
     """`text` as reasoning, content and tool calls (see the module's docstring). `thinking`: the prompt already
-    opened `<think>`."""
-    parser = StreamParser(thinking)
+    opened `<think>`; `tools`: read tool calls."""
+    parser = StreamParser(thinking, tools)
     parser.push(text)
     parser.finish()
     return parser.parsed
