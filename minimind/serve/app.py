@@ -162,10 +162,10 @@ class Endpoints:
     async def chat(self, request):
         req = await self.read_body(request, ChatCompletionRequest)
         # Tools are offered unless tool_choice is "none"; a forced call (tool_choice "required" or a named
-        # function) is written into the prompt after an empty thinking block.
+        # function) is written into the prompt as the start of the answer, with no thinking before it.
         tools = req.tools if req.tool_choice != "none" else None
         forced = req.forced_call or ""
-        thinking = False if forced else req.enable_thinking
+        thinking = None if forced else req.enable_thinking
         prompt = self.chat_prompt(req.messages, tools, thinking)
         prompt += self.encoder.encode(forced, add_special_tokens=False) if forced else []
         job = self.job(req, [prompt], "messages", req.limit_field)

@@ -229,7 +229,7 @@ class ChatCompletionRequest(_Request):
         if self.tool_choice == "required":
             return "<tool_call>\n"
         if self.tool_choice not in ("auto", "none"):
-            return '<tool_call>\n{"name": ' + json.dumps(self.tool_choice) + ', "arguments": '
+            return '<tool_call>\n{"name": ' + json.dumps(self.tool_choice) + ', "arguments":'  # ends on a token edge
         return None
 
     @property
