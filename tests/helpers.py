@@ -52,14 +52,17 @@ _TOOL_MODEL = {}
 def tool_model(steps=150):
     """A small model fine-tuned until it says two exchanges' assistant turns by heart (the SFT labels of
     minimind.data.messages; seconds on a CPU): asked TOOL_QUESTION with the calculator offered, it thinks, calls
-    the calculator, and given the result answers TOOL_ANSWER; asked "What is 6 * 9?" it calls the calculator
-    without thinking (so an answer that must start with a call goes on as one). Built once per test session."""
+    the calculator, and given the result answers TOOL_ANSWER; asked "What is 6 * 9?" next, or first, it calls the
+    calculator without thinking (so an answer that must start with a call goes on as one). Built once per test
+    session."""
     if "model" not in _TOOL_MODEL:
         from minimind.data.messages import encode_chat, parse_conversation
         from minimind.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer()
-        records = [tool_conversation(), tool_conversation("What is 6 * 9?", "6 * 9", "54", "6 * 9 = 54.", None)]
+        second = tool_conversation("What is 6 * 9?", "6 * 9", "54", "6 * 9 = 54.", None)
+        both = dict(tool_conversation(), messages=tool_conversation()["messages"] + second["messages"])
+        records = [both, second]  # two turns in one conversation (the chat page's test), the second alone
         batches = [[torch.tensor([x]) for x in encode_chat(tokenizer, parse_conversation(r, "test"), 512)]
                    for r in records]
         model = tiny_model(hidden=64, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)

@@ -17,15 +17,19 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from ..data.messages import prompt_ids
+from ..tools import TOOLS, run_tool, tool_schemas
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, at_most, invalid, read_request
 from .reply import ChatReader
 from .worker import Job, Worker
 
 CHAT_PAGE = Path(__file__).parent.parent / "assets" / "chat.html"
+
+ICON = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+        'fill="#222"/><text x="8" y="12" font-size="10" text-anchor="middle" fill="#eee">m</text></svg>')
 
 
 def served_name(spec) -> str:
@@ -322,7 +326,8 @@ def add_error_handlers(app: FastAPI):
     async def on_http_error(request, e: HTTPException):
         if e.status_code == 404:
             message = (f"unknown route {request.method} {request.url.path}; this server has GET /v1/models, "
-                       "POST /v1/chat/completions, POST /v1/completions, GET /health and the web chat at GET /")
+                       "POST /v1/chat/completions, POST /v1/completions, GET /health, the web chat at GET / and "
+                       "its built-in tools at GET /tools, POST /tools/NAME")
             return respond(APIError(404, message, code="unknown_url"))
         return respond(APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}"))
 
@@ -333,13 +338,15 @@ def add_error_handlers(app: FastAPI):
 
 def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | None = None,
                max_tokens_limit: int = 1024, max_batch: int = 8, max_request_bytes: int = 1 << 20,
-               cors_origins: list[str] | None = None, compile: bool = False):
+               cors_origins: list[str] | None = None, compile: bool = False, demo_tools: list[str] | None = None):
     """The FastAPI app serving `model`. Its worker starts and stops with the app (its lifespan);
     `app.state.engine` is the `Worker`. `cors_origins`: web origins (or "*") whose pages may call the API from a
     browser; none by default (the built-in chat page is same-origin and needs none). `compile`: decode with
-    `torch.compile` (see `minimind.infer.engine.compiled_forward`; `run_server` compiles before it listens)."""
+    `torch.compile` (see `minimind.infer.engine.compiled_forward`; `run_server` compiles before it listens).
+    `demo_tools`: the built-in tools (`minimind.tools`) that GET /tools offers the chat page (default: all)."""
     if max_tokens_limit < 1:
         raise ValueError(f"max_tokens_limit must be at least 1, got {max_tokens_limit}")
+    demo_schemas = tool_schemas(demo_tools)  # KeyError naming an unknown tool
     engine = Worker(model, tokenizer, max_batch, compile)
     endpoints = Endpoints(model, tokenizer, engine, model_name, api_key, max_tokens_limit, max_batch,
                           max_request_bytes)
@@ -386,5 +393,28 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
     @app.get("/", response_class=HTMLResponse)
     async def page():
         return HTMLResponse(CHAT_PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/favicon.ico")
+    async def favicon():
+        return Response(ICON, media_type="image/svg+xml")
+
+    # The built-in demo tools (minimind.tools) for the chat page: their schemas, and a run of one. They compute
+    # (arithmetic, units, dates) and touch nothing else.
+    @app.get("/tools")
+    async def list_tools(request: Request):
+        endpoints.check_key(request)
+        return {"tools": demo_schemas}
+
+    @app.post("/tools/{name}")
+    async def call_tool(name: str, request: Request):
+        endpoints.check_key(request)
+        if name not in TOOLS or name not in [t["function"]["name"] for t in demo_schemas]:
+            raise APIError(404, f"no built-in tool {json.dumps(name)}; the tools are {', '.join(TOOLS)}",
+                           param="name", code="unknown_tool")
+        try:
+            arguments = json.loads(await request.body() or b"{}")
+        except ValueError as e:
+            raise APIError(400, f"the arguments are not valid JSON: {e}") from None
+        return {"result": run_tool(name, arguments)}
 
     return app
