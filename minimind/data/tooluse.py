@@ -3,6 +3,7 @@ the assistant's call (exact arguments), the tool's real result, and the final an
 learns from it, on a CPU in minutes, to write a well-formed `<tool_call>` and to answer from the result.
 
     minimind data tooluse --out tooluse.jsonl --n 3000      # then: minimind train --stage sft --data tooluse.jsonl
+    python -m minimind.data.tooluse out/tool --n 100        # a trained model's held-out calculator-call rate
 
 A record is an SFT conversation in OpenAI's format, `{"tools": [...], "messages": [user, assistant with
 tool_calls, tool, assistant]}`; the tools offered are the one needed and one other, in random order, so the model
@@ -165,3 +166,26 @@ def calculator_call_rate(model, tokenizer, n: int = 100, max_new_tokens: int = 4
             correct += run_tool("calculator", calls[0]["arguments"]) == expected
     return {"questions": len(questions), "well_formed": well_formed / len(questions),
             "correct": correct / len(questions)}
+
+
+def main(argv=None):
+    """`python -m minimind.data.tooluse MODEL [--n N]`: print MODEL's held-out calculator-call rate."""
+    import argparse
+    import time
+
+    from ..checkpoint import load_model
+    from ..tokenizer import load_tokenizer
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("model", help="a model directory (with its tokenizer)")
+    p.add_argument("--n", type=int, default=100, help="held-out questions (default: %(default)s)")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    model = load_model(args.model).eval()
+    rate = calculator_call_rate(model, load_tokenizer(args.model), args.n)
+    print(f"{args.model}: {rate['questions']} held-out questions, well-formed calculator call "
+          f"{rate['well_formed']:.0%}, right result {rate['correct']:.0%} ({time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
