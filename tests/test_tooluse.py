@@ -42,3 +42,15 @@ def test_cli_writes_the_set(tmp_path, capsys):
     lines = out.read_text(encoding="utf-8").splitlines()
     assert len(lines) == 50 and json.loads(lines[0]) == tool_conversations("train", 1)[0]
     assert "50 tool-use conversations" in capsys.readouterr().out
+
+
+def test_call_rate_reads_what_the_model_writes(one_thread):
+    """A random model writes no call; the rate is measured on the held-out questions, greedily."""
+    from helpers import tiny_model
+
+    from minimind.data.tooluse import calculator_call_rate
+    from minimind.tokenizer import load_tokenizer
+
+    rate = calculator_call_rate(tiny_model(max_position_embeddings=512).eval(), load_tokenizer(), n=4,
+                                max_new_tokens=4)
+    assert rate == {"questions": 4, "well_formed": 0.0, "correct": 0.0}
