@@ -174,15 +174,14 @@ def main(argv=None):
     import time
 
     from ..checkpoint import load_model
-    from ..tokenizer import load_tokenizer
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("model", help="a model directory (with its tokenizer)")
     p.add_argument("--n", type=int, default=100, help="held-out questions (default: %(default)s)")
     args = p.parse_args(argv)
     start = time.perf_counter()
-    model = load_model(args.model).eval()
-    rate = calculator_call_rate(model, load_tokenizer(args.model), args.n)
+    model, tokenizer = load_model(args.model)
+    rate = calculator_call_rate(model, tokenizer, args.n)
     print(f"{args.model}: {rate['questions']} held-out questions, well-formed calculator call "
           f"{rate['well_formed']:.0%}, right result {rate['correct']:.0%} ({time.perf_counter() - start:.0f} s)")
 
