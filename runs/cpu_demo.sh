@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole pipeline on the built-in data, on a 2-core CPU in a few minutes:
-#   pretrain -> SFT -> LoRA (merged) -> DPO -> distillation into a smaller student -> one chat answer.
+#   pretrain -> SFT -> LoRA (merged) -> DPO -> distillation into a smaller student -> one chat answer
+#   -> tool use: SFT on the built-in tool-use set, its calculator-call rate on held-out questions, a chat that runs
+#      the calculator.
 # Every line is the command a user would type; nothing is downloaded.
 #
 #   bash runs/cpu_demo.sh                  # outputs in runs/cpu_demo/ (ignored by git)
@@ -45,13 +47,24 @@ printf 'Hello, how are you?\n' | minimind chat "$OUT/dpo" --temperature 0 --max_
     | tee "$OUT/chat.log"
 echo "chat $((SECONDS - chat_start))" >> "$OUT/times.txt"
 
+# Tool use: the SFT model learns the built-in tool-use set (questions, calls with exact arguments, real results,
+# answers; sequences up to 512 tokens, since the tools' schemas are in every prompt).
+minimind data tooluse --out "$OUT/tooluse.jsonl" --n 3000
+run tool python train.py --stage sft --pretrained_path "$OUT/sft" --data "$OUT/tooluse.jsonl" --max_seq_len 512 \
+    --batch_size 8 --eval_interval 0 --eval_batches 10 --log_interval 25 --save_steps 100 --max_steps 240 \
+    --learning_rate 3e-3 --output_dir "$OUT/tool"
+echo "=== tool calls on 100 held-out arithmetic questions (calculator and one other tool offered)"
+python -m minimind.data.tooluse "$OUT/tool" --n 100 | tee "$OUT/tool_rate.log"
+printf 'What is 37 * 12?\n' | minimind chat "$OUT/tool" --tools calculator,weekday --temperature 0 \
+    --max_new_tokens 60 | tee -a "$OUT/chat.log"
+
 echo "=== summary (total $((SECONDS - total_start)) s)"
 python - "$OUT" <<'EOF'
 import json, os, sys
 
 out = sys.argv[1]
 times = dict(line.split() for line in open(os.path.join(out, "times.txt")))
-for stage in ("pretrain", "sft", "lora", "dpo", "distill"):
+for stage in ("pretrain", "sft", "lora", "dpo", "distill", "tool"):
     records = [json.loads(line) for line in open(os.path.join(out, stage, "metrics.jsonl"))]
     last_train = [r for r in records if "loss" in r][-1]
     final_eval = [r for r in records if "eval_loss" in r][-1]

@@ -1,5 +1,7 @@
 """Small models shared by the test files (importable because pytest puts tests/ on sys.path)."""
 
+import json
+
 import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
@@ -20,3 +22,62 @@ def save_model_dir(model, out):
     model.save_pretrained(out)
     save_tokenizer(load_tokenizer(), out)
     return out
+
+
+TOOL_QUESTION = "What is 12 * 7?"
+TOOL_REASONING = "Multiply them with the calculator."
+TOOL_ANSWER = "12 * 7 = 84."
+
+
+def tool_conversation(question=TOOL_QUESTION, expression="12 * 7", result="84", answer=TOOL_ANSWER,
+                      reasoning=TOOL_REASONING):
+    """A tool-use exchange in OpenAI's format: a question, thinking (unless reasoning is None) and a calculator
+    call, the result, the answer."""
+    from minimind.tools import tool_schemas
+
+    call = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_0", "type": "function",
+         "function": {"name": "calculator", "arguments": json.dumps({"expression": expression})}}]}
+    if reasoning is not None:
+        call["reasoning_content"] = reasoning
+    return {"tools": tool_schemas(["calculator"]), "messages": [
+        {"role": "user", "content": question}, call,
+        {"role": "tool", "tool_call_id": "call_0", "content": result},
+        {"role": "assistant", "content": answer}]}
+
+
+_TOOL_MODEL = {}
+
+
+def tool_model(steps=150):
+    """A small model fine-tuned until it says two exchanges' assistant turns by heart (the SFT labels of
+    minimind.data.messages; seconds on a CPU): asked TOOL_QUESTION with the calculator offered, it thinks, calls
+    the calculator, and given the result answers TOOL_ANSWER; asked "What is 6 * 9?" next, or first, it calls the
+    calculator without thinking (so an answer that must start with a call goes on as one). Built once per test
+    session."""
+    if "model" not in _TOOL_MODEL:
+        from minimind.data.messages import encode_chat, parse_conversation
+        from minimind.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer()
+        second = tool_conversation("What is 6 * 9?", "6 * 9", "54", "6 * 9 = 54.", None)
+        both = dict(tool_conversation(), messages=tool_conversation()["messages"] + second["messages"])
+        records = [both, second]  # two turns in one conversation (the chat page's test), the second alone
+        batches = [[torch.tensor([x]) for x in encode_chat(tokenizer, parse_conversation(r, "test"), 512)]
+                   for r in records]
+        model = tiny_model(hidden=64, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+        model.train()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # a tiny model: one thread is fastest (see conftest.one_thread)
+        try:
+            for _ in range(steps):
+                loss = sum(model(ids, labels=labels).loss for ids, labels in batches)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        finally:
+            torch.set_num_threads(threads)
+        _TOOL_MODEL["model"] = model.eval()
+        _TOOL_MODEL["loss"] = loss.item()
+    return _TOOL_MODEL["model"]

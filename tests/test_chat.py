@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import TOOL_ANSWER, TOOL_QUESTION, TOOL_REASONING, tiny_model, tool_model
 
 from minimind.infer.chat import ChatSession, completion_reason, run_chat
 from minimind.infer.generate import generate_text
@@ -134,3 +134,23 @@ def test_chat_command_through_piped_stdin(model, tokenizer, model_dir):
     banner, _, transcript = r.stdout.partition("\n")
     assert banner.startswith("minimind chat:") and "/reset" in banner
     assert transcript == f"{a1}\n{a2}\n(history cleared)\n{a1}\n"
+
+
+def test_chat_shows_thinking_runs_tools_and_keeps_the_turn():
+    model = tool_model()
+    tokenizer = load_tokenizer()
+    session = ChatSession(model, tokenizer, tools=["calculator"], max_new_tokens=60)
+    out = chat(session, [TOOL_QUESTION, "/think", "What is 6 * 9?"])
+    assert out == (f"[thinking] {TOOL_REASONING}\n"
+                   '-> calculator({"expression": "12 * 7"}) = 84\n'
+                   f"{TOOL_ANSWER}\n"
+                   "(thinking: hidden)\n"
+                   '-> calculator({"expression": "6 * 9"}) = 54\n'
+                   "6 * 9 = 54.\n")
+    assert [m["role"] for m in session.history] == ["user", "assistant", "tool", "assistant"] * 2
+    call = session.history[1]
+    assert call["reasoning_content"] == TOOL_REASONING and call["content"] == ""
+    assert call["tool_calls"][0]["function"] == {"name": "calculator", "arguments": {"expression": "12 * 7"}}
+    # without --tools nothing is offered: the calls are not read and nothing runs
+    plain = ChatSession(model, tokenizer, max_new_tokens=30)
+    assert "->" not in chat(plain, [TOOL_QUESTION]) and [m["role"] for m in plain.history] == ["user", "assistant"]

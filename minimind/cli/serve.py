@@ -26,6 +26,9 @@ def add_arguments(p):
     p.add_argument("--cors_origin", action="append", default=None, metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. http://localhost:3000, or *) call the API from a browser; "
                         "repeatable (default: none; the built-in chat page needs none)")
+    p.add_argument("--tools", default=None, metavar="NAMES",
+                   help="the built-in tools the web chat offers the model and runs, comma-separated (default: all "
+                        "of calculator, convert_units, days_between, add_days, weekday)")
 
 
 def main(args):
@@ -37,4 +40,5 @@ def main(args):
     run_server(model, tokenizer, model_name=args.model_name or served_name(args.model), host=args.host,
                port=args.port, api_key=args.api_key, max_tokens_limit=args.max_tokens_limit,
                max_batch=args.max_batch, max_request_bytes=args.max_request_bytes, cors_origins=args.cors_origin,
-               compile=args.compile, note=completion_reason(args.model, tokenizer))
+               compile=args.compile, note=completion_reason(args.model, tokenizer),
+               demo_tools=args.tools.split(",") if args.tools else None)

@@ -4,11 +4,20 @@
     minimind chat out/ --system "Be brief." --temperature 0.7 --show_speed
     printf 'Hello\nHow are you?\n' | minimind chat out/ --temperature 0    # scripted, through stdin
 
+    minimind chat out/tool/ --tools            # offer the built-in tools and run the calls the model makes
+    minimind chat out/ --enable_thinking on --hide_thinking
+
 Each answer is streamed as it is generated. The history of the conversation goes into every prompt; when it no
 longer fits the context window (prompt + room for the answer), the oldest turns are dropped first. Commands:
 `/reset` (forget the history), `/system TEXT` (set the system prompt; `/system` alone removes it), `/speed`
-(tokens/s after each answer, on/off), `/help`, `/exit` (or Ctrl-D). Ctrl-C stops the current answer and keeps the
-session (what was shown so far stays in the history).
+(tokens/s after each answer, on/off), `/think` (show or hide the thinking), `/help`, `/exit` (or Ctrl-D). Ctrl-C
+stops the current answer and keeps the session (what was shown so far stays in the history).
+
+Thinking (what the model writes inside `<think>...</think>`) is shown dimmed before the answer, or hidden
+(`--hide_thinking`, `/think`); `--enable_thinking on|off` asks the template to open or skip it. With `--tools`, the
+built-in tools (`minimind.tools`: calculator, unit conversion, dates) are offered to the model; each call it makes
+is printed as `-> name({...}) = result`, run, and its result fed back for the model to go on (at most
+MAX_TOOL_ROUNDS calls in a row).
 
 A pretrain-only model (its training `args.json` says `stage: pretrain`), or one whose tokenizer has no chat
 template, has never seen a conversation: the chat then runs as plain completion (each line is continued as text,
@@ -26,8 +35,11 @@ from pathlib import Path
 from ..checkpoint import training_args
 from ..data.messages import prompt_ids
 from .generate import GenerationStats, encode_prompts, stream
+from .parse import StreamParser
 
-COMMANDS = "/reset, /system TEXT, /speed, /help, /exit"
+COMMANDS = "/reset, /system TEXT, /speed, /think, /help, /exit"
+
+MAX_TOOL_ROUNDS = 4
 
 
 def completion_reason(spec, tokenizer=None) -> str | None:
@@ -52,70 +64,150 @@ def completion_reason(spec, tokenizer=None) -> str | None:
 class ChatSession:
     """A conversation with a model: the system prompt, the turns so far, and the sampling settings.
 
-    `reply(text)` streams the answer and then adds both turns to the history. With `chat=False` (plain completion)
+    `events(text)` streams what the model writes, read (`minimind.infer.parse`): ("reasoning", text),
+    ("content", text), ("tool_call", {"name", "arguments"}) and ("tool_result", text) after a call it ran; then the
+    turn joins the history. `reply(text)` streams the answer's text alone. With `chat=False` (plain completion)
     every text is a fresh prompt to continue and no history is kept. `context`: the window the prompt plus the
-    answer must fit (default: the model's max_position_embeddings)."""
+    answer must fit (default: the model's max_position_embeddings). `tools`: names of built-in tools to offer and
+    run (None: none). `enable_thinking`: the template's switch (None: the model decides)."""
 
     def __init__(self, model, tokenizer, system: str | None = None, chat: bool = True, context: int | None = None,
-                 max_new_tokens: int = 256, **settings):
+                 max_new_tokens: int = 256, tools: list[str] | None = None, enable_thinking: bool | None = None,
+                 **settings):
+        from ..tools import tool_schemas
+
         self.model, self.tokenizer = model, tokenizer
         self.system = system
         self.chat = chat
+        self.tools = tool_schemas(tools) if tools is not None else None
+        self.enable_thinking = enable_thinking
         self.context = context or model.config.max_position_embeddings
         if self.context > model.config.max_position_embeddings:
             raise ValueError(f"context {self.context} exceeds the model's max_position_embeddings "
                              f"({model.config.max_position_embeddings})")
         self.max_new_tokens = max_new_tokens
         self.settings = settings  # generate_tokens' sampling settings, seed, stop_strings ...
-        self.history: list[dict] = []  # {"role": "user" | "assistant", "content": ...}, oldest first
+        self.history: list[dict] = []  # messages ({"role", "content", ...}), oldest first
         self.dropped = 0  # turns dropped from the prompt so far to fit the context
 
     def reset(self):
         self.history = []
         self.dropped = 0
 
-    def messages(self, text: str) -> list[dict]:
+    def messages(self, text: str | None, turn: list[dict] = ()) -> list[dict]:
         system = [{"role": "system", "content": self.system}] if self.system else []
-        return system + self.history + [{"role": "user", "content": text}]
+        user = [{"role": "user", "content": text}] if text is not None else []
+        return system + self.history + user + list(turn)
 
-    def prompt_ids(self, text: str) -> list[int]:
-        """The prompt for a new user message: the template over the history, dropping the oldest turns (a user
-        message and its answer at a time) until prompt + answer room fits the context. ValueError if the message
-        alone does not fit."""
+    def prompt_ids(self, text: str | None, turn: list[dict] = ()) -> list[int]:
+        """The prompt for a new user message (and what the turn holds so far: calls and results): the template
+        over the history, dropping the oldest turns (a user message and all that answered it at a time) until
+        prompt + answer room fits the context. ValueError if the message alone does not fit."""
         if not self.chat:
             ids = encode_prompts(self.tokenizer, [text])[0][0].tolist()
         else:
             while True:
-                ids = prompt_ids(self.tokenizer, self.messages(text))
+                ids = prompt_ids(self.tokenizer, self.messages(text, turn), self.tools, self.enable_thinking)
                 if len(ids) + self.max_new_tokens <= self.context or not self.history:
                     break
-                self.history = self.history[2:]  # the oldest user message and its answer
-                self.dropped += 2
+                users = [i for i, m in enumerate(self.history) if m["role"] == "user"]
+                cut = users[1] if len(users) > 1 else len(self.history)  # the oldest user message and its answer
+                self.history = self.history[cut:]
+                self.dropped += cut
         if len(ids) >= self.context:
             raise ValueError(f"the message is too long: {len(ids)} tokens, and the context window holds "
                              f"{self.context}")
         return ids
 
-    def reply(self, text: str, stats: GenerationStats | None = None) -> Iterator[str]:
-        """Stream the answer to `text`; once it ends (or is interrupted), both turns join the history."""
+    def events(self, text: str, stats: GenerationStats | None = None) -> Iterator[tuple]:
+        """Stream what the model writes for `text`, read, running the tool calls it makes when tools are on; once
+        the turn ends (or is interrupted), it joins the history (what was shown of it)."""
+        from ..tools import run_tool
+
         ids = self.prompt_ids(text)
-        budget = min(self.max_new_tokens, self.context - len(ids))
-        answer = []
+        turn: list[dict] = []
         try:
-            for piece in stream(self.model, self.tokenizer, ids, budget, stats=stats, **self.settings):
-                yield piece
-                answer.append(piece)  # after the yield: a piece whose display was interrupted is not kept
+            for _ in range(MAX_TOOL_ROUNDS + 1):
+                budget = min(self.max_new_tokens, self.context - len(ids))
+                parser = StreamParser(thinking=self.chat and self.enable_thinking is True,
+                                      tools=self.chat and self.tools is not None)
+                message = {"role": "assistant", "content": ""}
+                turn.append(message)
+                pieces = stream(self.model, self.tokenizer, ids, budget, stats=stats, **self.settings)
+                for event in (e for piece in pieces for e in parser.push(piece)):
+                    yield event
+                    self._keep(message, event)  # after the yield: what was interrupted is not kept
+                for event in parser.finish():
+                    yield event
+                    self._keep(message, event)
+                calls = message.get("tool_calls")
+                if not calls or not self.chat:
+                    break
+                for call in calls:
+                    result = run_tool(call["function"]["name"], call["function"]["arguments"])
+                    turn.append({"role": "tool", "content": result})
+                    yield ("tool_result", result)
+                ids = self.prompt_ids(None, [{"role": "user", "content": text}] + turn)
         finally:
             if self.chat:
-                self.history += [{"role": "user", "content": text},
-                                 {"role": "assistant", "content": "".join(answer)}]
+                self.history += [{"role": "user", "content": text}] + turn
+
+    @staticmethod
+    def _keep(message: dict, event: tuple):
+        kind, value = event
+        if kind == "tool_call":
+            message.setdefault("tool_calls", []).append({"type": "function", "function": value})
+        elif kind == "reasoning":
+            message["reasoning_content"] = message.get("reasoning_content", "") + value
+        else:
+            message["content"] += value
+
+    def reply(self, text: str, stats: GenerationStats | None = None) -> Iterator[str]:
+        """Stream the answer's text for `text` (see `events`)."""
+        events = self.events(text, stats)
+        try:
+            for kind, value in events:
+                if kind == "content":
+                    yield value
+        finally:
+            events.close()
 
 
-def run_chat(session: ChatSession, input=None, output=None, show_speed: bool = False, banner: str | None = None):
-    """The chat loop: read lines from `input` (default stdin), stream answers to `output` (default stdout)."""
+def run_chat(session: ChatSession, input=None, output=None, show_speed: bool = False, banner: str | None = None,
+             show_thinking: bool = True):
+    """The chat loop: read lines from `input` (default stdin), stream answers to `output` (default stdout).
+    Thinking is shown dimmed (in a terminal; elsewhere between "[thinking] " and a new line) unless
+    `show_thinking` is off; tool calls and their results each on a line of their own."""
     input = input or sys.stdin
     output = output or sys.stdout
     interactive = input is sys.stdin and sys.stdin.isatty()
+    dim, undim = ("\x1b[2m", "\x1b[0m") if getattr(output, "isatty", lambda: False)() else ("[thinking] ", "")
+
+    def show(events):
+        """Write the events of one turn; the state between them is whether thinking text is open."""
+        thinking, line_open = False, False  # thinking text is being written; the line holds text
+        for kind, value in events:
+            if kind == "reasoning":
+                if show_thinking:
+                    output.write(("" if thinking else dim) + value)
+                    thinking = line_open = True
+                continue
+            if thinking:
+                output.write(undim + "\n")
+                thinking = line_open = False
+            if kind == "content":
+                output.write(value)
+                line_open = not value.endswith("\n")
+            elif kind == "tool_call":
+                arguments = json.dumps(value["arguments"], ensure_ascii=False)
+                output.write(("\n" if line_open else "") + f"-> {value['name']}({arguments})")
+                line_open = True
+            else:
+                output.write(f" = {value}\n")
+                line_open = False
+            output.flush()
+        if thinking:
+            output.write(undim)
 
     def say(text=""):
         output.write(text + "\n")
@@ -158,6 +250,9 @@ def run_chat(session: ChatSession, input=None, output=None, show_speed: bool = F
             elif command == "/speed":
                 show_speed = not show_speed
                 say(f"(tokens/s after each answer: {'on' if show_speed else 'off'})")
+            elif command == "/think":
+                show_thinking = not show_thinking
+                say(f"(thinking: {'shown' if show_thinking else 'hidden'})")
             elif command == "/help":
                 say(f"commands: {COMMANDS}; Ctrl-C stops an answer")
             else:
@@ -166,11 +261,9 @@ def run_chat(session: ChatSession, input=None, output=None, show_speed: bool = F
         stats = GenerationStats()
         dropped = session.dropped
         try:
-            answer = session.reply(text, stats)
+            answer = session.events(text, stats)
             try:
-                for piece in answer:
-                    output.write(piece)
-                    output.flush()
+                show(answer)
             except KeyboardInterrupt:
                 output.write(" [stopped]")
             finally:

@@ -48,13 +48,13 @@ def warm_up(model, tokenizer):
 def run_server(model, tokenizer, model_name: str = "minimind", host: str = "127.0.0.1", port: int = 8000,
                api_key: str | None = None, max_tokens_limit: int = 1024, max_batch: int = 8,
                max_request_bytes: int = 1 << 20, cors_origins: list[str] | None = None, compile: bool = False,
-               note: str | None = None):
+               note: str | None = None, demo_tools: list[str] | None = None):
     """Serve `model` until Ctrl-C. `api_key` None: MINIMIND_API_KEY from the environment, if set."""
     import uvicorn
 
     api_key = api_key if api_key is not None else os.environ.get("MINIMIND_API_KEY") or None
     app = create_app(model, tokenizer, model_name, api_key, max_tokens_limit, max_batch, max_request_bytes,
-                     cors_origins, compile)
+                     cors_origins, compile, demo_tools)
     if compile:
         warm_up(model, tokenizer)
     sock = listen(host, port)
