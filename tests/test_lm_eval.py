@@ -67,7 +67,7 @@ def test_in_process_and_through_the_server_agree(model_dir, task_dir, tmp_path, 
     assert "|tiny_mc|" in table.replace(" ", "") and "acc_norm" in table and "perplexity" in table
     written = json.loads(out.read_text())
     cli_metrics = metrics(written)
-    assert set(cli_metrics) == set(TASKS) and written["results"]["tiny_mc"]["sample_len"] == 8
+    assert set(cli_metrics) == set(TASKS) and written["n-samples"]["tiny_mc"]["effective"] == 8
 
     model, tokenizer = load_model(str(model_dir))
     ours = run_tasks(model, tokenizer, TASKS, include_path=str(task_dir), log_samples=True, batch_size=3)
