@@ -260,6 +260,12 @@ def load_adapter(model: nn.Module, path) -> nn.Module:
                          f"layer of the model ({len(missing)} such layer(s)); its linear layers are named like "
                          f"{next(iter(linears), '?')}")
     names = [n for n in linears if n in adapted]  # in module order
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = [n for n in names if embeddings is not None and linears[n].weight is embeddings.weight]
+    if tied:
+        raise ValueError(f"{path}: the adapter adapts {tied[0]}, which shares its weight with the token embedding "
+                         "(tied embeddings) here; minimind does not load adapters on tied layers: merge it in peft "
+                         "(merge_and_unload) and load the merged model instead")
     for p in model.parameters():
         p.requires_grad_(False)
     alpha_pattern = config.get("alpha_pattern") or {}

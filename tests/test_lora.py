@@ -144,6 +144,11 @@ def test_adapter_file_round_trip_and_errors(tmp_path):
         load_adapter(tiny_model(hidden=64), tmp_path)
     with pytest.raises(ValueError, match=r"adapts model\.layers\.1\.\S+, which is not a linear layer of the model"):
         load_adapter(tiny_model(num_hidden_layers=1), tmp_path)
+    tied = {f"base_model.model.lm_head.lora_{x}.weight": torch.zeros(shape) for x, shape in (("A", (4, 32)),
+                                                                                            ("B", (6400, 4)))}
+    save_file({**load_file(path), **tied}, path)
+    with pytest.raises(ValueError, match="adapts lm_head, which shares its weight with the token embedding"):
+        load_adapter(tiny_model(), tmp_path)
     for field, value in (("use_dora", True), ("peft_type", "IA3"), ("bias", "all")):
         (tmp_path / "adapter_config.json").write_text(json.dumps({**config, field: value}))
         with pytest.raises(ValueError, match=f"{field if field != 'peft_type' else 'only LoRA adapters'}"):

@@ -3,7 +3,9 @@
 A request goes: the API key and the body's size (`Endpoints.read_body`) -> its pydantic model (`protocol.py`) ->
 token ids, checked against the model's context window and the server's limits (`Endpoints.job`) -> the worker,
 whose events come back to the event loop through a queue -> one JSON answer, or server-sent events
-(`Endpoints.answer`). `create_app` builds the FastAPI app and routes to these.
+(`Endpoints.answer`). `create_app` builds the FastAPI app and routes to these. Log-probabilities (`logprobs`, and
+`echo` for completions, as lm-evaluation-harness's `local-completions` asks for them) are scored once the answer is
+complete: one forward pass over prompt + answer tokens while the worker waits between steps.
 """
 
 import asyncio
