@@ -1,6 +1,6 @@
-"""lm-evaluation-harness, for real and offline, on a small task defined by local YAML over local JSONL files (a
-multiple-choice task and a log-likelihood one): `minimind eval MODEL --tasks` in-process, and lm-eval's own
-`local-completions` model against `minimind serve`, give the same accuracies and the same log-likelihoods."""
+"""lm-evaluation-harness, for real and offline, on small tasks defined by local YAML over local JSONL files (multiple
+choice, log-likelihood, generation, rolling perplexity): `minimind eval MODEL --tasks` in-process, and lm-eval's own
+`local-completions` model against `minimind serve`, give the same accuracies, log-likelihoods and generated text."""
 
 import json
 
@@ -17,7 +17,7 @@ from minimind.serve.app import create_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TASKS = ["tiny_mc", "tiny_ll"]
+TASKS = ["tiny_mc", "tiny_ll", "tiny_gen", "tiny_roll"]  # every kind of request: log-likelihood, generation, rolling
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,19 @@ def task_dir(tmp_path_factory):
         f"task: tiny_ll\n{common}dataset_kwargs:\n  data_files:\n    test: {d / 'll.jsonl'}\n"
         "output_type: loglikelihood\ndoc_to_text: '{{context}}'\ndoc_to_target: '{{target}}'\n"
         "metric_list:\n  - metric: perplexity\n  - metric: acc\n", encoding="utf-8")
+    gen = [{"question": f"Count on from {i}:", "answer": f" {i + 1}"} for i in range(3)]
+    roll = [{"text": "In the beginning God created the heaven and the earth."}, {"text": "Hello there, friend."}]
+    (d / "gen.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gen), encoding="utf-8")
+    (d / "roll.jsonl").write_text("".join(json.dumps(r) + "\n" for r in roll), encoding="utf-8")
+    (d / "tiny_gen.yaml").write_text(
+        f"task: tiny_gen\n{common}dataset_kwargs:\n  data_files:\n    test: {d / 'gen.jsonl'}\n"
+        "output_type: generate_until\ndoc_to_text: '{{question}}'\ndoc_to_target: '{{answer}}'\n"
+        "generation_kwargs:\n  until: ['\\n\\n', '.']\n  max_gen_toks: 6\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n", encoding="utf-8")
+    (d / "tiny_roll.yaml").write_text(
+        f"task: tiny_roll\n{common}dataset_kwargs:\n  data_files:\n    test: {d / 'roll.jsonl'}\n"
+        "output_type: loglikelihood_rolling\ndoc_to_text: '{{text}}'\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n", encoding="utf-8")
     return d
 
 
@@ -54,9 +67,13 @@ def metrics(results) -> dict:
 
 
 def loglikelihoods(results) -> dict:
-    """task -> the log-likelihood lm-eval got for each request, in order."""
+    """task -> the log-likelihood lm-eval got for each request, in order (the log-likelihood tasks)."""
     return {task: [float(resp[0][0]) for s in sorted(samples, key=lambda s: s["doc_id"]) for resp in s["resps"]]
-            for task, samples in results["samples"].items()}
+            for task, samples in results["samples"].items() if task in ("tiny_mc", "tiny_ll")}
+
+
+def generated(results) -> list[str]:
+    return [s["resps"][0][0] for s in sorted(results["samples"]["tiny_gen"], key=lambda s: s["doc_id"])]
 
 
 def test_in_process_and_through_the_server_agree(model_dir, task_dir, tmp_path, capsys):
@@ -85,9 +102,10 @@ def test_in_process_and_through_the_server_agree(model_dir, task_dir, tmp_path, 
         server.should_exit = True
         thread.join(timeout=10)
     a, b = loglikelihoods(ours), loglikelihoods(theirs)
-    assert [len(a[t]) for t in TASKS] == [len(b[t]) for t in TASKS] == [8 * 3, 4]
-    for task in TASKS:
+    assert [len(a[t]) for t in a] == [len(b[t]) for t in a] == [8 * 3, 4]
+    for task in a:
         assert max(abs(x - y) for x, y in zip(a[task], b[task])) < 1e-4, task
+    assert generated(ours) == generated(theirs) and all(generated(ours))  # greedy text, the same through both
     m, t = metrics(ours), metrics(theirs)
     for task in TASKS:
         assert m[task].keys() == t[task].keys()
