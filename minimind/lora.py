@@ -10,17 +10,24 @@ model's 25.8M, and a 2.3 MB adapter file.
 
     model = apply_lora(model, rank=8, alpha=16, dropout=0.05)   # default targets: attention + FFN projections
     ... train ...
-    save_adapter(model, "out")           # out/adapter_model.safetensors + out/adapter_config.json
+    save_adapter(model, "out")           # out/adapter_model.safetensors + out/adapter_config.json (PEFT)
     base = load_adapter(base, "out")     # the same adapter on a fresh base model
     merged = merge_lora(model)           # W <- W + (alpha / r) B A; plain nn.Linear again, saves as a normal model
 
 `LoRALinear` keeps the base weight under its old name (`...q_proj.weight`) and adds `...q_proj.lora_A` /
 `...q_proj.lora_B`, so the base weights load into an adapted model unchanged and the adapter file holds only the
 `lora_` tensors. Command line: `minimind lora --pretrained_path BASE ...` (see `minimind.train.lora`).
+
+The files are PEFT's: tensors named `base_model.model.<module>.lora_A.weight` / `.lora_B.weight` and a LoraConfig
+(`peft_type`, `r`, `lora_alpha`, `target_modules`), so `peft.PeftModel.from_pretrained` puts a minimind adapter on
+the exported `LlamaForCausalLM` (`minimind export --format hf`: same module names), and an adapter that `peft`
+trained on that export loads here (`--adapter DIR`), rsLoRA and per-module ranks / alphas included. Adapters that
+minimind wrote before it used PEFT's layout (config keys rank / alpha / targets) still load.
 """
 
 import json
 import math
+import re
 from pathlib import Path
 
 import torch
@@ -32,7 +39,9 @@ from .presets import LORA_TARGETS as DEFAULT_TARGETS
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_FORMAT = "minimind-lora"
+ADAPTER_FORMAT = "minimind-lora"  # the "format" of minimind's adapter configs before PEFT's layout (still read)
+PEFT_PREFIX = "base_model.model."  # PEFT's names: base_model.model.<module>.lora_A.weight
+BASE_METADATA = "minimind_base_model"  # the safetensors metadata key of the base model's shape summary
 # The base model's fields an adapter depends on; checked when it is loaded.
 BASE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
                "vocab_size", "use_moe", "n_routed_experts", "n_shared_experts")
@@ -118,64 +127,119 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter in PEFT's names: {"base_model.model.<module>.lora_A.weight": (r, in), "...lora_B.weight":
+    (out, r)}, the keys `PeftModel.save_pretrained` writes for a causal LM."""
+    return {PEFT_PREFIX + k + ".weight": v for k, v in lora_state_dict(model).items()}
+
+
 def adapter_config(model: nn.Module, base_path: str | None = None) -> dict:
-    """What adapter_config.json holds: rank, alpha, dropout, targets, and a summary of the base model's config."""
+    """What adapter_config.json holds: PEFT's LoraConfig fields (peft_type LORA, r, lora_alpha, lora_dropout,
+    target_modules, ...), so `peft.PeftModel.from_pretrained` reads it."""
     modules = lora_modules(model)
     if not modules:
         raise ValueError("the model has no LoRA layers (apply_lora first)")
     first = next(iter(modules.values()))
-    config = getattr(model, "config", None)
-    base = {f: getattr(config, f) for f in BASE_FIELDS if hasattr(config, f)} if config is not None else {}
-    return {"format": ADAPTER_FORMAT, "rank": first.rank, "alpha": first.alpha, "dropout": first.dropout.p,
-            "targets": sorted({n.rpartition(".")[2] for n in modules}), "base_model": base,
-            "base_model_path": base_path}
+    ranks = {m.rank for m in modules.values()}
+    alphas = {m.alpha for m in modules.values()}
+    if len(ranks) > 1 or len(alphas) > 1:
+        raise ValueError("the LoRA layers differ in rank or alpha; save_adapter writes one rank and alpha for all")
+    return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_path, "revision": None,
+            "inference_mode": True, "r": first.rank, "lora_alpha": first.alpha, "lora_dropout": first.dropout.p,
+            "target_modules": sorted({n.rpartition(".")[2] for n in modules}), "fan_in_fan_out": False,
+            "bias": "none", "use_rslora": False, "modules_to_save": None, "init_lora_weights": True,
+            "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}}
 
 
 def save_adapter(model: nn.Module, out_dir, base_path: str | None = None, name: str = ADAPTER_WEIGHTS) -> Path:
-    """Write the adapter to out_dir/adapter_model.safetensors (fp32, only the lora_ tensors) and its
-    out_dir/adapter_config.json, each atomically. Returns the weights file's path."""
+    """Write the adapter in PEFT's layout: out_dir/adapter_model.safetensors (fp32, only the LoRA tensors, under
+    PEFT's names) and out_dir/adapter_config.json (a PEFT LoraConfig), each atomically; the base model's shape
+    summary goes into the safetensors metadata, where load_adapter checks it. Returns the weights file's path."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.float().cpu().contiguous() for k, v in lora_state_dict(model).items()}
+    state = {k: v.float().cpu().contiguous() for k, v in peft_state_dict(model).items()}
     config = adapter_config(model, base_path)
+    model_config = getattr(model, "config", None)
+    base = {f: getattr(model_config, f) for f in BASE_FIELDS if hasattr(model_config, f)}
     path = out / name
     with atomic_write(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": ADAPTER_FORMAT})
+        save_file(state, str(tmp), metadata={"format": "pt", BASE_METADATA: json.dumps(base)})
     with atomic_write(out / ADAPTER_CONFIG) as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     return path
 
 
+def _peft_config(config: dict, config_file: Path) -> dict:
+    """PEFT's LoraConfig fields (from PEFT or from minimind) checked for what a plain LoRA layer computes; an older
+    minimind config (rank / alpha / targets) is read as the same thing."""
+    if config.get("format") == ADAPTER_FORMAT:  # minimind's own layout before PEFT's
+        return {"r": config["rank"], "lora_alpha": config["alpha"], "lora_dropout": config.get("dropout", 0.0),
+                "target_modules": config["targets"], "base_model": config.get("base_model") or {},
+                "base_model_name_or_path": config.get("base_model_path")}
+    if "peft_type" not in config:
+        raise ValueError(f"{config_file}: not a LoRA adapter config; expected PEFT's fields (peft_type, r, "
+                         "lora_alpha, target_modules) as `minimind lora` and `peft` write them")
+    if config["peft_type"] != "LORA":
+        raise ValueError(f"{config_file}: peft_type {config['peft_type']!r}; only LoRA adapters (peft_type LORA) "
+                         "load into minimind")
+    unsupported = [f"{k}={config[k]!r}" for k, ok in (("use_dora", False), ("fan_in_fan_out", False),
+                                                      ("bias", "none"), ("modules_to_save", None),
+                                                      ("lora_bias", False), ("target_parameters", None))
+                   if config.get(k, ok) not in (ok, [] if ok is None else ok)]
+    if unsupported:
+        raise ValueError(f"{config_file}: {', '.join(unsupported)}: minimind loads plain LoRA adapters only (no "
+                         "DoRA, no trained biases or whole modules); merge this one in peft (merge_and_unload) and "
+                         "load the merged model instead")
+    return config
+
+
 def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config, tensors) of a saved adapter: a directory holding adapter_model.safetensors and adapter_config.json,
-    or a .safetensors file with adapter_config.json beside it."""
-    from safetensors import SafetensorError
+    or a .safetensors file with adapter_config.json beside it. The config comes back with PEFT's field names
+    (plus "base_model", the base's shape summary when the file has one), the tensors under minimind's module names
+    ("<module>.lora_A" / "<module>.lora_B"), whichever layout was saved (PEFT's, or minimind's older one)."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
     weights = path / ADAPTER_WEIGHTS if path.is_dir() else path
     config_file = weights.parent / ADAPTER_CONFIG
+    if path.is_dir() and not weights.is_file() and (path / "adapter_model.bin").is_file():
+        raise ValueError(f"{path}: this adapter is a pickled adapter_model.bin; minimind reads safetensors only: "
+                         "save it again with peft's save_pretrained(..., safe_serialization=True)")
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: no adapter weights here; expected a directory written by `minimind lora` "
-                                f"({ADAPTER_WEIGHTS} + {ADAPTER_CONFIG}) or an adapter .safetensors file")
+                                f"or by peft ({ADAPTER_WEIGHTS} + {ADAPTER_CONFIG}) or an adapter .safetensors file")
     if not config_file.is_file():
         raise FileNotFoundError(f"{config_file}: the adapter's config is missing (it is written beside the weights)")
-    config = read_json_object(config_file, "LoRA adapter config")
-    if not all(k in config for k in ("rank", "alpha", "targets")):
-        raise ValueError(f"{config_file}: not a LoRA adapter config; expected the keys rank, alpha, targets")
+    config = _peft_config(read_json_object(config_file, "LoRA adapter config"), config_file)
     try:
         tensors = load_file(str(weights))
+        with safe_open(str(weights), "pt") as f:
+            metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{weights}: not a readable safetensors file ({e}); it may be truncated or corrupt") from None
-    return config, tensors
+    if BASE_METADATA in metadata:
+        config["base_model"] = json.loads(metadata[BASE_METADATA])
+    renamed = {}
+    for key, value in tensors.items():
+        name = key.removeprefix(PEFT_PREFIX).removesuffix(".weight").replace(".lora_A.default", ".lora_A") \
+            .replace(".lora_B.default", ".lora_B")
+        if not name.endswith((".lora_A", ".lora_B")):
+            raise ValueError(f"{weights}: tensor {key} is not a LoRA A or B matrix; minimind loads plain LoRA "
+                             "adapters on linear layers only (no lora_embedding, no modules_to_save)")
+        renamed[name] = value
+    return config, renamed
 
 
 def load_adapter(model: nn.Module, path) -> nn.Module:
-    """Apply a saved adapter to a base model: check it was made for this architecture, wrap the target layers
-    (apply_lora with the saved rank / alpha / dropout / targets) and load A and B, checking every name and shape.
-    In place; returns the model (frozen base, trainable adapter; call .eval() for inference)."""
+    """Apply a saved adapter (PEFT's layout, from `minimind lora` or from `peft` on the exported model) to a base
+    model: check it was made for this architecture, wrap each layer the file names in a LoRALinear (its rank from
+    the tensors, its alpha from lora_alpha / alpha_pattern, rsLoRA's alpha / sqrt(r) scaling honoured) and load A
+    and B, checking every name and shape. In place; returns the model (frozen base, trainable adapter; call .eval()
+    for inference)."""
     config, tensors = read_adapter(path)
     base = config.get("base_model") or {}
     model_config = getattr(model, "config", None)
@@ -184,9 +248,36 @@ def load_adapter(model: nn.Module, path) -> nn.Module:
     if differ:
         raise ValueError(f"{path}: this adapter was trained on a different base model ({'; '.join(differ)}); "
                          f"load it onto the base it was made for"
-                         + (f" ({config['base_model_path']})" if config.get("base_model_path") else ""))
-    apply_lora(model, rank=int(config["rank"]), alpha=float(config["alpha"]), dropout=float(config.get("dropout", 0)),
-               targets=config["targets"])
+                         + (f" ({config['base_model_name_or_path']})" if config.get("base_model_name_or_path")
+                            else ""))
+    if lora_modules(model):
+        raise ValueError("the model already has LoRA layers; merge them first (merge_lora) or start from the base")
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    adapted = {k.rpartition(".")[0] for k in tensors}
+    missing = sorted(adapted - set(linears))
+    if missing:
+        raise ValueError(f"{path}: the adapter does not fit this model: it adapts {missing[0]}, which is not a linear "
+                         f"layer of the model ({len(missing)} such layer(s)); its linear layers are named like "
+                         f"{next(iter(linears), '?')}")
+    names = [n for n in linears if n in adapted]  # in module order
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tied = [n for n in names if embeddings is not None and linears[n].weight is embeddings.weight]
+    if tied:
+        raise ValueError(f"{path}: the adapter adapts {tied[0]}, which shares its weight with the token embedding "
+                         "(tied embeddings) here; minimind does not load adapters on tied layers: merge it in peft "
+                         "(merge_and_unload) and load the merged model instead")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    alpha_pattern = config.get("alpha_pattern") or {}
+    for name in names:
+        m = linears[name]
+        rank = tensors[f"{name}.lora_A"].shape[0] if f"{name}.lora_A" in tensors else int(config["r"])
+        alpha = float(next((a for k, a in alpha_pattern.items() if re.search(rf"(^|\.){k}$", name)),
+                           config["lora_alpha"]))
+        if config.get("use_rslora"):
+            alpha = alpha * math.sqrt(rank)  # rsLoRA scales by alpha / sqrt(r); a LoRALinear by alpha / r
+        _set_module(model, name, LoRALinear(m, rank, alpha, float(config.get("lora_dropout") or 0.0))
+                    .train(m.training))
     check_fit(tensors, lora_state_dict(model), f"{path}: the adapter does not fit this model")
     with torch.no_grad():
         for name, m in lora_modules(model).items():

@@ -73,7 +73,7 @@ for stage in ("pretrain", "sft", "lora", "dpo", "distill", "tool"):
     shown = ", ".join(f"{k.removeprefix('eval_')} {final_eval[k]:.4f}" for k in keys)
     extra = ""
     if stage == "lora":
-        extra = f", adapter {os.path.getsize(os.path.join(out, 'lora', 'adapter_model.safetensors')) / 1e3:.0f} kB"
+        extra = f", adapter {os.path.getsize(os.path.join(out, 'lora', 'adapter', 'adapter_model.safetensors')) / 1e3:.0f} kB"
     print(f"{stage:<9} {times.get(stage, '?'):>4} s  steps {last_train['step']:<4} train loss {last_train['loss']:.4f}; "
           f"held-out {shown}{extra}")
 EOF

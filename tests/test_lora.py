@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from helpers import save_model_dir, tiny_model
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from minimind import MiniMindForCausalLM
 from minimind.cli.train import parse_args
@@ -124,10 +124,12 @@ def test_adapter_file_round_trip_and_errors(tmp_path):
     path = save_adapter(model, tmp_path, base_path="some/base")
     assert path == tmp_path / "adapter_model.safetensors"
     tensors = load_file(path)
-    assert set(tensors) == set(lora_state_dict(model)) and len(tensors) == 2 * len(DEFAULT_TARGETS) * 2
+    assert set(tensors) == {f"base_model.model.{k}.weight" for k in lora_state_dict(model)}  # PEFT's names
+    assert len(tensors) == 2 * len(DEFAULT_TARGETS) * 2
     config = json.loads((tmp_path / "adapter_config.json").read_text())
-    assert (config["rank"], config["alpha"], config["base_model"]["hidden_size"]) == (4, 8, 32)
-    assert sorted(config["targets"]) == sorted(DEFAULT_TARGETS) and config["base_model_path"] == "some/base"
+    assert (config["peft_type"], config["r"], config["lora_alpha"], config["base_model_name_or_path"]) == \
+        ("LORA", 4, 8, "some/base")
+    assert sorted(config["target_modules"]) == sorted(DEFAULT_TARGETS)
 
     ids = torch.randint(0, 6400, (1, 16))
     loaded = load_adapter(tiny_model(), tmp_path).eval()  # a fresh base + the adapter
@@ -137,15 +139,46 @@ def test_adapter_file_round_trip_and_errors(tmp_path):
 
     with pytest.raises(ValueError, match=r"different base model \(hidden_size: adapter 32 vs model 64.*some/base"):
         load_adapter(tiny_model(hidden=64), tmp_path)
-    config["base_model"] = {}  # no summary to compare: the shape check still catches it
-    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+    save_file(load_file(path), path)  # no base summary in the metadata (as peft writes it): the shape check catches it
     with pytest.raises(ValueError, match=r"adapter does not fit this model\n  shape mismatch"):
         load_adapter(tiny_model(hidden=64), tmp_path)
+    with pytest.raises(ValueError, match=r"adapts model\.layers\.1\.\S+, which is not a linear layer of the model"):
+        load_adapter(tiny_model(num_hidden_layers=1), tmp_path)
+    tied = {f"base_model.model.lm_head.lora_{x}.weight": torch.zeros(shape) for x, shape in (("A", (4, 32)),
+                                                                                            ("B", (6400, 4)))}
+    save_file({**load_file(path), **tied}, path)
+    with pytest.raises(ValueError, match="adapts lm_head, which shares its weight with the token embedding"):
+        load_adapter(tiny_model(), tmp_path)
+    for field, value in (("use_dora", True), ("peft_type", "IA3"), ("bias", "all")):
+        (tmp_path / "adapter_config.json").write_text(json.dumps({**config, field: value}))
+        with pytest.raises(ValueError, match=f"{field if field != 'peft_type' else 'only LoRA adapters'}"):
+            load_adapter(tiny_model(), tmp_path)
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"rank": 4}))
+    with pytest.raises(ValueError, match="not a LoRA adapter config; expected PEFT's fields"):
+        load_adapter(tiny_model(), tmp_path)
     path.write_bytes(path.read_bytes()[:100])
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         load_adapter(tiny_model(), tmp_path)
     with pytest.raises(FileNotFoundError, match="no adapter weights here"):
         load_adapter(tiny_model(), tmp_path / "nowhere")
+
+
+def test_adapter_of_the_older_minimind_layout_still_loads(tmp_path):
+    """Before PEFT's layout: keys "<module>.lora_A" without prefix or suffix, config rank / alpha / targets."""
+    model = apply_lora(tiny_model(), rank=2, alpha=6, targets=["q_proj", "down_proj"]).eval()
+    randomize_adapters(model)
+    save_file({k: v.contiguous() for k, v in lora_state_dict(model).items()}, tmp_path / "adapter_model.safetensors",
+              metadata={"format": "minimind-lora"})
+    (tmp_path / "adapter_config.json").write_text(json.dumps({
+        "format": "minimind-lora", "rank": 2, "alpha": 6, "dropout": 0.0, "targets": ["down_proj", "q_proj"],
+        "base_model": {"hidden_size": 32}, "base_model_path": None}))
+    ids = torch.randint(0, 6400, (1, 12))
+    loaded = load_adapter(tiny_model(), tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    with pytest.raises(ValueError, match="different base model"):
+        load_adapter(tiny_model(hidden=64), tmp_path)
 
 
 def test_lora_run_trains_only_the_adapter_and_merges(base_dir, sft_file, tmp_path, capsys):
@@ -156,14 +189,15 @@ def test_lora_run_trains_only_the_adapter_and_merges(base_dir, sft_file, tmp_pat
     base = tiny_model().state_dict()
     trained = torch.load(out / "training_state.pt", weights_only=True)["model"]
     assert all(torch.equal(trained[k], v) for k, v in base.items())  # the base did not move
-    adapter = load_file(out / "adapter_model.safetensors")
-    assert set(adapter) == {k for k in trained if "lora_" in k}  # the file holds the adapter and nothing else
-    assert all(adapter[k].abs().max() > 0 for k in adapter if k.endswith("lora_B"))  # no B is still zero
-    assert (out / "tokenizer.json").is_file() and (out / "adapter_config.json").is_file()
+    assert not (out / "adapter_config.json").exists()  # merged: the adapter has its own folder
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert set(adapter) == {f"base_model.model.{k}.weight" for k in trained if "lora_" in k}  # the adapter alone
+    assert all(adapter[k].abs().max() > 0 for k in adapter if k.endswith("lora_B.weight"))  # no B is still zero
+    assert (out / "adapter" / "tokenizer.json").is_file() and (out / "adapter" / "adapter_config.json").is_file()
     # --merge wrote a normal model dir: it equals base + adapter
     ids = torch.randint(0, 6400, (2, 20))
     merged = MiniMindForCausalLM.from_pretrained(out).eval()
-    adapted = load_adapter(MiniMindForCausalLM.from_pretrained(base_dir), out).eval()
+    adapted = load_adapter(MiniMindForCausalLM.from_pretrained(base_dir), out / "adapter").eval()
     with torch.no_grad():
         assert torch.allclose(merged(ids).logits, adapted(ids).logits, atol=1e-5)
 
@@ -171,3 +205,61 @@ def test_lora_run_trains_only_the_adapter_and_merges(base_dir, sft_file, tmp_pat
 def test_lora_needs_a_base_model(tmp_path):
     with pytest.raises(ValueError, match="--pretrained_path is required for lora"):
         run_lora(stage_args("lora", [*RUN, "--output_dir", str(tmp_path)]))
+
+
+# --- PEFT, both ways, on the Hugging Face (Llama) export -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported(base_dir, tmp_path_factory):
+    from minimind.export import export
+
+    return export(str(base_dir), "hf", str(tmp_path_factory.mktemp("hf") / "llama"))
+
+
+def test_peft_loads_our_adapter_on_the_llama_export(base_dir, exported, tmp_path):
+    from peft import PeftModel
+    from transformers import LlamaForCausalLM
+
+    model = apply_lora(MiniMindForCausalLM.from_pretrained(base_dir), rank=4, alpha=8,
+                       targets=["q_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]).eval()
+    randomize_adapters(model, seed=3)
+    save_adapter(model, tmp_path, base_path=str(exported))
+    ids = torch.randint(0, 6400, (2, 20))
+    theirs = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(exported), tmp_path).eval()
+    base = LlamaForCausalLM.from_pretrained(exported).eval()
+    with torch.no_grad():
+        ours, peft_logits, base_logits = model(ids).logits, theirs(ids).logits, base(ids).logits
+    assert (ours - base_logits).abs().max() > 1e-2  # the adapter does something
+    assert (peft_logits - ours).abs().max() < 1e-4
+
+
+def test_adapter_peft_trained_on_the_export_loads_with_adapter(base_dir, exported, tmp_path):
+    """An adapter peft made and trained on the exported Llama: rsLoRA, a per-module rank and alpha, one layer only."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    from minimind.checkpoint import load_model
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "up_proj", "down_proj"],
+                        use_rslora=True, rank_pattern={"down_proj": 2}, alpha_pattern={"up_proj": 3},
+                        layers_to_transform=[1], lora_dropout=0.0, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(LlamaForCausalLM.from_pretrained(exported), config)
+    opt = torch.optim.Adam([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.randint(0, 6400, (2, 16))
+    for _ in range(3):
+        peft_model(ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    peft_model.save_pretrained(tmp_path / "peft")
+    model, _ = load_model(str(base_dir), adapter=str(tmp_path / "peft"))
+    assert sorted(lora_modules(model)) == ["model.layers.1.mlp.down_proj", "model.layers.1.mlp.up_proj",
+                                           "model.layers.1.self_attn.k_proj", "model.layers.1.self_attn.q_proj"]
+    assert lora_modules(model)["model.layers.1.mlp.down_proj"].rank == 2
+    test_ids = torch.randint(0, 6400, (2, 20))
+    with torch.no_grad():
+        theirs = peft_model.eval()(test_ids).logits
+        ours = model(test_ids).logits
+        base = tiny_model()(test_ids).logits
+    assert (theirs - base).abs().max() > 1e-2  # training moved it
+    assert (ours - theirs).abs().max() < 1e-4

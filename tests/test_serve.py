@@ -186,6 +186,71 @@ def test_completions_with_a_list_prompt(model, tokenizer, client):
     assert streamed == [c.text for c in r.choices]
 
 
+def prompt_logprobs(model, ids):
+    """log p(ids[j] | ids[:j]) for j >= 1, and the argmax at each position, from one plain forward pass."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    return [float(logp[j - 1, ids[j]]) for j in range(1, len(ids))], logp.argmax(-1).tolist()
+
+
+def test_completions_echo_logprobs_as_lm_eval_reads_them(model, tokenizer, client):
+    """What lm-evaluation-harness's local-completions sends for a log-likelihood: token-id prompts, a batch of them,
+    echo, logprobs=1, max_tokens=1; it sums token_logprobs[context length:-1]."""
+    prompts = [list(range(10, 30)), [7, 99, 1000, 42, 5]]
+    out = client.completions.create(model="tiny", prompt=prompts, echo=True, logprobs=1, max_tokens=1,
+                                    temperature=0)
+    for choice, ids in zip(sorted(out.choices, key=lambda c: c.index), prompts):
+        lp = choice.logprobs
+        assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(ids) + 1  # prompt + 1 made
+        assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None  # the first token has no context
+        want, argmax = prompt_logprobs(model, ids)
+        assert max(abs(a - b) for a, b in zip(lp.token_logprobs[1:len(ids)], want)) < 1e-4
+        for j in range(1, len(ids)):  # top-1 plus the chosen token; greedy exactly where the argmax is the token
+            top = lp.top_logprobs[j]
+            assert 1 <= len(top) <= 2 and max(top.values()) >= lp.token_logprobs[j] - 1e-6
+            assert (max(top.values()) == lp.token_logprobs[j]) == (argmax[j - 1] == ids[j])
+        assert choice.text.startswith(tokenizer.decode(ids)) and lp.text_offset[0] == 0
+        made = generate(model, torch.tensor([ids]), max_new_tokens=1, do_sample=False)[0, -1].item()
+        assert lp.tokens[-1] == tokenizer.decode([made])  # the generated token, scored like the prompt's
+        assert abs(lp.token_logprobs[-1] - prompt_logprobs(model, ids + [made])[0][-1]) < 1e-4
+
+
+def test_completions_text_prompt_echo_and_logprobs(model, tokenizer, client):
+    text = "In the beginning God created"
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    out = client.completions.create(model="tiny", prompt=text, echo=True, logprobs=3, max_tokens=4, temperature=0)
+    choice = out.choices[0]
+    assert choice.text.startswith(text)
+    lp = choice.logprobs
+    assert "".join(lp.tokens) == choice.text and len(lp.tokens) == len(ids) + out.usage.completion_tokens
+    bos_ids = [tokenizer.bos_token_id, *ids]  # the server scores a text prompt after the bos it puts in front
+    want = prompt_logprobs(model, bos_ids)[0]
+    assert max(abs(a - b) for a, b in zip(lp.token_logprobs[:len(ids)], want)) < 1e-4  # the first one too
+    assert all(3 <= len(t) <= 4 for t in lp.top_logprobs)
+    plain = client.completions.create(model="tiny", prompt=text, logprobs=0, max_tokens=4, temperature=0).choices[0]
+    assert plain.text == choice.text[len(text):] and plain.logprobs.token_logprobs == lp.token_logprobs[len(ids):]
+    assert plain.logprobs.text_offset[0] == len(text)
+    echoed = client.completions.create(model="tiny", prompt=text, echo=True, max_tokens=4, temperature=0).choices[0]
+    assert echoed.text == choice.text and echoed.logprobs is None
+
+
+def test_chat_logprobs_and_top_logprobs(model, tokenizer, client):
+    out = client.chat.completions.create(model="tiny", messages=user("Hello there"), max_tokens=6, temperature=0,
+                                         logprobs=True, top_logprobs=3)
+    content = out.choices[0].logprobs.content
+    assert len(content) == out.usage.completion_tokens == 6
+    assert "".join(t.token for t in content) == out.choices[0].message.content
+    ids = chat_ids(tokenizer, user("Hello there"))
+    made = [tokenizer.encode(t.token, add_special_tokens=False) for t in content]
+    full = ids + [t for m in made for t in m]
+    want = prompt_logprobs(model, full)[0][len(ids) - 1:]
+    for t, w in zip(content, want):
+        assert abs(t.logprob - w) < 1e-4 and t.bytes == list(t.token.encode("utf-8"))
+        assert len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == t.logprob  # greedy: the best one
+        assert [a.logprob for a in t.top_logprobs] == sorted((a.logprob for a in t.top_logprobs), reverse=True)
+    assert client.chat.completions.create(model="tiny", messages=user("Hi"), max_tokens=2).choices[0].logprobs is None
+
+
 def test_stop_strings_end_the_text_and_are_not_in_it(client):
     kwargs = dict(model="tiny", messages=user("Hello"), max_tokens=30, temperature=0)
     full = client.chat.completions.create(**kwargs).choices[0].message.content
@@ -396,7 +461,10 @@ def test_cache_columns_stay_bounded_while_the_server_stays_busy(server):
     (dict(n=50), "n", "[1, 4]"),
     (dict(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
     (dict(presence_penalty=0.5), "presence_penalty", "repetition_penalty"),
-    (dict(logprobs=True), "logprobs", "not supported"),
+    (dict(logit_bias={"5": 1}), "logit_bias", "not supported"),
+    (dict(top_logprobs=3), "top_logprobs", "needs logprobs"),
+    (dict(logprobs=True, top_logprobs=30), "top_logprobs", "[0, 20]"),
+    (dict(logprobs=True, stream=True), "logprobs", "without stream"),
     (dict(extra_body={"bogus_field": 1}), "bogus_field", "unrecognized"),
     (dict(stream="yes"), "stream", "true or false"),
 ])

@@ -1,5 +1,5 @@
 """`minimind eval MODEL`: loss, perplexity, bits per byte on held-out text (the description is
-minimind/infer/evaluate.py's)."""
+minimind/infer/evaluate.py's), or lm-evaluation-harness tasks with --tasks (minimind/infer/harness.py)."""
 
 from . import docstring_of
 from .options import add_model_flags, load_for_inference
@@ -17,6 +17,14 @@ def add_arguments(p):
     p.add_argument("--limit", type=int, default=None, help="score only the first N documents")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--skip_bad_records", action="store_true", help="warn about bad records instead of stopping")
+    g = p.add_argument_group("lm-evaluation-harness (pip install -e \".[eval]\")")
+    g.add_argument("--tasks", default=None, help="run these lm-eval tasks instead of --data, comma-separated (e.g. "
+                                                 "arc_easy,hellaswag,ceval-valid,cmmlu); --limit: examples per task")
+    g.add_argument("--include_path", default=None, help="a folder of your own lm-eval task YAML files")
+    g.add_argument("--num_fewshot", type=int, default=None, help="examples in the prompt (default: each task's)")
+    g.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass (default: %(default)s)")
+    g.add_argument("--output_path", default=None, help="write lm-eval's results as JSON: a .json file, or a folder "
+                                                       "that gets results.json")
 
 
 def main(args):
@@ -27,6 +35,8 @@ def main(args):
     from ..data.files import read_texts
     from ..infer.evaluate import evaluate
 
+    if args.tasks is not None:
+        return run_harness(args)
     model, tokenizer = load_for_inference(args)
     texts = corpus.pretrain_texts("val") if args.data is None else list(read_texts(args.data, args.skip_bad_records))
     if args.limit:
@@ -41,3 +51,28 @@ def main(args):
         print(f"{args.model} on {data}: loss {result['loss']:.4f}, per-document perplexity {result['perplexity']:.2f}, "
               f"bits per byte {result['bits_per_byte']:.4f} ({result['tokens']:,} tokens predicted, "
               f"{result['bytes']:,} bytes, {result['documents']:,} documents, windows of {seq_len})")
+
+
+def run_harness(args):
+    """--tasks: lm-evaluation-harness in-process (minimind.infer.harness); prints its table (or, with --json, its
+    results) and writes its JSON to --output_path."""
+    import importlib.util
+    import json
+
+    from ..infer.harness import INSTALL, results_table, run_tasks
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise ValueError(INSTALL)
+    if args.data is not None:
+        raise ValueError("give --data (loss and perplexity on your texts) or --tasks (lm-eval tasks), not both")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ValueError("--tasks: give one or more lm-eval task names, comma-separated")
+    model, tokenizer = load_for_inference(args)
+    results = run_tasks(model, tokenizer, tasks, include_path=args.include_path, num_fewshot=args.num_fewshot,
+                        limit=args.limit, batch_size=args.batch_size, output_path=args.output_path)
+    if args.json:
+        print(json.dumps({"model": args.model, "results": results["results"]}, default=str))
+    else:
+        print(results_table(results))
+    return results

@@ -1,8 +1,8 @@
 """`minimind lora`: LoRA fine-tuning. The base model (`--pretrained_path`, required) stays frozen; low-rank adapters
 on its linear layers learn from SFT conversations (default: the built-in ones) with the shared trainer.
 
-    minimind lora --pretrained_path sft_out --output_dir lora_out            # saves the adapter
-    minimind lora --pretrained_path sft_out --output_dir lora_out --merge    # ... plus a merged full model
+    minimind lora --pretrained_path sft_out --output_dir lora_out            # saves the adapter (PEFT's layout)
+    minimind lora --pretrained_path sft_out --output_dir lora_out --merge    # merged full model; adapter in adapter/
 
 A resumed run rebuilds base + adapters before the saved state is loaded, so the optimizer (adapters only) resumes
 exactly.
@@ -22,7 +22,8 @@ def add_arguments(p):
     g.add_argument("--lora_targets", nargs="+", metavar="NAME", help="linear layers to adapt, by name, space- or "
                    f"comma-separated (default: {' '.join(d['lora_targets'])})")
     g.add_argument("--merge", action="store_true", default=None, help="also write the merged full model "
-                   "(config.json, model.safetensors, model_final.pth) to --output_dir")
+                   "(config.json, model.safetensors, model_final.pth) to --output_dir; the adapter then goes to "
+                   "--output_dir/adapter")
 
 
 def main(args):

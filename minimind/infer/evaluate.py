@@ -2,6 +2,7 @@
 
     minimind eval out/                          # the built-in corpus' held-out split
     minimind eval out/ --data notes.jsonl --json
+    minimind eval out/ --tasks arc_easy,hellaswag   # lm-evaluation-harness tasks instead (minimind/infer/harness.py)
 
 How it is scored:
 - Documents are scored one by one, not packed: each is tokenized as in pretraining, `<|im_start|> text <|im_end|>`,
@@ -102,3 +103,40 @@ def evaluate(model, tokenizer, texts, seq_len: int | None = None, batch_tokens: 
     return {"loss": loss, "perplexity": math.exp(min(loss, 700)),
             "bits_per_byte": total_nats / math.log(2) / n_bytes if n_bytes else float("nan"),
             "tokens": total_tokens, "bytes": n_bytes, "documents": len(texts), "seq_len": seq_len}
+
+
+@torch.no_grad()
+def score_tokens(model, sequences: list[list[int]], top: int = 0, batch_tokens: int = 4096) -> list[dict]:
+    """Log-probabilities of each token of each sequence given the tokens before it (no sampling settings: the
+    model's own distribution, in fp32), as lm-evaluation-harness and OpenAI's `logprobs` read them.
+
+    Returns, per sequence, {"logprobs": [log p(t_j | t_<j) for j = 1 .. n-1], "greedy": [t_j is the argmax],
+    "top": [[(token id, log p), ...] the `top` most likely at position j, best first]} (top empty when top=0).
+    Sequences are batched right-padded, about `batch_tokens` tokens per forward pass."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    out: list[dict | None] = [None] * len(sequences)
+    i = 0
+    while i < len(order):
+        L = max(1, len(sequences[order[i]]))
+        chunk = order[i:i + max(1, batch_tokens // L)]
+        i += len(chunk)
+        ids = torch.zeros((len(chunk), L), dtype=torch.long)
+        for b, k in enumerate(chunk):
+            ids[b, :len(sequences[k])] = torch.tensor(sequences[k], dtype=torch.long)
+        logp = torch.log_softmax(model(ids.to(device)).logits.float(), dim=-1)  # (B, L, V); causal: padding unseen
+        for b, k in enumerate(chunk):
+            n = len(sequences[k])
+            if n < 2:
+                out[k] = {"logprobs": [], "greedy": [], "top": []}
+                continue
+            pred = logp[b, :n - 1]  # (n-1, V): position j-1 predicts token j
+            targets = ids[b, 1:n].to(pred.device)
+            chosen = pred.gather(-1, targets[:, None])[:, 0]
+            best = pred.argmax(-1)
+            entry = {"logprobs": chosen.tolist(), "greedy": (best == targets).tolist(), "top": []}
+            if top:
+                values, indices = pred.topk(top, dim=-1)  # (n-1, top)
+                entry["top"] = [list(zip(ix, v)) for ix, v in zip(indices.tolist(), values.tolist())]
+            out[k] = entry
+    return out

@@ -3,13 +3,16 @@
 A request goes: the API key and the body's size (`Endpoints.read_body`) -> its pydantic model (`protocol.py`) ->
 token ids, checked against the model's context window and the server's limits (`Endpoints.job`) -> the worker,
 whose events come back to the event loop through a queue -> one JSON answer, or server-sent events
-(`Endpoints.answer`). `create_app` builds the FastAPI app and routes to these.
+(`Endpoints.answer`). `create_app` builds the FastAPI app and routes to these. Log-probabilities (`logprobs`, and
+`echo` for completions, as lm-evaluation-harness's `local-completions` asks for them) are scored once the answer is
+complete: one forward pass over prompt + answer tokens while the worker waits between steps.
 """
 
 import asyncio
 import copy
 import hmac
 import json
+import math
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -175,19 +178,111 @@ class Endpoints:
         job = self.job(req, [prompt], "messages", req.limit_field)
         reader = ChatReader(job.rows, thinking=thinking is True, tools=tools is not None, forced=forced,
                             parallel=req.parallel_tool_calls)
-        return await self.answer(req, "chat", job, len(prompt), reader)
+        finish = None
+        if req.logprobs:
+            job.record = [[] for _ in range(job.rows)]
+
+            async def finish(body):
+                return await self.chat_logprobs(req, job, body)
+        return await self.answer(req, "chat", job, len(prompt), reader, finish)
 
     async def completion(self, request):
         req = await self.read_body(request, CompletionRequest)
         prompts = self.completion_prompts(req.prompt)
         job = self.job(req, prompts, "prompt", "max_tokens")
-        return await self.answer(req, "text", job, sum(len(p) for p in prompts))
+        finish = None
+        if req.echo or req.logprobs is not None:
+            job.record = [[] for _ in range(job.rows)]
+            bos = self.encoder.bos_token_id
+            added = [isinstance(p, str) and ids[:1] == [bos] for p, ids in zip(req.prompt, prompts)]  # our bos
+
+            async def finish(body):
+                return await self.completion_logprobs(req, job, body, [a for a in added for _ in range(req.n)])
+        return await self.answer(req, "text", job, sum(len(p) for p in prompts), finish=finish)
+
+    # log-probabilities (OpenAI's `logprobs`, `echo`; what lm-evaluation-harness's local-completions reads)
+
+    def score(self, sequences: list[list[int]], top: int) -> list[dict]:
+        """`minimind.infer.evaluate.score_tokens` of the sequences, run while the worker waits between steps."""
+        import torch
+
+        from ..infer.evaluate import score_tokens
+
+        with self.engine.paused(), torch.inference_mode():
+            return score_tokens(self.model, sequences, top)
+
+    def token_text(self, token: int) -> str:
+        return self.encoder.decode([token])
+
+    async def completion_logprobs(self, req, job: Job, body: dict, added_bos: list[bool]) -> dict:
+        """The completion answer with `echo` (the prompt's text in front of each choice's) and `logprobs` (OpenAI's
+        {"tokens", "token_logprobs", "top_logprobs", "text_offset"} over the echoed prompt's tokens and the answer's).
+        A prompt token's log-probability is log p(token | the tokens before it); the first token of a token-id
+        prompt has none (null), as OpenAI answers; a text prompt's first token is scored after the bos token the
+        server puts in front (not echoed). lm-evaluation-harness sends echo + logprobs=1 + max_tokens=1 and sums
+        token_logprobs[context length:-1]."""
+        top = req.logprobs or 0
+        sequences = [prompt + made for prompt, made in zip(job.prompts, job.record)]
+        scores = await asyncio.to_thread(self.score, sequences, top) if req.logprobs is not None else None
+        for i, choice in enumerate(body["choices"]):
+            prompt, first = job.prompts[i], int(added_bos[i])
+            p = req.prompt[i // req.n]
+            prompt_text = p if isinstance(p, str) else self.encoder.decode(prompt)
+            if req.echo:
+                choice["text"] = prompt_text + choice["text"]
+            if scores is None:
+                continue
+            start = first if req.echo else len(prompt)  # the first position reported
+            tokens, token_logprobs, top_logprobs, offsets = [], [], [], []
+            offset = 0 if req.echo else len(prompt_text)
+            for j in range(start, len(sequences[i])):
+                token = sequences[i][j]
+                text = self.token_text(token)
+                tokens.append(text)
+                offsets.append(offset)
+                offset += len(text)
+                if j == 0:
+                    token_logprobs.append(None)
+                    top_logprobs.append(None)
+                    continue
+                lp = scores[i]["logprobs"][j - 1]
+                token_logprobs.append(lp)
+                alternatives = {}
+                for t, v in [*(scores[i]["top"][j - 1] if top else []), (token, lp)]:  # the chosen one always too
+                    key = self.token_text(t)
+                    alternatives[key] = max(v, alternatives.get(key, -math.inf))
+                top_logprobs.append(alternatives)
+            choice["logprobs"] = {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs,
+                                  "text_offset": offsets}
+        return body
+
+    async def chat_logprobs(self, req, job: Job, body: dict) -> dict:
+        """The chat answer with OpenAI's `logprobs`: {"content": [{"token", "logprob", "bytes", "top_logprobs":
+        [{"token", "logprob", "bytes"}, ...]}, ...], "refusal": null} over the answer's tokens."""
+        top = req.top_logprobs or 0
+        sequences = [prompt + made for prompt, made in zip(job.prompts, job.record)]
+        scores = await asyncio.to_thread(self.score, sequences, top)
+
+        def entry(token: int, lp: float) -> dict:
+            text = self.token_text(token)
+            return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+        for i, choice in enumerate(body["choices"]):
+            n = len(job.prompts[i])
+            content = []
+            for j, token in enumerate(job.record[i]):
+                k = n + j - 1  # the position that predicts it
+                content.append({**entry(token, scores[i]["logprobs"][k]),
+                                "top_logprobs": [entry(t, v) for t, v in scores[i]["top"][k]] if top else []})
+            choice["logprobs"] = {"content": content, "refusal": None}
+        return body
 
     # answering
 
-    async def answer(self, req, kind: str, job: Job, prompt_tokens: int, reader: ChatReader | None = None):
-        """Submit `job` and answer: one JSON object, or server-sent events when req.stream. `reader`: how a chat
-        answer's text is read (reasoning, content, tool calls)."""
+    async def answer(self, req, kind: str, job: Job, prompt_tokens: int, reader: ChatReader | None = None,
+                     finish=None):
+        """Submit `job` and answer: one JSON object (passed through the coroutine `finish` when given), or
+        server-sent events when req.stream. `reader`: how a chat answer's text is read (reasoning, content, tool
+        calls)."""
         events = self.submit(job)
         chat = kind == "chat"
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
@@ -195,7 +290,8 @@ class Endpoints:
                 "model": self.model_name}
         answer = Answer(self.engine, job, events, head, chat, prompt_tokens, reader)
         if not req.stream:
-            return JSONResponse(await answer.whole())
+            body = await answer.whole()
+            return JSONResponse(body if finish is None else await finish(body))
         return StreamingResponse(answer.stream(req.stream_options.include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -4,9 +4,10 @@ names the field at fault (`temperature`, `messages[0].content[1]`).
 
 The models are strict: a number is a JSON number (not "0.5"), a flag is true or false, an integer has no fraction;
 null means "not given", as OpenAI reads it. Unknown fields are refused, naming the field. Fields OpenAI defines that
-change nothing here (`user`, `metadata`, ...) are accepted; features this server lacks (logprobs, ...) are
-accepted only when "off". Tools (`tools`, `tool_choice`, `parallel_tool_calls`) and thinking (`enable_thinking`,
-also read from vLLM's `chat_template_kwargs`) are `ChatCompletionRequest`'s.
+change nothing here (`user`, `metadata`, ...) are accepted; features this server lacks (logit_bias, ...) are
+accepted only when "off"; `logprobs` (and `echo`, `top_logprobs`) are answered without streaming. Tools (`tools`,
+`tool_choice`, `parallel_tool_calls`) and thinking (`enable_thinking`, also read from vLLM's `chat_template_kwargs`)
+are `ChatCompletionRequest`'s.
 Messages follow the chat format of `minimind.data.messages`, the rule the training data follows too.
 Limits of the server (max_tokens, n) and of the model (context window, vocabulary) are `app.py`'s.
 """
@@ -29,6 +30,7 @@ from pydantic_core import PydanticCustomError
 from ..data.messages import MessageError, parse_messages, parse_tools
 
 MAX_STOPS = 4  # as OpenAI
+MAX_LOGPROBS = 20  # the most alternatives per token that logprobs / top_logprobs may ask for (OpenAI: 5 and 20)
 
 
 IGNORED = ("user", "metadata", "store", "service_tier")  # accepted, no effect here
@@ -36,8 +38,8 @@ IGNORED = ("user", "metadata", "store", "service_tier")  # accepted, no effect h
 
 # Features this server lacks: refused unless they hold their "off" value (or null, which is always off).
 UNSUPPORTED = {
-    "logprobs": (False,), "top_logprobs": (0,), "logit_bias": ({},),
-    "functions": ([],), "function_call": ("none", "auto"), "echo": (False,), "best_of": (1,), "suffix": ("",),
+    "logit_bias": ({},),
+    "functions": ([],), "function_call": ("none", "auto"), "best_of": (1,), "suffix": ("",),
     "modalities": (["text"],), "audio": (), "prediction": (), "reasoning_effort": (), "web_search_options": (),
 }
 
@@ -131,8 +133,6 @@ class _Request(BaseModel):
     store: Any = None
     service_tier: Any = None
     # UNSUPPORTED
-    logprobs: Off = None
-    top_logprobs: Off = None
     logit_bias: Off = None
 
     @model_validator(mode="before")
@@ -155,6 +155,8 @@ class ChatCompletionRequest(_Request):
     parallel_tool_calls: bool = True  # False: at most one call per answer
     enable_thinking: bool | None = None  # an extension: True opens the thinking, False skips it, null: the model's
     chat_template_kwargs: dict | None = None  # vLLM's; only {"enable_thinking": bool} is read
+    logprobs: bool = False  # the answer's tokens with their log-probabilities (choices[i].logprobs.content)
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # and the most likely alternatives at each
     # UNSUPPORTED
     functions: Off = None
     function_call: Off = None
@@ -184,6 +186,10 @@ class ChatCompletionRequest(_Request):
     def _one_limit(self):
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise refused("max_tokens", "give max_tokens or max_completion_tokens, not both")
+        if self.top_logprobs and not self.logprobs:
+            raise refused("top_logprobs", "top_logprobs needs logprobs: true")
+        if self.logprobs and self.stream:
+            raise refused("logprobs", "logprobs is answered without stream only; leave out stream")
         return self
 
     @model_validator(mode="after")
@@ -245,8 +251,9 @@ def _token_ids(p) -> bool:
 class CompletionRequest(_Request):
     """POST /v1/completions. `prompt` is a list of prompts, each a string or token ids."""
     prompt: list[str | list[int]] = Field(description="a string, a list of strings, or token ids")
+    echo: bool = False  # the prompt comes back in front of the answer (with its logprobs, when asked)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # tokens' log-probabilities and this many alternatives
     # UNSUPPORTED
-    echo: Off = None
     best_of: Off = None
     suffix: Off = None
 
@@ -262,6 +269,13 @@ class CompletionRequest(_Request):
                 raise refused(f"prompt[{i}]", f"prompt[{i}] must be a string or a list of token ids, got "
                                               f"{json.dumps(p)[:80]}")
         return value
+
+    @model_validator(mode="after")
+    def _scored_whole(self):
+        if self.stream and (self.echo or self.logprobs is not None):
+            raise refused("echo" if self.echo else "logprobs", "echo and logprobs are answered without stream only; "
+                                                               "leave out stream")
+        return self
 
 
 # --- pydantic's errors in OpenAI's shape ------------------------------------------------------------------------------

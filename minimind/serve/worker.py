@@ -45,6 +45,7 @@ class Job:
     top_k: int = 0
     repetition_penalty: float = 1.0
     seed: int | None = None
+    record: list[list[int]] | None = None  # a list per row: the worker appends the row's tokens (eos left out)
     cancelled: bool = False  # the client left (or the answer is complete): the worker drops its rows
     finished: bool = False  # every row has ended
 
@@ -238,6 +239,8 @@ class Worker:
                 if m.done[i] or job.cancelled:
                     continue
                 m.counts[i] += 1
+                if job.record is not None and token not in self.eos:
+                    job.record[i].append(token)
                 reason = None
                 if token in self.eos:
                     piece, reason = m.streams[i].finish(), "stop"

@@ -15,21 +15,24 @@ from .setup import build_model, fit, load_data, model_saver, require_base, sampl
 # --- LoRA ----------------------------------------------------------------------------------------------------------
 
 def lora_saver(tokenizer, merge: bool, base_path: str | None = None):
-    """save_model for LoRA runs: the adapter (each epoch: adapter_epoch_N.safetensors; at the end:
+    """save_model for LoRA runs: the adapter in PEFT's layout (each epoch: adapter_epoch_N.safetensors; at the end:
     adapter_model.safetensors + adapter_config.json + the tokenizer), and with `merge` the merged full model as
-    `train` writes it (config.json, model.safetensors, model_final.pth)."""
+    `train` writes it (config.json, model.safetensors, model_final.pth). With `merge` the adapter goes to
+    output_dir/adapter/: a folder holding both a model and an adapter_config.json is read by transformers (with
+    peft installed) as base + adapter, which would apply the adapter twice."""
     from ..lora import merge_lora, save_adapter
     from ..tokenizer import save_tokenizer
 
     save_full = model_saver(tokenizer)
 
     def save(model, out: Path, final: bool, epoch: int | None = None):
+        folder = out / "adapter" if merge else out
         if not final:
-            path = save_adapter(model, out, base_path, name=f"adapter_epoch_{epoch}.safetensors")
+            path = save_adapter(model, folder, base_path, name=f"adapter_epoch_{epoch}.safetensors")
             log.info(seed_line("adapter_saved", path=path))
             return
-        path = save_adapter(model, out, base_path)
-        save_tokenizer(tokenizer, out)
+        path = save_adapter(model, folder, base_path)
+        save_tokenizer(tokenizer, folder)
         log.info(f"LoRA adapter saved to {path} ({path.stat().st_size / 1e6:.2f} MB)")
         if merge:
             save_full(merge_lora(copy.deepcopy(model)), out, final=True)

@@ -68,7 +68,7 @@ class MetricsLog:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         self.file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
-        for kind in (report_to or "none").split(","):
+        for kind in [k.strip() for k in (report_to or "none").split(",") if k.strip()]:
             try:
                 if kind == "tensorboard":
                     from torch.utils.tensorboard import SummaryWriter
