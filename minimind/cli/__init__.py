@@ -19,6 +19,8 @@ COMMANDS = {
     "lora": ("lora", "LoRA fine-tuning of a base model: saves the adapter (--merge: a full model too)"),
     "dpo": ("dpo", "DPO on preference pairs (default: the built-in ones) against a frozen reference"),
     "distill": ("distill", "knowledge distillation: a teacher MODEL trains a smaller student"),
+    "grpo": ("grpo", "reinforcement learning: GRPO / CISPO with offline rewards (default: built-in arithmetic task)"),
+    "ppo": ("ppo", "reinforcement learning: PPO with a value head, GAE and offline rewards"),
     "tokenizer": ("tokenizer", "train a byte-level BPE tokenizer"),
     "data": ("data", "prepare token shards, corpus statistics"),
     "generate": ("generate", "complete a prompt (sampling flags, --stream, --num_samples)"),
