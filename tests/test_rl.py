@@ -88,7 +88,7 @@ def test_cispo_gradient_flows_through_clipped_tokens():
     old = torch.tensor([[-1.0, -1.0]])  # ratio e = 2.72 on token 0 (capped at 1.2), 1 on token 1
     loss, _ = grpo_loss(logps, old, None, torch.tensor([2.0]), torch.ones(1, 2), 0.0, "cispo", 0.2, 0.2)
     loss.backward()
-    assert logps.grad.tolist() == pytest.approx([[-1.2 * 2 / 2, -1.0 * 2 / 2]], abs=1e-6)
+    assert logps.grad[0].tolist() == pytest.approx([-1.2 * 2 / 2, -1.0 * 2 / 2], abs=1e-6)
     logps.grad = None
     loss, _ = grpo_loss(logps, old, None, torch.tensor([2.0]), torch.ones(1, 2), 0.0, "grpo", 0.2, 0.2)
     loss.backward()
@@ -164,8 +164,8 @@ def test_builtin_task_is_seeded_bilingual_and_checkable():
     numeric = load_reward("numeric")
     for r in a:
         assert int(r["answer"]) >= 0
-        assert numeric(r["prompt"], f"The answer is {r['answer']}.", **r) == 1.0
-        assert numeric(r["prompt"], f"{int(r['answer']) + 1}", **r) == 0.0
+        assert numeric(r["prompt"], f"The answer is {r['answer']}.", answer=r["answer"]) == 1.0
+        assert numeric(r["prompt"], f"{int(r['answer']) + 1}", answer=r["answer"]) == 0.0
     assert any("加" in r["prompt"] or "有" in r["prompt"] for r in a if r["lang"] == "zh")
     assert builtin_tasks("train")[:5] != builtin_tasks("val")[:5]
 
