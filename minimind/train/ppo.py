@@ -136,5 +136,6 @@ def run_ppo(config: TrainConfig) -> dict | None:
     steps = PPOSteps(config, tokenizer, rewards, reference, dist_info.rank, dist_info.main,
                      full_length=config.fsdp and dist_info.world > 1)
     return fit(config, "ppo", model, train_set, val_set, dist_info, loss_fn=ppo_loss_fn(config),
-               collate_fn=collate_prompts, save_model=lambda m, out, final, epoch=None: save(m.policy, out, final, epoch),
+               collate_fn=collate_prompts,
+               save_model=lambda m, out, final, epoch=None: save(m.policy, out, final, epoch),
                sample_fn=lambda m: sample(m.policy), prepare=steps, updates_per_batch=config.updates_per_batch)

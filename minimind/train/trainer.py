@@ -114,12 +114,13 @@ class Trainer:
 
     `config` carries the run's settings (the `minimind train` flags; `TrainConfig`). `save_model(model, output_dir,
     final, epoch)` writes the stage's model files (rank 0 only); `sample_fn(model) -> text` shows progress at each
-    evaluation. `prepare(model, micro_batches, step, training) -> updates` turns the data's micro-batches into what
-    the loss takes, just before a step (under the run's autocast): a list of optimizer steps, each a list of
-    micro-batches (RL: the prompts rolled out, then `updates_per_batch` policy updates on the same samples); in evaluation
-    (training=False) the first micro-batch of the first update is used. The state is saved only after all the
-    updates of one prepared batch, so a resumed run repeats none and skips none. `perplexity_name` says what exp(held-out loss) is for this data ("packed held-out perplexity" for
-    pretraining); None: it is not a perplexity (DPO, distillation), and is not printed.
+    evaluation. `prepare(model, micro_batches, step, training) -> updates` turns the data's micro-batches into
+    what the loss takes, just before a step (under the run's autocast): a list of optimizer steps, each a list of
+    micro-batches (RL: the prompts rolled out, then `updates_per_batch` policy updates on the same samples); in
+    evaluation (training=False) the first micro-batch of the first update is used. The state is saved only after
+    all the updates of one prepared batch, so a resumed run repeats none and skips none. `perplexity_name` says what
+    exp(held-out loss) is for this data ("packed held-out perplexity" for pretraining); None: it is not a perplexity
+    (DPO, distillation, RL), and is not printed.
     """
 
     MAX_BAD_STEPS = 5
