@@ -191,7 +191,7 @@ def read_config_file(path: str | Path, command: str = "train") -> dict:
     names = setting_names(command)
     for key, value in values.items():
         if key not in names:
-            owner = known[key].metadata.get("command", "")
+            owner = known[key].metadata.get("command", "") if key in known else ""
             owner = " / ".join(owner) if isinstance(owner, tuple) else owner
             where = f"a setting of minimind {owner}, not of minimind {command}" \
                 if key in known else f"not a setting of minimind {command}; see minimind {command} --help"
