@@ -262,7 +262,7 @@ def bad_inputs(tmp_path):
         ("missing field", p / "missing.jsonl", PretrainDataset, f'{p / "missing.jsonl"}:3: no "text" field'),
         ("unknown role", p / "role.jsonl", SFTDataset,
          f"{p / 'role.jsonl'}:3: conversations[0].role is \"bot\", not a known role; "
-         "expected system, developer, user or assistant"),
+         "expected system, developer, user, assistant or tool"),
         ("empty file", p / "empty.jsonl", PretrainDataset, f"{p / 'empty.jsonl'}: the file is empty"),
         ("binary file", p / "binary.txt", PretrainDataset, f"{p / 'binary.txt'}: not a text file"),
         ("missing path", p / "nope.jsonl", PretrainDataset, f"{p / 'nope.jsonl'}: no such file or directory"),

@@ -1,5 +1,6 @@
 """Data tools. `minimind data prepare` tokenizes a corpus once into uint16 memory-mapped shards plus index.json;
-pass the folder as training data. `minimind data stats` counts documents, characters and tokens."""
+pass the folder as training data. `minimind data stats` counts documents, characters and tokens. `minimind data
+tooluse` writes the built-in tool-use SFT set."""
 
 
 def add_arguments(p):
@@ -19,10 +20,24 @@ def add_arguments(p):
     d.add_argument("--data", default=None, help="file, folder or glob (default: the built-in corpus)")
     d.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the shipped one)")
     d.add_argument("--skip_bad_records", action="store_true", help="warn about bad records instead of stopping")
+    d = actions.add_parser("tooluse", help="write the built-in tool-use SFT set",
+                           description="Write the built-in tool-use conversations (calculator, unit conversion, "
+                                       "dates; see minimind/data/tooluse.py) as .jsonl, to train on with "
+                                       "`minimind train --stage sft --data OUT`.")
+    d.add_argument("--out", required=True, help=".jsonl file to write")
+    d.add_argument("--n", type=int, default=3000, help="conversations (default: %(default)s)")
+    d.add_argument("--split", choices=("train", "val"), default="train", help="train, or the held-out questions")
 
 
 def main(args):
-    (prepare if args.action == "prepare" else stats)(args)
+    {"prepare": prepare, "stats": stats, "tooluse": tooluse}[args.action](args)
+
+
+def tooluse(args):
+    from ..data.tooluse import write_tool_conversations
+
+    out = write_tool_conversations(args.out, args.n, args.split)
+    print(f"wrote {args.n} tool-use conversations ({args.split}) to {out}")
 
 
 def prepare(args):

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 
 from ..data.messages import prompt_ids
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, at_most, invalid, read_request
+from .reply import ChatReader
 from .worker import Job, Worker
 
 CHAT_PAGE = Path(__file__).parent.parent / "assets" / "chat.html"
@@ -108,12 +109,13 @@ class Endpoints:
 
     # prompts and jobs
 
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
+    def chat_prompt(self, messages: list[dict], tools: list | None = None,
+                    enable_thinking: bool | None = None) -> list[int]:
         if not getattr(self.encoder, "chat_template", None):
             raise invalid("messages", "this model's tokenizer has no chat template, so it cannot format messages; "
                                       "use /v1/completions with a plain prompt instead")
         try:
-            return prompt_ids(self.encoder, messages)
+            return prompt_ids(self.encoder, messages, tools, enable_thinking)
         except Exception as e:  # the template's own checks (raise_exception)
             raise invalid("messages", f"the chat template cannot format these messages: {e}") from None
 
@@ -159,9 +161,17 @@ class Endpoints:
 
     async def chat(self, request):
         req = await self.read_body(request, ChatCompletionRequest)
-        prompt = self.chat_prompt(req.messages)
+        # Tools are offered unless tool_choice is "none"; a forced call (tool_choice "required" or a named
+        # function) is written into the prompt after an empty thinking block.
+        tools = req.tools if req.tool_choice != "none" else None
+        forced = req.forced_call or ""
+        thinking = False if forced else req.enable_thinking
+        prompt = self.chat_prompt(req.messages, tools, thinking)
+        prompt += self.encoder.encode(forced, add_special_tokens=False) if forced else []
         job = self.job(req, [prompt], "messages", req.limit_field)
-        return await self.answer(req, "chat", job, len(prompt))
+        reader = ChatReader(job.rows, thinking=thinking is True, tools=tools is not None, forced=forced,
+                            parallel=req.parallel_tool_calls)
+        return await self.answer(req, "chat", job, len(prompt), reader)
 
     async def completion(self, request):
         req = await self.read_body(request, CompletionRequest)
@@ -171,14 +181,15 @@ class Endpoints:
 
     # answering
 
-    async def answer(self, req, kind: str, job: Job, prompt_tokens: int):
-        """Submit `job` and answer: one JSON object, or server-sent events when req.stream."""
+    async def answer(self, req, kind: str, job: Job, prompt_tokens: int, reader: ChatReader | None = None):
+        """Submit `job` and answer: one JSON object, or server-sent events when req.stream. `reader`: how a chat
+        answer's text is read (reasoning, content, tool calls)."""
         events = self.submit(job)
         chat = kind == "chat"
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
                 "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": self.model_name}
-        answer = Answer(self.engine, job, events, head, chat, prompt_tokens)
+        answer = Answer(self.engine, job, events, head, chat, prompt_tokens, reader)
         if not req.stream:
             return JSONResponse(await answer.whole())
         return StreamingResponse(answer.stream(req.stream_options.include_usage), media_type="text/event-stream",
@@ -205,9 +216,11 @@ class Answer:
     """One job's answer as it comes from the worker: gathered whole (`whole`) or streamed as server-sent events in
     OpenAI's chunk format (`stream`)."""
 
-    def __init__(self, engine: Worker, job: Job, events: asyncio.Queue, head: dict, chat: bool, prompt_tokens: int):
+    def __init__(self, engine: Worker, job: Job, events: asyncio.Queue, head: dict, chat: bool, prompt_tokens: int,
+                 reader: ChatReader | None = None):
         self.engine, self.job, self.events, self.head, self.chat = engine, job, events, head, chat
         self.prompt_tokens, self.counts = prompt_tokens, [0] * job.rows
+        self.reader = reader or ChatReader(job.rows) if chat else None
 
     def usage(self) -> dict:
         completion = sum(self.counts)
@@ -245,9 +258,13 @@ class Answer:
                     reasons[event.row] = event.reason
         finally:
             self.leave()
-        choices = [{"index": i, **({"message": {"role": "assistant", "content": text}} if self.chat else
-                                   {"text": text}), "logprobs": None, "finish_reason": reason}
-                   for i, (text, reason) in enumerate(zip(texts, reasons))]
+        if self.chat:
+            for i, text in enumerate(texts):
+                self.reader.push(i, text)
+                self.reader.end(i)
+                reasons[i] = self.reader.finish_reason(i, reasons[i])
+        choices = [{"index": i, **({"message": self.reader.message(i)} if self.chat else {"text": text}),
+                    "logprobs": None, "finish_reason": reason} for i, (text, reason) in enumerate(zip(texts, reasons))]
         return {**self.head, "choices": choices, "usage": self.usage()}
 
     def chunk(self, choices: list[dict], **extra) -> str:
@@ -256,9 +273,10 @@ class Answer:
                 "choices": choices, **extra}
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
-    def choice(self, index: int, text: str | None = None, finish_reason: str | None = None, role: bool = False):
-        if self.chat:
-            delta = {"role": "assistant", "content": ""} if role else ({} if text is None else {"content": text})
+    def choice(self, index: int, text: str | dict | None = None, finish_reason: str | None = None,
+               role: bool = False):
+        if self.chat:  # text: a delta of the ChatReader's
+            delta = {"role": "assistant", "content": ""} if role else ({} if text is None else text)
             body = {"delta": delta}
         else:
             body = {"text": text or ""}
@@ -270,10 +288,16 @@ class Answer:
                 for i in range(self.job.rows):
                     yield self.chunk([self.choice(i, role=True)])
             async for event in self.until_done():
-                if isinstance(event, Piece):
-                    yield self.chunk([self.choice(event.row, event.text)])
-                else:
-                    yield self.chunk([self.choice(event.row, finish_reason=event.reason)])
+                if not self.chat:
+                    yield self.chunk([self.choice(event.row, event.text)] if isinstance(event, Piece) else
+                                     [self.choice(event.row, finish_reason=event.reason)])
+                    continue
+                ended = isinstance(event, End)
+                for delta in self.reader.end(event.row) if ended else self.reader.push(event.row, event.text):
+                    yield self.chunk([self.choice(event.row, delta)])
+                if ended:
+                    reason = self.reader.finish_reason(event.row, event.reason)
+                    yield self.chunk([self.choice(event.row, finish_reason=reason)])
             if include_usage:
                 yield self.chunk([], usage=self.usage())
         except APIError as e:  # the status line has gone out: the error travels as an event

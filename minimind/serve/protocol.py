@@ -4,9 +4,11 @@ names the field at fault (`temperature`, `messages[0].content[1]`).
 
 The models are strict: a number is a JSON number (not "0.5"), a flag is true or false, an integer has no fraction;
 null means "not given", as OpenAI reads it. Unknown fields are refused, naming the field. Fields OpenAI defines that
-change nothing here (`user`, `metadata`, ...) are accepted; features this server lacks (logprobs, tools, ...) are
-accepted only when "off". Messages follow the chat format of `minimind.data.messages`, the rule the training data
-follows too. Limits of the server (max_tokens, n) and of the model (context window, vocabulary) are `app.py`'s.
+change nothing here (`user`, `metadata`, ...) are accepted; features this server lacks (logprobs, ...) are
+accepted only when "off". Tools (`tools`, `tool_choice`, `parallel_tool_calls`) and thinking (`enable_thinking`,
+also read from vLLM's `chat_template_kwargs`) are `ChatCompletionRequest`'s.
+Messages follow the chat format of `minimind.data.messages`, the rule the training data follows too.
+Limits of the server (max_tokens, n) and of the model (context window, vocabulary) are `app.py`'s.
 """
 
 import json
@@ -24,17 +26,17 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from ..data.messages import MessageError, parse_messages
+from ..data.messages import MessageError, parse_messages, parse_tools
 
 MAX_STOPS = 4  # as OpenAI
 
 
-IGNORED = ("user", "metadata", "store", "service_tier", "parallel_tool_calls")  # accepted, no effect here
+IGNORED = ("user", "metadata", "store", "service_tier")  # accepted, no effect here
 
 
 # Features this server lacks: refused unless they hold their "off" value (or null, which is always off).
 UNSUPPORTED = {
-    "logprobs": (False,), "top_logprobs": (0,), "logit_bias": ({},), "tools": ([],), "tool_choice": ("none", "auto"),
+    "logprobs": (False,), "top_logprobs": (0,), "logit_bias": ({},),
     "functions": ([],), "function_call": ("none", "auto"), "echo": (False,), "best_of": (1,), "suffix": ("",),
     "modalities": (["text"],), "audio": (), "prediction": (), "reasoning_effort": (), "web_search_options": (),
 }
@@ -128,7 +130,6 @@ class _Request(BaseModel):
     metadata: Any = None
     store: Any = None
     service_tier: Any = None
-    parallel_tool_calls: Any = None
     # UNSUPPORTED
     logprobs: Off = None
     top_logprobs: Off = None
@@ -149,9 +150,12 @@ class ChatCompletionRequest(_Request):
     """POST /v1/chat/completions. `messages` is the conversation as the chat template takes it."""
     messages: list[dict] = Field(description='a non-empty list of {"role", "content"} messages')
     max_completion_tokens: int | None = Field(None, ge=1)  # max_tokens' newer name
+    tools: Any = None  # OpenAI's function tools, rendered into the prompt (`minimind.data.messages.parse_tools`)
+    tool_choice: Any = None  # "auto" (default with tools), "none", "required", {"type": "function", "function": ...}
+    parallel_tool_calls: bool = True  # False: at most one call per answer
+    enable_thinking: bool | None = None  # an extension: True opens the thinking, False skips it, null: the model's
+    chat_template_kwargs: dict | None = None  # vLLM's; only {"enable_thinking": bool} is read
     # UNSUPPORTED
-    tools: Off = None
-    tool_choice: Off = None
     functions: Off = None
     function_call: Off = None
     modalities: Off = None
@@ -168,11 +172,65 @@ class ChatCompletionRequest(_Request):
         except MessageError as e:
             raise refused("messages" + e.at, e.message("messages")) from None
 
+    @field_validator("tools", mode="plain")
+    @classmethod
+    def _tools(cls, value) -> list[dict] | None:
+        try:
+            return parse_tools(value)
+        except MessageError as e:
+            raise refused("tools" + e.at.removeprefix("tools"), e.message("")) from None
+
     @model_validator(mode="after")
     def _one_limit(self):
         if self.max_tokens is not None and self.max_completion_tokens is not None:
             raise refused("max_tokens", "give max_tokens or max_completion_tokens, not both")
         return self
+
+    @model_validator(mode="after")
+    def _thinking(self):
+        kwargs = self.chat_template_kwargs or {}
+        if set(kwargs) - {"enable_thinking"} or not isinstance(kwargs.get("enable_thinking", False), bool):
+            raise refused("chat_template_kwargs", 'chat_template_kwargs: only {"enable_thinking": true or false} '
+                                                  "is supported")
+        if "enable_thinking" in kwargs:
+            if self.enable_thinking is not None and self.enable_thinking != kwargs["enable_thinking"]:
+                raise refused("enable_thinking", "enable_thinking and chat_template_kwargs.enable_thinking differ")
+            self.enable_thinking = kwargs["enable_thinking"]
+        return self
+
+    @model_validator(mode="after")
+    def _tool_choice(self):
+        choice, names = self.tool_choice, [t["function"]["name"] for t in self.tools or []]
+        if choice is None:
+            self.tool_choice = "auto" if names else "none"
+            return self
+        if isinstance(choice, str):
+            if choice not in ("auto", "none", "required"):
+                raise refused("tool_choice", f'tool_choice must be "auto", "none", "required" or {{"type": '
+                                             f'"function", "function": {{"name": ...}}}}, got {json.dumps(choice)}')
+        else:
+            fn = choice.get("function") if isinstance(choice, dict) else None
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or choice.get("type", "function") != \
+                    "function":
+                raise refused("tool_choice", 'tool_choice must be "auto", "none", "required" or {"type": "function", '
+                                             f'"function": {{"name": ...}}}}, got {json.dumps(choice)[:80]}')
+            if fn["name"] not in names:
+                raise refused("tool_choice", f"tool_choice names the function {json.dumps(fn['name'])}, which is not "
+                                             f"in tools ({', '.join(names) or 'none given'})")
+            self.tool_choice = fn["name"]
+        if self.tool_choice not in ("auto", "none") and not names:
+            raise refused("tool_choice", f"tool_choice {json.dumps(choice)} needs tools; give the tools to call")
+        return self
+
+    @property
+    def forced_call(self) -> str | None:
+        """What tool_choice makes the answer start with: a call ("required"), a call of the named function, or
+        nothing."""
+        if self.tool_choice == "required":
+            return "<tool_call>\n"
+        if self.tool_choice not in ("auto", "none"):
+            return '<tool_call>\n{"name": ' + json.dumps(self.tool_choice) + ', "arguments": '
+        return None
 
     @property
     def limit_field(self) -> str:
