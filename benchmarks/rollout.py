@@ -20,7 +20,7 @@ from minimind import MiniMindForCausalLM, preset
 from minimind.data.tasks import PromptDataset
 from minimind.tokenizer import load_tokenizer
 from minimind.train.dpo import frozen_reference
-from minimind.train.rl import grpo_loss, group_advantages
+from minimind.train.rl import group_advantages, grpo_loss
 from minimind.train.rollout import forward_logps, generate_rollouts
 
 
