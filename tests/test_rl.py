@@ -336,3 +336,79 @@ def test_rl_resumes_exactly_after_sigkill(command, extra, base, tmp_path):
     assert set(a) == set(b)
     for name in a:
         assert (a[name] - b[name]).abs().max() <= 1e-6, name
+
+
+# --- agent RL ------------------------------------------------------------------------------------------------------
+
+def test_agent_rollouts_run_tools_and_train_only_the_model_turns():
+    """Scripted model turns (the engine replaced by a script), a stub tool: the call is run, its result follows as a
+    tool turn that is context (mask 0), the answer turn ends the row, rewards see the calls; a malformed call and
+    an unknown tool count against tool_call; the turn limit stops a row that keeps calling."""
+    from types import SimpleNamespace
+
+    from minimind.train.agent import AgentSteps, tool_turn_ids
+    from minimind.train.config import build_config
+
+    tok = load_tokenizer()
+    eos = tok.eos_token_id
+    call = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "3+5"}}\n</tool_call>'
+    script = {  # row -> its turns
+        0: [call, "It is 8."],
+        1: ["<tool_call>\nnot json\n</tool_call>", "no idea"],  # malformed: stays text, the row ends
+        2: ['<tool_call>\n{"name": "rm_rf", "arguments": {}}\n</tool_call>', "It is 8."],
+        3: [call, call, call],  # keeps calling: stopped by --max_turns 2
+    }
+    seen = []
+
+    def stub(name, arguments):
+        seen.append((name, arguments))
+        return "8"
+
+    def fake_generate(policy, prompts, G, n, eos_id, temperature, generator, full_length):
+        comps = []
+        for ids in prompts:  # the row from its prompt, the turn from the tool results so far
+            text = tok.decode(ids)
+            row = int(text.split("Row ")[1][0])
+            comps.append(tok.encode(script[row][text.count("<tool_response>")], add_special_tokens=False) + [eos])
+        width = max(len(c) for c in comps)
+        mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in comps])
+        return SimpleNamespace(completions=comps, engine_logps=torch.full(mask.shape, -0.5) * mask,
+                               completion_mask=mask)
+
+    config = build_config("agent", {"max_turns": 2, "max_seq_len": 512, "max_new_tokens": 40, "tools": ["calculator"]})
+    steps = AgentSteps(config, tok, Rewards(["numeric", "tool_call", "tool_result"]), tool_runner=stub)
+    steps.generate = fake_generate
+    records = [{"prompt": "What is 3 plus 5?", "answer": "8", "messages": [],
+                "prompt_ids": tok.encode(f"<|im_start|>user\nRow {i}: What is 3 plus 5?<|im_end|>\n"
+                                         "<|im_start|>assistant\n", add_special_tokens=False)} for i in range(4)]
+    ro, texts, rows = steps.rollout(tiny_model(), records, 1, 1.0, None)
+    assert seen == [("calculator", {"expression": "3+5"}), ("calculator", {"expression": "3+5"})]
+    assert texts[0] == "It is 8." and rows[0]["tool_calls"][0]["result"] == "8"
+    assert rows[1]["malformed_calls"] == 1 and not rows[1]["tool_calls"]
+    assert rows[2]["tool_calls"][0]["result"].startswith("error: unknown tool 'rm_rf'")
+    assert len(rows[3]["tool_calls"]) == 1  # turn 2 (the last) calls again: not run
+    # row 0: prompt, turn 1 (trained), the tool turn (context), turn 2 (trained)
+    p = len(records[0]["prompt_ids"])
+    t1 = tok.encode(call, add_special_tokens=False) + [eos]
+    tool = tool_turn_ids(tok, ["8"])
+    t2 = tok.encode("It is 8.", add_special_tokens=False) + [eos]
+    n = p + len(t1) + len(tool) + len(t2)
+    assert ro.input_ids[0, :n].tolist() == records[0]["prompt_ids"] + t1 + tool + t2
+    assert ro.completion_mask[0, :n].tolist() == [0] * p + [1] * len(t1) + [0] * len(tool) + [1] * len(t2)
+    assert "<tool_response>\n8\n</tool_response>" in tok.decode(tool)
+    assert ro.engine_logps[0][ro.completion_mask[0].bool()].tolist() == [-0.5] * (len(t1) + len(t2))
+    r = steps.rewards(rows, texts)
+    assert r[0] == 3.0 and r[1] == 0.0 and r[2] == 1.0  # row 2: right answer, its one call failed
+
+
+def test_agent_command_runs(tmp_path):
+    from minimind.train.agent import run_agent
+
+    base = save_model_dir(tiny_model(hidden=64, max_position_embeddings=512), tmp_path / "base")
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        run_agent(parse_args(["--pretrained_path", str(base), "--max_seq_len", "1024"], command="agent"))
+    out = tmp_path / "agent"
+    run_agent(parse_args([*RUN, "--pretrained_path", str(base), "--output_dir", str(out), "--max_steps", "2",
+                          "--max_seq_len", "256", "--batch_size", "2", "--num_generations", "2",
+                          "--max_turns", "2"], command="agent"))
+    assert len(rewards_of(out)) == 2 and (out / "model.safetensors").exists()

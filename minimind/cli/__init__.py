@@ -21,6 +21,7 @@ COMMANDS = {
     "distill": ("distill", "knowledge distillation: a teacher MODEL trains a smaller student"),
     "grpo": ("grpo", "reinforcement learning: GRPO / CISPO with offline rewards (default: built-in arithmetic task)"),
     "ppo": ("ppo", "reinforcement learning: PPO with a value head, GAE and offline rewards"),
+    "agent": ("agent", "agent RL: GRPO on multi-turn rollouts that call tools (default: the calculator)"),
     "tokenizer": ("tokenizer", "train a byte-level BPE tokenizer"),
     "data": ("data", "prepare token shards, corpus statistics"),
     "generate": ("generate", "complete a prompt (sampling flags, --stream, --num_samples)"),

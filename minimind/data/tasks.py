@@ -98,10 +98,12 @@ def parse_prompt_record(record: dict, where: str) -> dict:
 
 class PromptDataset(Dataset):
     """Prompts to roll out: item i is the record (its "messages", "prompt" and other fields) plus "prompt_ids" (the
-    chat-template rendering with the assistant turn opened). `data=None`: the built-in arithmetic task. A prompt
-    longer than `max_prompt_len` tokens is an error naming its record."""
+    chat-template rendering with the assistant turn opened, offering `tools` (OpenAI-style schemas) when given).
+    `data=None`: the built-in arithmetic task. A prompt longer than `max_prompt_len` tokens is an error naming its
+    record."""
 
-    def __init__(self, data, tokenizer, max_prompt_len: int, split: str = "train", skip_bad_records: bool = False):
+    def __init__(self, data, tokenizer, max_prompt_len: int, split: str = "train", skip_bad_records: bool = False,
+                 tools: list[dict] | None = None):
         if data is None:
             raw = [(f"built-in:{i}", r) for i, r in enumerate(builtin_tasks(split))]
             records = [parse_prompt_record(r, where) for where, r in raw]
@@ -111,7 +113,7 @@ class PromptDataset(Dataset):
             records = _user_split(read_records(data, parse_prompt_record, skip_bad_records), split)
         self.records, self.ids = records, []
         for i, r in enumerate(records):
-            ids = prompt_ids(tokenizer, r["messages"])
+            ids = prompt_ids(tokenizer, r["messages"], tools)
             if len(ids) > max_prompt_len:
                 raise ValueError(f"{data or 'built-in'}: prompt {i} has {len(ids)} tokens, more than the "
                                  f"{max_prompt_len} left by --max_seq_len minus --max_new_tokens; raise "

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from ..presets import LORA_TARGETS, PRESETS
 
-COMMANDS = ("train", "lora", "dpo", "distill", "grpo", "ppo")
+COMMANDS = ("train", "lora", "dpo", "distill", "grpo", "ppo", "agent")
 STAGES = {"train": ("pretrain", "sft"), "lora": ("sft", "pretrain"), "dpo": ("dpo",), "distill": ("sft", "pretrain"),
-          "grpo": ("rl",), "ppo": ("rl",)}
-RL = ("grpo", "ppo")
+          "grpo": ("rl",), "ppo": ("rl",), "agent": ("rl",)}
+RL = ("grpo", "ppo", "agent")
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -100,16 +100,19 @@ class TrainConfig:
     max_new_tokens: int = _only(RL, 48)
     reward: list[str] = _only(RL, ["numeric", "format=0.2"])
     reward_model: str | None = _only(RL, None)
-    loss_type: str = _only("grpo", "grpo", choices=("grpo", "cispo"))
+    loss_type: str = _only(("grpo", "agent"), "grpo", choices=("grpo", "cispo"))
     loss_norm: str = _only(RL, "token", choices=("token", "sequence", "constant"))
     clip_eps: float = _only(RL, 0.2)
     clip_eps_high: float | None = _only(RL, None)
-    scale_rewards: bool = _only("grpo", True)
+    scale_rewards: bool = _only(("grpo", "agent"), True)
     updates_per_batch: int = _only(RL, 1)
     vf_coef: float = _only("ppo", 0.5)
     value_clip: float = _only("ppo", 0.2)
     gamma: float = _only("ppo", 1.0)
     lam: float = _only("ppo", 0.95)
+    # minimind agent
+    max_turns: int = _only("agent", 3)
+    tools: list[str] = _only("agent", ["calculator"])
 
     def __post_init__(self):
         for f in fields(self):
@@ -135,6 +138,9 @@ COMMAND_DEFAULTS = {
     "ppo": {"stage": "rl", "learning_rate": 1e-5, "dropout": 0.0, "epochs": 1, "max_seq_len": 256, "beta": 0.02,
             "temperature": 1.0, "lora_rank": 0, "eval_interval": 50, "eval_batches": 4, "save_steps": 50,
             "num_generations": 2},
+    "agent": {"stage": "rl", "learning_rate": 1e-5, "dropout": 0.0, "epochs": 1, "max_seq_len": 512, "beta": 0.02,
+              "temperature": 1.0, "lora_rank": 0, "eval_interval": 50, "eval_batches": 4, "save_steps": 50,
+              "reward": ["numeric", "format=0.2", "tool_call=0.2"]},
 }
 
 

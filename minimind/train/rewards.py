@@ -20,6 +20,9 @@ Built-ins (the answer is the completion after any `<think>...</think>` block):
     length      1 if the answer's length in characters is in the band LO-HI (default 1-200), falling linearly to 0
                 at 0 and 2 * HI
     repetition  minus the share of repeated word 3-grams (0: no repeats, towards -1: a loop)
+    tool_call   (agent rollouts) the share of the tool calls made that were well formed and ran without an error
+                (0 when none was made)
+    tool_result (agent rollouts) 1 if the answer's last number is a number a tool returned, else 0
 
 `--reward_model DIR` adds a `transformers` sequence-classification model with one output (as the public MiniMind
 uses), scored in batches on the chat-rendered prompt + completion. A reward function that raises, returns NaN or
@@ -102,8 +105,24 @@ def repetition(prompt: str, completion: str, **record) -> float:
     return -(1.0 - len(set(grams)) / len(grams))
 
 
+def tool_call(prompt: str, completion: str, tool_calls=(), malformed_calls: int = 0, **record) -> float:
+    made = len(tool_calls) + malformed_calls
+    if not made:
+        return 0.0
+    ok = sum(1 for c in tool_calls if not str(c.get("result", "")).startswith("error:"))
+    return ok / made
+
+
+def tool_result(prompt: str, completion: str, tool_calls=(), **record) -> float:
+    numbers = NUMBER.findall(answer_text(completion).replace(",", ""))
+    if not numbers:
+        return 0.0
+    results = {float(x) for c in tool_calls for x in NUMBER.findall(str(c.get("result", "")))}
+    return float(float(numbers[-1]) in results)
+
+
 BUILTINS = {"exact": exact, "numeric": numeric, "regex": regex, "format": format_reward, "length": length,
-            "repetition": repetition}
+            "repetition": repetition, "tool_call": tool_call, "tool_result": tool_result}
 _ARGUMENT = {"regex": "pattern", "length": "band"}  # the keyword a built-in's spec argument fills
 
 

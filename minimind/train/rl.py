@@ -126,11 +126,7 @@ class RolloutSteps:
         policy = self.policy(model)
         device = next(policy.parameters()).device
         generator = torch.Generator(device=device).manual_seed(rollout_seed(c.seed, step, self.rank))
-        ro = generate_rollouts(policy, [r["prompt_ids"] for r in records], G, c.max_new_tokens,
-                               self.tokenizer.eos_token_id, c.temperature if training else 0.0, generator,
-                               self.full_length)
-        texts = self.tokenizer.batch_decode(ro.completions, skip_special_tokens=True)
-        rows = [r for r in records for _ in range(G)]
+        ro, texts, rows = self.rollout(policy, records, G, c.temperature if training else 0.0, generator)
         rewards = torch.tensor(self.rewards(rows, texts), dtype=torch.float32, device=device)
         batch = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "completion_mask": ro.completion_mask,
                  "rewards": rewards}
@@ -156,6 +152,13 @@ class RolloutSteps:
             chunk["stats"] = stats
             chunks.append(chunk)
         return [chunks] * (c.updates_per_batch if training else 1)
+
+    def rollout(self, policy, records: list[dict], G: int, temperature: float, generator):
+        """(Rollout, completion texts, the record of each row): G samples of each record's prompt, one turn."""
+        ro = generate_rollouts(policy, [r["prompt_ids"] for r in records], G, self.config.max_new_tokens,
+                               self.tokenizer.eos_token_id, temperature, generator, self.full_length)
+        texts = self.tokenizer.batch_decode(ro.completions, skip_special_tokens=True)
+        return ro, texts, [r for r in records for _ in range(G)]
 
     def old_logps(self, model, batch):
         logps, _ = forward_logps(model, batch["input_ids"], batch["attention_mask"])
@@ -199,9 +202,9 @@ def check_rl_config(config: TrainConfig, command: str):
         raise ValueError("--clip_eps and --clip_eps_high must be > 0")
 
 
-def rl_parts(config: TrainConfig, command: str):
+def rl_parts(config: TrainConfig, command: str, tools: list[dict] | None = None):
     """What GRPO and PPO share: (config, dist_info, tokenizer, policy (LoRA applied with --lora_rank), reference or
-    None (beta = 0), rewards, train_set, val_set, save_model)."""
+    None (beta = 0), rewards, train_set, val_set, save_model). `tools`: the tool schemas the prompts offer."""
     from ..data.tasks import PromptDataset
     from .dpo import frozen_reference
     from .lora import _targets, lora_saver
@@ -211,6 +214,10 @@ def rl_parts(config: TrainConfig, command: str):
     check_rl_config(config, command)
     config, dist_info, tokenizer = start(config, command)
     model = build_model(config, tokenizer)
+    if config.max_seq_len > model.config.max_position_embeddings:
+        raise ValueError(f"--max_seq_len {config.max_seq_len} is longer than the model's context "
+                         f"({model.config.max_position_embeddings} positions): a prompt and its answers must fit; "
+                         f"use --max_seq_len {model.config.max_position_embeddings} or less")
     reference = frozen_reference(model).to(config.device) if config.beta > 0 else None  # rebuilt the same on resume
     save_model = model_saver(tokenizer)
     if config.lora_rank:
@@ -222,7 +229,7 @@ def rl_parts(config: TrainConfig, command: str):
     rewards = Rewards(config.reward, config.reward_model, config.device)
     log.info(f"Reward: {rewards!r}")
     kw = {"tokenizer": tokenizer, "max_prompt_len": config.max_seq_len - config.max_new_tokens,
-          "skip_bad_records": config.skip_bad_records}
+          "skip_bad_records": config.skip_bad_records, "tools": tools}
     train_set, val_set = PromptDataset(config.data, split="train", **kw), PromptDataset(config.data, split="val", **kw)
     return config, dist_info, tokenizer, model, reference, rewards, train_set, val_set, save_model
 
