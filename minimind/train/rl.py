@@ -212,6 +212,8 @@ def rl_parts(config: TrainConfig, command: str, tools: list[dict] | None = None)
     from .setup import build_model, model_saver, start
 
     check_rl_config(config, command)
+    if config.reward:
+        Rewards(config.reward)  # the reward functions checked before anything loads
     config, dist_info, tokenizer = start(config, command)
     model = build_model(config, tokenizer)
     if config.max_seq_len > model.config.max_position_embeddings:
