@@ -80,6 +80,8 @@ class AgentSteps(RolloutSteps):
                     rows[i]["tool_calls"].append({**call, "result": result})
                     results.append(result)
                 extra = tool_turn_ids(tok, results)
+                if len(ids[i]) + len(extra) >= c.max_seq_len:  # no room left to answer: the row ends here
+                    continue
                 ids[i] += extra
                 trained[i] += [0] * len(extra)
                 logps[i] += [0.0] * len(extra)
