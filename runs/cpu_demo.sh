@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on the built-in data, on a 2-core CPU in a few minutes:
-#   pretrain -> SFT -> LoRA (merged) -> DPO -> distillation into a smaller student -> one chat answer
+#   pretrain -> SFT -> LoRA (merged) -> DPO -> distillation into a smaller student -> GRPO on the built-in
+#   arithmetic task -> one chat answer
 #   -> tool use: SFT on the built-in tool-use set, its calculator-call rate on held-out questions, a chat that runs
 #      the calculator.
 # Every line is the command a user would type; nothing is downloaded.
@@ -25,7 +26,7 @@ run() {  # run NAME COMMAND...: show the progress lines, keep the whole log, rec
     local name=$1 start=$SECONDS
     shift
     echo "=== $name: $*"
-    "$@" 2>&1 | tee "$OUT/$name.log" | sed -u -n -E 's/.*\r//; /^(Epoch \[|Eval @|Held-out|Sample:|LoRA adapter|训练完成)/p'
+    "$@" 2>&1 | tee "$OUT/$name.log" | sed -u -n -E 's/.*\r//; /^(Epoch \[|Eval @|Held-out|Sample:|LoRA adapter|Rollout @|训练完成)/p'
     echo "$name $((SECONDS - start))" >> "$OUT/times.txt"
 }
 
@@ -40,6 +41,10 @@ run dpo minimind dpo --pretrained_path "$OUT/lora" "${COMMON[@]}" --max_steps 60
     --output_dir "$OUT/dpo"
 run distill minimind distill --teacher "$OUT/dpo" --hidden_size 64 --num_layers 2 --num_heads 2 --num_kv_heads 1 \
     "${COMMON[@]}" --max_steps 100 --learning_rate 3e-3 --temperature 2.0 --alpha 0.5 --output_dir "$OUT/distill"
+# RL: 4 prompts x 4 samples a step, answers of up to 16 tokens, rewards numeric + format (the defaults)
+run grpo minimind grpo --pretrained_path "$OUT/sft" --max_seq_len 128 --batch_size 4 --num_generations 4 \
+    --max_new_tokens 16 --max_steps 30 --learning_rate 3e-4 --beta 0.02 --eval_interval 0 --eval_batches 4 \
+    --log_interval 10 --output_dir "$OUT/grpo"
 
 echo "=== chat with the DPO model"
 chat_start=$SECONDS
@@ -64,12 +69,13 @@ import json, os, sys
 
 out = sys.argv[1]
 times = dict(line.split() for line in open(os.path.join(out, "times.txt")))
-for stage in ("pretrain", "sft", "lora", "dpo", "distill", "tool"):
+for stage in ("pretrain", "sft", "lora", "dpo", "distill", "grpo", "tool"):
     records = [json.loads(line) for line in open(os.path.join(out, stage, "metrics.jsonl"))]
     last_train = [r for r in records if "loss" in r][-1]
     final_eval = [r for r in records if "eval_loss" in r][-1]
     keys = {"dpo": ("eval_loss", "eval_margin", "eval_accuracy", "eval_rewards/chosen", "eval_rewards/rejected"),
-            "distill": ("eval_loss", "eval_ce", "eval_kl")}.get(stage, ("eval_loss", "eval_ppl"))
+            "distill": ("eval_loss", "eval_ce", "eval_kl"),
+            "grpo": ("eval_reward", "eval_kl", "eval_response_len")}.get(stage, ("eval_loss", "eval_ppl"))
     shown = ", ".join(f"{k.removeprefix('eval_')} {final_eval[k]:.4f}" for k in keys)
     extra = ""
     if stage == "lora":

@@ -46,7 +46,8 @@ def test_bad_config_files_are_refused_naming_key_and_file(tmp_path):
     with pytest.raises(ValueError, match=r"bad.yaml: unknown key 'learnig_rate' \(not a setting of minimind train"):
         parse_args(["--config", str(path)])
     path.write_text("beta: 0.2\n")
-    with pytest.raises(ValueError, match=r"unknown key 'beta' \(a setting of minimind dpo, not of minimind train\)"):
+    with pytest.raises(ValueError, match=r"unknown key 'beta' \(a setting of minimind dpo / grpo / ppo / agent, "
+                                         r"not of minimind train\)"):
         parse_args(["--config", str(path)])
     assert read_config_file(path, "dpo") == {"beta": 0.2}
     path.write_text("epochs: three\n")

@@ -9,5 +9,7 @@
 - `setup.py`: what every stage shares around it: the settings resolved, the run's start (logging, device,
   distributed, seed, tokenizer), the model, the data, the saved model directories.
 - One module per stage, each a short recipe of data + loss: `pretrain.py` (pretraining and SFT), `lora.py`,
-  `dpo.py`, `distill.py`.
+  `dpo.py`, `distill.py`; reinforcement learning: `rl.py` (GRPO / CISPO, and the rollout step the RL stages share
+  through the trainer's `prepare` hook), `ppo.py`, `agent.py` (tool-calling rollouts), with `rollout.py` (sampling
+  through the decode engine) and `rewards.py`.
 """

@@ -18,13 +18,15 @@ from pathlib import Path
 
 from ..presets import LORA_TARGETS, PRESETS
 
-COMMANDS = ("train", "lora", "dpo", "distill")
-STAGES = {"train": ("pretrain", "sft"), "lora": ("sft", "pretrain"), "dpo": ("dpo",), "distill": ("sft", "pretrain")}
+COMMANDS = ("train", "lora", "dpo", "distill", "grpo", "ppo", "agent")
+STAGES = {"train": ("pretrain", "sft"), "lora": ("sft", "pretrain"), "dpo": ("dpo",), "distill": ("sft", "pretrain"),
+          "grpo": ("rl",), "ppo": ("rl",), "agent": ("rl",)}
+RL = ("grpo", "ppo", "agent")
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 
 
-def _only(command: str, default, **kw):
-    """A field that only `command` takes."""
+def _only(command: str | tuple[str, ...], default, **kw):
+    """A field that only `command` (or these commands) takes."""
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"command": command, **kw})
     return field(default=default, metadata={"command": command, **kw})
@@ -59,7 +61,7 @@ class TrainConfig:
     log_interval: int = 10
     save_interval: int = 1  # model_epoch_N.pth every N epochs
     # data
-    stage: str = _choice("pretrain", ("pretrain", "sft", "dpo"))
+    stage: str = _choice("pretrain", ("pretrain", "sft", "dpo", "rl"))
     data: str | None = None  # None: the built-in corpus / conversations / pairs
     tokenizer: str | None = None  # None: the shipped one
     skip_bad_records: bool = False
@@ -80,19 +82,37 @@ class TrainConfig:
     eval_interval: int = 200  # 0 = only at the end
     eval_batches: int = 50
     report_to: str = "none"
-    # minimind lora
-    lora_rank: int = _only("lora", 8)
-    lora_alpha: float = _only("lora", 16.0)
-    lora_dropout: float = _only("lora", 0.05)
-    lora_targets: list[str] = _only("lora", list(LORA_TARGETS))
+    # minimind lora (and LoRA-only RL: grpo / ppo with --lora_rank)
+    lora_rank: int = _only(("lora", *RL), 8)
+    lora_alpha: float = _only(("lora", *RL), 16.0)
+    lora_dropout: float = _only(("lora", *RL), 0.05)
+    lora_targets: list[str] = _only(("lora", *RL), list(LORA_TARGETS))
     merge: bool = _only("lora", False)
-    # minimind dpo
-    beta: float = _only("dpo", 0.1)
-    # minimind distill
+    # minimind dpo (and the KL weight of grpo / ppo)
+    beta: float = _only(("dpo", *RL), 0.1)
+    # minimind distill (and the rollout temperature of grpo / ppo)
     teacher: str | None = _only("distill", None)
     student_config: str | None = _only("distill", None)
-    temperature: float = _only("distill", 2.0)
+    temperature: float = _only(("distill", *RL), 2.0)
     alpha: float = _only("distill", 0.5)
+    # minimind grpo / ppo
+    num_generations: int = _only(RL, 6)
+    max_new_tokens: int = _only(RL, 48)
+    reward: list[str] = _only(RL, ["numeric", "format=0.2"])
+    reward_model: str | None = _only(RL, None)
+    loss_type: str = _only(("grpo", "agent"), "grpo", choices=("grpo", "cispo"))
+    loss_norm: str = _only(RL, "token", choices=("token", "sequence", "constant"))
+    clip_eps: float = _only(RL, 0.2)
+    clip_eps_high: float | None = _only(RL, None)
+    scale_rewards: bool = _only(("grpo", "agent"), True)
+    updates_per_batch: int = _only(RL, 1)
+    vf_coef: float = _only("ppo", 0.5)
+    value_clip: float = _only("ppo", 0.2)
+    gamma: float = _only("ppo", 1.0)
+    lam: float = _only("ppo", 0.95)
+    # minimind agent
+    max_turns: int = _only("agent", 3)
+    tools: list[str] = _only("agent", ["calculator"])
 
     def __post_init__(self):
         for f in fields(self):
@@ -112,12 +132,26 @@ COMMAND_DEFAULTS = {
     # dropout would make the policy differ from the reference by noise alone
     "dpo": {"stage": "dpo", "learning_rate": 5e-6, "dropout": 0.0},
     "distill": {"stage": "sft"},
+    # RL: a short run over prompts; rollouts make each step costly, so evaluate and save more often on fewer batches
+    "grpo": {"stage": "rl", "learning_rate": 1e-5, "dropout": 0.0, "epochs": 1, "max_seq_len": 256, "beta": 0.02,
+             "temperature": 1.0, "lora_rank": 0, "eval_interval": 50, "eval_batches": 4, "save_steps": 50},
+    "ppo": {"stage": "rl", "learning_rate": 1e-5, "dropout": 0.0, "epochs": 1, "max_seq_len": 256, "beta": 0.02,
+            "temperature": 1.0, "lora_rank": 0, "eval_interval": 50, "eval_batches": 4, "save_steps": 50,
+            "num_generations": 2},
+    "agent": {"stage": "rl", "learning_rate": 1e-5, "dropout": 0.0, "epochs": 1, "max_seq_len": 512, "beta": 0.02,
+              "temperature": 1.0, "lora_rank": 0, "eval_interval": 50, "eval_batches": 4, "save_steps": 50,
+              "reward": ["numeric", "format=0.2", "tool_call=0.2"]},
 }
 
 
 def setting_names(command: str) -> list[str]:
     """The settings `minimind COMMAND` takes: the shared ones and its own."""
-    return [f.name for f in fields(TrainConfig) if f.metadata.get("command", command) == command]
+    return [f.name for f in fields(TrainConfig) if _takes(f, command)]
+
+
+def _takes(f, command: str) -> bool:
+    owner = f.metadata.get("command", command)
+    return command in owner if isinstance(owner, tuple) else owner == command
 
 
 def command_defaults(command: str) -> dict:
@@ -163,7 +197,9 @@ def read_config_file(path: str | Path, command: str = "train") -> dict:
     names = setting_names(command)
     for key, value in values.items():
         if key not in names:
-            where = f"a setting of minimind {known[key].metadata['command']}, not of minimind {command}" \
+            owner = known[key].metadata.get("command", "") if key in known else ""
+            owner = " / ".join(owner) if isinstance(owner, tuple) else owner
+            where = f"a setting of minimind {owner}, not of minimind {command}" \
                 if key in known else f"not a setting of minimind {command}; see minimind {command} --help"
             raise ValueError(f"--config {path}: unknown key {key!r} ({where})")
         try:

@@ -114,15 +114,20 @@ class Trainer:
 
     `config` carries the run's settings (the `minimind train` flags; `TrainConfig`). `save_model(model, output_dir,
     final, epoch)` writes the stage's model files (rank 0 only); `sample_fn(model) -> text` shows progress at each
-    evaluation. `perplexity_name` says what exp(held-out loss) is for this data ("packed held-out perplexity" for
-    pretraining); None: it is not a perplexity (DPO, distillation), and is not printed.
+    evaluation. `prepare(model, micro_batches, step, training) -> updates` turns the data's micro-batches into
+    what the loss takes, just before a step (under the run's autocast): a list of optimizer steps, each a list of
+    micro-batches (RL: the prompts rolled out, then `updates_per_batch` policy updates on the same samples); in
+    evaluation (training=False) the first micro-batch of the first update is used. The state is saved only after
+    all the updates of one prepared batch, so a resumed run repeats none and skips none. `perplexity_name` says what
+    exp(held-out loss) is for this data ("packed held-out perplexity" for pretraining); None: it is not a perplexity
+    (DPO, distillation, RL), and is not printed.
     """
 
     MAX_BAD_STEPS = 5
 
     def __init__(self, model, config: TrainConfig, train_set, val_set=None, *, loss_fn=lm_loss, collate_fn=None,
                  save_model=None, sample_fn=None, dist_info: Dist | None = None, device=None,
-                 perplexity_name: str | None = "held-out perplexity"):
+                 perplexity_name: str | None = "held-out perplexity", prepare=None, updates_per_batch: int = 1):
         self.config = c = config
         self.dist = dist_info or Dist()
         self.device = torch.device(device or c.device)
@@ -132,6 +137,7 @@ class Trainer:
         self.loss_fn, self.collate_fn = loss_fn, collate_fn
         self.save_model, self.sample_fn = save_model, sample_fn
         self.perplexity_name = perplexity_name
+        self.prepare = prepare
         self.out = Path(c.output_dir)
         self.state = TrainState()
 
@@ -142,7 +148,7 @@ class Trainer:
             raise TrainingError(f"the training set has {len(train_set)} samples, fewer than one global batch "
                                 f"({c.batch_size} x {self.dist.world} processes x {c.accumulation_steps} "
                                 "accumulation steps); use a smaller --batch_size or more data")
-        self.total_steps = self.steps_per_epoch * c.epochs
+        self.total_steps = self.steps_per_epoch * c.epochs * updates_per_batch  # optimizer steps
         if c.max_steps:
             self.total_steps = min(self.total_steps, c.max_steps)
         warmup = c.warmup_steps if c.warmup_steps is not None else round(c.warmup_ratio * self.total_steps)
@@ -207,6 +213,9 @@ class Trainer:
         for i in range(n_batches):
             start = (i * self.dist.world + self.dist.rank) * per_rank
             batch = collate([self.val_set[j % n] for j in range(start, start + per_rank)])
+            if self.prepare is not None:
+                with self.autocast():
+                    batch = self.prepare(self.model, [batch], self.state.step, False)[0][0]
             with self.autocast():
                 loss, metrics = self.loss_fn(self.wrapped, self.to_device(batch))
             total += torch.stack([loss.float().detach(), torch.ones((), device=self.device)])
@@ -296,34 +305,38 @@ class Trainer:
             batches = iter(self.loader(self.train_set, st.epoch, st.consumed))
             while st.consumed + self.global_batch <= self.steps_per_epoch * self.global_batch:
                 micro = [next(batches) for _ in range(c.accumulation_steps)]
-                result = self.train_step(micro)
                 st.consumed += self.global_batch
-                if result is None:
-                    self.skipped_step()
-                    continue
-                loss, grad_norm, tokens, metrics, lr = result
-                st.bad_steps = 0
-                st.step += 1
-                st.epoch_loss_sum += loss
-                st.epoch_loss_count += 1
-                tokens_since += tokens
-                bar.update(1)
-                if st.step % c.log_interval == 0 or st.step == self.total_steps:
-                    now = time.perf_counter()
-                    tps = tokens_since / max(now - t_last, 1e-9)
-                    t_last, tokens_since = now, 0
-                    avg = st.epoch_loss_sum / st.epoch_loss_count
-                    log.info(seed_line("progress", epoch=st.epoch + 1, epochs=c.epochs, loss=loss, avg=avg,
-                                       step=st.consumed // self.global_batch, steps=self.steps_per_epoch))
-                    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-                    self.metrics.log({"step": st.step, "epoch": st.epoch + 1, "loss": loss, "avg_loss": avg, "lr": lr,
-                                      "grad_norm": grad_norm, "tokens_per_s": tps, **metrics})
-                if c.eval_interval and st.step % c.eval_interval == 0:
-                    self.run_eval()
-                if st.step >= self.total_steps:
-                    done = True
+                step_before = st.step
+                for micro in self.updates(micro):
+                    result = self.train_step(micro)
+                    if result is None:
+                        self.skipped_step()
+                        continue
+                    loss, grad_norm, tokens, metrics, lr = result
+                    st.bad_steps = 0
+                    st.step += 1
+                    st.epoch_loss_sum += loss
+                    st.epoch_loss_count += 1
+                    tokens_since += tokens
+                    bar.update(1)
+                    if st.step % c.log_interval == 0 or st.step == self.total_steps:
+                        now = time.perf_counter()
+                        tps = tokens_since / max(now - t_last, 1e-9)
+                        t_last, tokens_since = now, 0
+                        avg = st.epoch_loss_sum / st.epoch_loss_count
+                        log.info(seed_line("progress", epoch=st.epoch + 1, epochs=c.epochs, loss=loss, avg=avg,
+                                           step=st.consumed // self.global_batch, steps=self.steps_per_epoch))
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                        self.metrics.log({"step": st.step, "epoch": st.epoch + 1, "loss": loss, "avg_loss": avg,
+                                          "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps, **metrics})
+                    if c.eval_interval and st.step % c.eval_interval == 0:
+                        self.run_eval()
+                    if st.step >= self.total_steps:
+                        done = True
+                        break
+                if done:
                     break
-                if c.save_steps and st.step % c.save_steps == 0:
+                if c.save_steps and st.step // c.save_steps > step_before // c.save_steps:
                     self.save_state()
             if not done or st.consumed >= self.steps_per_epoch * self.global_batch:
                 self.end_epoch()
@@ -337,6 +350,13 @@ class Trainer:
         if self.dist.world > 1:
             torch.distributed.barrier()  # rank 0 saves and plots after the others are done: leave the group together
         return result
+
+    def updates(self, micro: list) -> list[list]:
+        """The optimizer steps to take on these micro-batches: one, unless the stage prepares them (`prepare`)."""
+        if self.prepare is None:
+            return [micro]
+        with self.autocast():
+            return self.prepare(self.model, micro, self.state.step, True)
 
     def skipped_step(self):
         """The NaN guard: count a skipped step; stop after MAX_BAD_STEPS in a row."""
