@@ -44,7 +44,8 @@ PEFT_PREFIX = "base_model.model."  # PEFT's names: base_model.model.<module>.lor
 BASE_METADATA = "minimind_base_model"  # the safetensors metadata key of the base model's shape summary
 # The base model's fields an adapter depends on; checked when it is loaded.
 BASE_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "intermediate_size",
-               "vocab_size", "use_moe", "n_routed_experts", "n_shared_experts")
+               "vocab_size", "use_moe", "n_routed_experts", "n_shared_experts", "head_dim", "qk_norm",
+               "moe_intermediate_size")
 
 
 class LoRALinear(nn.Module):
