@@ -21,6 +21,7 @@ from ..presets import LORA_TARGETS, PRESETS
 COMMANDS = ("train", "lora", "dpo", "distill")
 STAGES = {"train": ("pretrain", "sft"), "lora": ("sft", "pretrain"), "dpo": ("dpo",), "distill": ("sft", "pretrain")}
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZER_CHOICES = ("adamw", "muon")
 
 
 def _only(command: str, default, **kw):
@@ -69,6 +70,7 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     warmup_steps: int | None = None  # overrides warmup_ratio
     min_lr_ratio: float = 0.1
+    optimizer: str = _choice("adamw", OPTIMIZER_CHOICES)
     dtype: str = _choice("auto", DTYPE_CHOICES)
     compile: bool = False
     seed: int = 42
