@@ -1,8 +1,9 @@
 """The training loop shared by every stage (pretrain, SFT, LoRA, DPO, distillation).
 
 A stage differs only in its model, its data and its `loss_fn(model, batch) -> (loss, metrics)`; the loop itself
-handles the rest: AdamW (decay on weight matrices only), warmup + cosine schedule, gradient accumulation, clipping,
-autocast (bf16, or fp16 with a GradScaler), a NaN/inf guard, periodic evaluation and samples. Around it, each in
+handles the rest: the optimizer (fused AdamW with decay on weight matrices only, or Muon for the hidden matrices plus
+AdamW, `--optimizer muon`), warmup + cosine schedule, gradient accumulation, clipping, autocast (bf16, or fp16 with a
+GradScaler), a NaN/inf guard, periodic evaluation and samples. Around it, each in
 its own module: `parallel.py` (DDP / FSDP2 under `torchrun`), `checkpointing.py` (the state that resumes exactly),
 `metrics.py` (console, metrics.jsonl, TensorBoard / W&B, the loss curve).
 
@@ -96,12 +97,14 @@ def muon_params(model: torch.nn.Module) -> tuple[list, list]:
     return hidden, other
 
 
-def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float):
+def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float, fused: bool = False):
     """AdamW (betas 0.9, 0.999; decay on weight matrices only), or, for "muon", torch.optim.Muon on the hidden weight
     matrices with its update scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw"), so one learning rate and one
-    weight decay serve both, and AdamW on the rest (`muon_params`)."""
+    weight decay serve both, and AdamW on the rest (`muon_params`). `fused`: AdamW's fused kernel (CPU and CUDA;
+    on a CPU its step is ~3.5x faster than the default per-tensor loop for the small preset)."""
+    kw = {"fused": True} if fused else {}
     if name == "adamw":
-        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
+        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999), **kw)
     if name != "muon":
         raise ValueError(f"optimizer {name!r}: expected adamw or muon")
     if not hasattr(torch.optim, "Muon"):
@@ -111,7 +114,7 @@ def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: 
             ] if hidden else []
     adamw = torch.optim.AdamW([{"params": [p for p in other if p.dim() >= 2], "weight_decay": weight_decay},
                                {"params": [p for p in other if p.dim() < 2], "weight_decay": 0.0}],
-                              lr=lr, betas=(0.9, 0.999))
+                              lr=lr, betas=(0.9, 0.999), **kw)
     return Optimizers(*muon, adamw)
 
 
@@ -214,7 +217,8 @@ class Trainer:
         if c.optimizer != "adamw" and self.sharded:
             raise TrainingError(f"--optimizer {c.optimizer} does not run on FSDP shards (Muon orthogonalises whole "
                                 "matrices); use DDP (no --fsdp) or --optimizer adamw")
-        self.optimizer = build_optimizer(self.model, c.optimizer, c.learning_rate, c.weight_decay)
+        fused = not self.sharded and self.device.type in ("cpu", "cuda")  # not on DTensor shards, nor MPS
+        self.optimizer = build_optimizer(self.model, c.optimizer, c.learning_rate, c.weight_decay, fused)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.metrics = None  # a MetricsLog while fit runs
         self.last_eval = None  # (step, result): the end-of-run evaluation is not repeated
