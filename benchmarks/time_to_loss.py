@@ -9,9 +9,10 @@ held-out split every `--eval_every` steps. The recipes differ only in optimizer,
   embedding and norms (`--optimizer muon`), 1e-2 with 20 warmup steps, cosine to 0.1x, 200 steps.
 - `adamw`: the earlier README recipe, AdamW at 3e-3 with 30 warmup steps, 300 steps (with `--recipes`).
 
-Writes a markdown table (steps to reach each loss; '-' = never within its steps) and the curves as JSON.
+Writes a markdown table (steps to reach each loss; '-' = never within its steps) and, beside it, each recipe's
+settings and curve as JSON (`--reuse` takes a recipe's curve from there when its settings have not changed).
 
-    python benchmarks/time_to_loss.py                      # minimind vs fast, ~10 minutes on 2 CPU cores
+    python benchmarks/time_to_loss.py                      # minimind vs fast, ~10 minutes on an idle 2-core CPU
     python benchmarks/time_to_loss.py --recipes minimind,fast,adamw --out benchmarks/time_to_loss.md
 """
 
@@ -78,16 +79,28 @@ def main():
     p.add_argument("--eval_every", type=int, default=25)
     p.add_argument("--steps_scale", type=float, default=1.0, help="multiply each recipe's steps (a quick check: 0.1)")
     p.add_argument("--out", help="also write the table to this markdown file (and the curves beside it as .json)")
+    p.add_argument("--reuse", action="store_true", help="take the curves of recipes already in --out's .json (same "
+                                                        "settings) instead of training them again")
     args = p.parse_args()
     logging.disable(logging.INFO)  # the trainer's progress lines; the table is the output
-    curves, seconds = {}, {}
+    saved_path = Path(args.out).with_suffix(".json") if args.out else None
+    saved = json.loads(saved_path.read_text()) if args.reuse and saved_path and saved_path.exists() else {}
+    curves, seconds, runs = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.recipes.split(","):
             recipe = dict(RECIPES[name])
             recipe["max_steps"] = max(1, round(recipe["max_steps"] * args.steps_scale))
-            curves[name], seconds[name] = curve(name, recipe, args.eval_every, Path(tmp))
+            settings = {**COMMON, **recipe, "eval_interval": args.eval_every}
+            old = saved.get(name)
+            if old and old["settings"] == settings:
+                curves[name], seconds[name] = [tuple(x) for x in old["curve"]], old["seconds"]
+            else:
+                curves[name], seconds[name] = curve(name, recipe, args.eval_every, Path(tmp))
+            runs[name] = {"settings": settings, "curve": curves[name], "seconds": seconds[name]}
             print(f"{name}: {recipe}: final held-out loss {curves[name][-1][1]:.4f} after {curves[name][-1][0]} "
                   f"steps ({seconds[name]:.0f} s)", flush=True)
+            if saved_path:
+                saved_path.write_text(json.dumps({**saved, **runs}, indent=1) + "\n", encoding="utf-8")
     reference = curves[args.recipes.split(",")[0]]
     target = reference[-1][1]
     levels = sorted({6.0, 5.5, 5.25, 5.0, round(target, 4)}, reverse=True)
@@ -109,7 +122,6 @@ def main():
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(curves, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
