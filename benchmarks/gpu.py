@@ -37,7 +37,7 @@ PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A8
              "A10G": 70e12, "L4": 121e12, "4090": 165e12, "3090": 71e12}
 
 FULL = dict(train=[("small", 32, 1024), ("medium", 16, 2048)], train_steps=10, decode_presets=["small", "medium"],
-            decode_batches=[1, 64], prompt=32, new=256, streams=32, stream_tokens=256, rounds=2)
+            decode_batches=[1, 64], prompt=32, new=256, streams=32, stream_tokens=256, rounds=1)
 SMOKE = dict(train=[("tiny", 2, 64)], train_steps=2, decode_presets=["tiny"], decode_batches=[1, 4], prompt=8, new=8,
              streams=4, stream_tokens=8, rounds=1)
 

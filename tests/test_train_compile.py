@@ -72,10 +72,11 @@ def test_compiled_training_equals_eager_and_resumes_exactly(tmp_path, optimizer)
 def test_compiled_moe_trains_like_eager(tmp_path):
     moe = dict(use_moe=True, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, aux_loss_alpha=0.1)
     eager, compiled = tiny_model(vocab=200, **moe), tiny_model(vocab=200, **moe)
-    Trainer(eager, config(tmp_path / "eager"), Tokens()).fit()
-    Trainer(compiled, config(tmp_path / "compiled", compile=True), Tokens()).fit()
+    Trainer(eager, config(tmp_path / "eager", max_steps=3), Tokens()).fit()
+    # The experts' token counts change every step: dynamo recompiles for new shapes, then treats them as dynamic.
+    Trainer(compiled, config(tmp_path / "compiled", max_steps=3, compile=True), Tokens()).fit()
     a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
-    assert len(a) == len(b) == 6 and a == pytest.approx(b, abs=1e-4)
+    assert len(a) == len(b) == 3 and a == pytest.approx(b, abs=1e-4)
     weights_close(eager, compiled, 1e-3)
 
 
