@@ -103,7 +103,7 @@ def main():
                 saved_path.write_text(json.dumps({**saved, **runs}, indent=1) + "\n", encoding="utf-8")
     reference = curves[args.recipes.split(",")[0]]
     target = reference[-1][1]
-    levels = sorted({6.0, 5.5, 5.25, 5.0, round(target, 4)}, reverse=True)
+    levels = sorted({x for x in (6.0, 5.5, 5.25, 5.0) if round(x, 4) != round(target, 4)} | {target}, reverse=True)
     header = (f"tiny preset, 16 x 256 tokens a step, built-in corpus, held-out loss every {args.eval_every} steps; "
               f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads")
     body = table(curves, levels)
