@@ -7,9 +7,11 @@ import torch
 from helpers import tiny_model
 
 from minimind.train.config import TrainConfig
-from minimind.train.trainer import Optimizers, Trainer, build_optimizer, muon_params
+from minimind.train.parallel import Dist
+from minimind.train.trainer import Optimizers, Trainer, TrainingError, build_optimizer, muon_available, muon_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+needs_muon = pytest.mark.skipif(not muon_available(), reason="torch.optim.Muon is in torch >= 2.9")
 
 
 class Tokens(torch.utils.data.Dataset):
@@ -34,6 +36,7 @@ def model():
     return tiny_model(vocab=200, hidden=32)
 
 
+@needs_muon
 def test_muon_takes_the_layer_matrices_and_adamw_the_rest():
     m = model()
     hidden, other = muon_params(m)
@@ -49,6 +52,7 @@ def test_muon_takes_the_layer_matrices_and_adamw_the_rest():
         build_optimizer(m, "sgd", 1e-3, 0.1)
 
 
+@needs_muon
 def test_one_step_is_orthogonalised_for_matrices_and_adam_for_the_embedding(tmp_path):
     m = model()
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
@@ -67,6 +71,7 @@ def test_one_step_is_orthogonalised_for_matrices_and_adam_for_the_embedding(tmp_
     assert float(step.median()) == pytest.approx(lr, rel=1e-2)
 
 
+@needs_muon
 def test_muon_trains_and_resumes_exactly(tmp_path):
     straight = model()
     Trainer(straight, config(tmp_path / "a", max_steps=6), Tokens()).fit()
@@ -91,6 +96,7 @@ def test_muon_trains_and_resumes_exactly(tmp_path):
         assert (a - b).abs().max() <= 1e-6, name
 
 
+@needs_muon
 def test_resume_with_the_other_optimizer_is_refused(tmp_path):
     Trainer(model(), config(tmp_path, max_steps=1), Tokens()).fit()  # a Muon state
     with pytest.raises(ValueError, match=r"Muon \+ AdamW, this run uses AdamW; resume with the --optimizer"):
@@ -107,3 +113,8 @@ def test_optimizer_flag(tmp_path):
     assert parse_args(["--optimizer", "muon"]).optimizer == "muon"
     with pytest.raises(SystemExit):
         parse_args(["--optimizer", "sgd"])
+
+
+def test_muon_is_refused_on_fsdp_shards(tmp_path):
+    with pytest.raises(TrainingError, match="does not run on FSDP shards"):
+        Trainer(model(), config(tmp_path, fsdp=True), Tokens(), dist_info=Dist(rank=0, world=2))

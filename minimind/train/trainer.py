@@ -97,6 +97,13 @@ def muon_params(model: torch.nn.Module) -> tuple[list, list]:
     return hidden, other
 
 
+def muon_available() -> bool:
+    """Whether this torch has `torch.optim.Muon` with the `adjust_lr_fn` option that `build_optimizer` uses."""
+    import inspect
+
+    return hasattr(torch.optim, "Muon") and "adjust_lr_fn" in inspect.signature(torch.optim.Muon).parameters
+
+
 def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float, fused: bool = False):
     """AdamW (betas 0.9, 0.999; decay on weight matrices only), or, for "muon", torch.optim.Muon on the hidden weight
     matrices with its update scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw"), so one learning rate and one
@@ -107,8 +114,9 @@ def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: 
         return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999), **kw)
     if name != "muon":
         raise ValueError(f"optimizer {name!r}: expected adamw or muon")
-    if not hasattr(torch.optim, "Muon"):
-        raise ValueError(f"--optimizer muon needs torch.optim.Muon (torch >= 2.9); this is torch {torch.__version__}")
+    if not muon_available():
+        raise ValueError(f"--optimizer muon needs torch.optim.Muon with adjust_lr_fn (torch >= 2.9); this is torch "
+                         f"{torch.__version__}: upgrade torch, or use --optimizer adamw")
     hidden, other = muon_params(model)
     muon = [torch.optim.Muon(hidden, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
             ] if hidden else []
@@ -213,10 +221,10 @@ class Trainer:
         warmup = c.warmup_steps if c.warmup_steps is not None else round(c.warmup_ratio * self.total_steps)
         self.warmup_steps = min(warmup, self.total_steps)
 
-        self.wrapped = wrap(self.model, self.dist, self.device, self.sharded, c.compile)
         if c.optimizer != "adamw" and self.sharded:
             raise TrainingError(f"--optimizer {c.optimizer} does not run on FSDP shards (Muon orthogonalises whole "
                                 "matrices); use DDP (no --fsdp) or --optimizer adamw")
+        self.wrapped = wrap(self.model, self.dist, self.device, self.sharded, c.compile)
         fused = not self.sharded and self.device.type in ("cpu", "cuda")  # not on DTensor shards, nor MPS
         self.optimizer = build_optimizer(self.model, c.optimizer, c.learning_rate, c.weight_decay, fused)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
