@@ -101,6 +101,10 @@ def train_rate(model, batch, seq, steps, device, compile, sdpa) -> float:
 
 
 def models(name, device, dtype=None):
+    """minimind and LlamaForCausalLM of preset `name` with the same weights. Clears torch.compile's caches first: the
+    compiled code of an earlier model (another preset, or another part) would count against the recompile limit
+    of the shared forward functions and push this one back to eager."""
+    torch._dynamo.reset()
     config = preset(name)
     torch.manual_seed(0)
     ours = MiniMindForCausalLM(config).to(device)
