@@ -7,7 +7,8 @@ Face with the same config and weights, measured in one run. Writes a markdown re
    N = the parameters of every matrix product (the tied head counted once as the head), as nanoGPT and PaLM count.
 2. Decode, batch 1 and 64: greedy, bf16 weights, `model.generate` (minimind's decode engine, eager and compiled)
    vs `LlamaForCausalLM.generate`, new tokens / s over the whole call.
-3. Serving: `minimind serve`'s app (the OpenAI API) with 32 concurrent requests, completion tokens / s overall.
+3. Serving: `minimind serve`'s app (the OpenAI API) with 32 concurrent requests, completion tokens / s overall
+   (eager; `--serve_compile` serves compiled).
 
 The models have random weights: speed does not depend on them (a random model rarely emits its end token, so the
 serving streams run to max_tokens almost always; the report counts the tokens the server says it produced).
@@ -191,7 +192,7 @@ def serving(args, s, device, report):
     ours, _ = models(name, device, dtype)
     ours.eval()
     app = create_app(ours, load_tokenizer(), model_name=name, max_tokens_limit=s["stream_tokens"],
-                     max_batch=s["streams"], compile=args.compile)
+                     max_batch=s["streams"], compile=args.serve_compile)
     sock = listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -217,8 +218,9 @@ def serving(args, s, device, report):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-    report.append(f"## Serving ({name} preset, `minimind serve`'s app, {s['streams']} concurrent chat requests of "
-                  f"up to {s['stream_tokens']} tokens)\n")
+    mode = "compiled" if args.serve_compile else "eager"
+    report.append(f"## Serving ({name} preset, `minimind serve`'s app, {mode}, "
+                  f"{s['streams']} concurrent chat requests of up to {s['stream_tokens']} tokens)\n")
     report.append("| streams | completion tokens | seconds | tokens/s overall | tokens/s per stream |")
     report.append("|---|---|---|---|---|")
     row = (f"| {s['streams']} | {tokens} | {seconds:.2f} | {tokens / seconds:,.0f} | "
@@ -233,6 +235,8 @@ def main():
     p.add_argument("--smoke", action="store_true", help="toy sizes (tiny preset, a few steps): checks the script "
                                                         "end to end in a minute on a CPU")
     p.add_argument("--no_compile", dest="compile", action="store_false", help="skip torch.compile")
+    p.add_argument("--serve_compile", action="store_true", help="serve with --compile too (on a CPU smoke run its "
+                   "decode step recompiled on every round of requests, so it is off unless asked)")
     p.add_argument("--peak_tflops", type=float, help="the device's dense bf16 peak, when it is not in the table")
     p.add_argument("--parts", default="train,decode,serve")
     p.add_argument("--out", help="write the report here (markdown)")
