@@ -1,16 +1,21 @@
-"""Training-step throughput (forward + backward + AdamW) of MiniMind vs Hugging Face LlamaForCausalLM.
+"""Training-step throughput (forward + backward + AdamW) of MiniMind vs Hugging Face LlamaForCausalLM, eager and
+compiled.
 
-Both models get the same config and the same weights; steps alternate between them so that machine
-noise hits both alike. Reports tokens/s per model and the ratio ours / HF, in fp32 and under bf16
-autocast.
+Both models get the same config and the same weights, and the same optimizer (AdamW, fused where torch has it).
+Rounds rotate the order of the variants, so that machine noise hits all alike; each variant's median round counts.
+Reports tokens/s per variant and the ratios that matter: ours / HF eager, ours compiled / HF eager and ours compiled
+/ HF compiled.
 
-    python benchmarks/train_step.py                      # small preset, batch 8 x 256, CPU
-    python benchmarks/train_step.py --device cuda --batch 32 --seq 512
+    python benchmarks/train_step.py                              # small preset, batch 8 x 256, CPU, bf16 autocast
+    python benchmarks/train_step.py --compile --rounds 7         # also both under torch.compile
+    python benchmarks/train_step.py --device cuda --batch 32 --seq 512 --dtypes bf16 --compile
 """
 
 import argparse
 import contextlib
+import os
 import platform
+import statistics
 import time
 
 import torch
@@ -20,13 +25,14 @@ from minimind import MiniMindForCausalLM, preset
 from minimind.export.hf import llama_config
 
 
-def make_step(model, ids, dtype, device):
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, foreach=True)
+def make_step(model, ids, dtype, device, compile):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=True)
+    fwd = torch.compile(model) if compile else model
 
     def step():
         ctx = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
         with ctx:
-            loss = model(ids, labels=ids).loss
+            loss = fwd(ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -35,29 +41,37 @@ def make_step(model, ids, dtype, device):
     return step
 
 
-def measure(args, dtype):
+def measure(args, dtype) -> dict[str, float]:
+    """Median tokens/s of each variant."""
     device = torch.device(args.device)
     config = preset(args.preset)
     torch.manual_seed(0)
-    ours = MiniMindForCausalLM(config).to(device).train()
-    hf = LlamaForCausalLM(llama_config(config)).to(device).train()
-    hf.config._attn_implementation = "sdpa"
-    hf.load_state_dict(ours.state_dict())
     ids = torch.randint(0, config.vocab_size, (args.batch, args.seq), device=device)
-    steps = {"minimind": make_step(ours, ids, dtype, device), "hf_llama": make_step(hf, ids, dtype, device)}
-    for step in steps.values():  # warm-up
-        step()
+    steps = {}
+    for compile in [False, True] if args.compile else [False]:
+        ours = MiniMindForCausalLM(config).to(device).train()
+        hf = LlamaForCausalLM(llama_config(config)).to(device).train()
+        hf.config._attn_implementation = "sdpa"
+        hf.load_state_dict(ours.state_dict())
+        tag = " compiled" if compile else ""
+        steps["minimind" + tag] = make_step(ours, ids, dtype, device, compile)
+        steps["hf" + tag] = make_step(hf, ids, dtype, device, compile)
+    for name, step in steps.items():  # warm-up (the compiled ones compile here)
+        start = time.perf_counter()
+        for _ in range(2):
+            step()
+        if "compiled" in name:
+            print(f"  ({name}: compile and 2 steps {time.perf_counter() - start:.0f} s)", flush=True)
     times = {name: [] for name in steps}
+    names = list(steps)
     for r in range(args.rounds):
-        order = list(steps.items()) if r % 2 == 0 else list(steps.items())[::-1]  # ABBA: no first-mover bias
-        for name, step in order:
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate: no first-mover bias
             t = time.perf_counter()
             for _ in range(args.steps):
-                step()
+                steps[name]()
             times[name].append((time.perf_counter() - t) / args.steps)
     tokens = args.batch * args.seq
-    best = {name: tokens / min(ts) for name, ts in times.items()}  # tokens/s of the best round
-    return best["minimind"], best["hf_llama"]
+    return {name: tokens / statistics.median(ts) for name, ts in times.items()}
 
 
 def main():
@@ -66,19 +80,28 @@ def main():
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--dtypes", default="fp32,bf16")
+    p.add_argument("--dtypes", default="bf16", help="comma-separated: fp32, bf16, fp16")
+    p.add_argument("--compile", action="store_true", help="also both models under torch.compile")
     args = p.parse_args()
+    load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"{args.preset} preset, batch {args.batch} x {args.seq}, device {args.device}, "
           f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads")
-    print("| dtype | minimind tok/s | HF Llama tok/s | ratio |")
-    print("|---|---|---|---|")
+          f"{torch.get_num_threads()} threads{load}; median of {args.rounds} rounds of {args.steps} steps")
+    rows = []
     for name in args.dtypes.split(","):
         dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-        ours, hf = measure(args, dtype)
-        print(f"| {name} | {ours:,.0f} | {hf:,.0f} | {ours / hf:.2f} |", flush=True)
+        rows.append((name, measure(args, dtype)))
+    variants = list(rows[0][1])
+    ratios = [("minimind", "hf")] + ([("minimind compiled", "hf"), ("minimind compiled", "hf compiled")]
+                                     if args.compile else [])
+    print("\n| dtype | " + " | ".join(f"{v} tok/s" for v in variants) + " | " +
+          " | ".join(f"{a} / {b}" for a, b in ratios) + " |")
+    print("|---|" + "---|" * (len(variants) + len(ratios)))
+    for name, rate in rows:
+        print(f"| {name} | " + " | ".join(f"{rate[v]:,.0f}" for v in variants) + " | " +
+              " | ".join(f"{rate[a] / rate[b]:.2f}x" for a, b in ratios) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import argparse
 
 from ..presets import PRESETS
 from ..presets import SEED_MODEL_DEFAULTS as SEED
-from ..train.config import DTYPE_CHOICES, STAGES, build_config, command_defaults
+from ..train.config import DTYPE_CHOICES, OPTIMIZER_CHOICES, STAGES, build_config, command_defaults
 
 
 def add_training_flags(p: argparse.ArgumentParser, command: str = "train"):
@@ -70,6 +70,9 @@ def add_training_flags(p: argparse.ArgumentParser, command: str = "train"):
     g.add_argument("--warmup_steps", type=int, help="warmup steps (overrides --warmup_ratio)")
     g.add_argument("--min_lr_ratio", type=float, help="cosine decays to learning_rate * this "
                                                       f"(default: {d['min_lr_ratio']})")
+    g.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="adamw, or muon: Muon for the hidden weight "
+                   "matrices and AdamW for embeddings, norms and biases, one learning rate for both "
+                   f"(default: {d['optimizer']})")
     g.add_argument("--dtype", choices=DTYPE_CHOICES, help="autocast precision (default: auto: bf16 where supported, "
                                                           "else fp16 on GPU, else fp32)")
     g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")

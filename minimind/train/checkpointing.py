@@ -59,6 +59,11 @@ def load_training_state(path, model, optimizer, scaler, dist_info: Dist, sharded
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: cannot read the training state ({type(e).__name__}); it may be damaged") from None
+    saved_kinds = state["optimizer"].get("kinds", ["AdamW"]) if isinstance(state["optimizer"], dict) else None
+    kinds = [type(o).__name__ for o in getattr(optimizer, "optimizers", [optimizer])]
+    if saved_kinds != kinds:
+        raise ValueError(f"{path}: the state was written by a run with {' + '.join(saved_kinds or ['?'])}, this run "
+                         f"uses {' + '.join(kinds)}; resume with the --optimizer that run used")
     load_full_state(model, optimizer, state["model"], state["optimizer"], sharded)
     scaler.load_state_dict(state["scaler"])
     if state.get("world", 1) == dist_info.world:

@@ -23,6 +23,7 @@ STAGES = {"train": ("pretrain", "sft"), "lora": ("sft", "pretrain"), "dpo": ("dp
           "grpo": ("rl",), "ppo": ("rl",), "agent": ("rl",)}
 RL = ("grpo", "ppo", "agent")
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZER_CHOICES = ("adamw", "muon")
 
 
 def _only(command: str | tuple[str, ...], default, **kw):
@@ -71,6 +72,7 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     warmup_steps: int | None = None  # overrides warmup_ratio
     min_lr_ratio: float = 0.1
+    optimizer: str = _choice("adamw", OPTIMIZER_CHOICES)
     dtype: str = _choice("auto", DTYPE_CHOICES)
     compile: bool = False
     seed: int = 42

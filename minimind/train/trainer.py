@@ -1,8 +1,9 @@
 """The training loop shared by every stage (pretrain, SFT, LoRA, DPO, distillation).
 
 A stage differs only in its model, its data and its `loss_fn(model, batch) -> (loss, metrics)`; the loop itself
-handles the rest: AdamW (decay on weight matrices only), warmup + cosine schedule, gradient accumulation, clipping,
-autocast (bf16, or fp16 with a GradScaler), a NaN/inf guard, periodic evaluation and samples. Around it, each in
+handles the rest: the optimizer (fused AdamW with decay on weight matrices only, or Muon for the hidden matrices plus
+AdamW, `--optimizer muon`), warmup + cosine schedule, gradient accumulation, clipping, autocast (bf16, or fp16 with a
+GradScaler), a NaN/inf guard, periodic evaluation and samples. Around it, each in
 its own module: `parallel.py` (DDP / FSDP2 under `torchrun`), `checkpointing.py` (the state that resumes exactly),
 `metrics.py` (console, metrics.jsonl, TensorBoard / W&B, the loss curve).
 
@@ -51,6 +52,78 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Optimizers:
+    """Several optimizers stepped as one (Muon for the hidden matrices, AdamW for the rest): `param_groups` is all of
+    theirs (the schedule sets each group's lr), and the state dict holds each one's in order. GradScaler and the
+    checkpoint code treat it as one optimizer."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = list(optimizers)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for o in self.optimizers for g in o.param_groups]
+
+    def step(self, closure=None):
+        for o in self.optimizers:
+            o.step()
+
+    def zero_grad(self, set_to_none: bool = True):
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers],
+                "kinds": [type(o).__name__ for o in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kinds") != [type(o).__name__ for o in self.optimizers]:
+            raise ValueError(f"optimizer state of {state.get('kinds')}, expected {self.state_dict()['kinds']}")
+        for o, sd in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(sd)
+
+
+def muon_params(model: torch.nn.Module) -> tuple[list, list]:
+    """(hidden, other): the trainable 2-D weight matrices inside the decoder layers, which Muon orthogonalises, and
+    every other trainable parameter (embedding and the head tied to it, norms, biases), which AdamW keeps."""
+    hidden, other = [], []
+    layers = getattr(getattr(model, "model", model), "layers", None)
+    inside = {id(p) for p in layers.parameters()} if layers is not None else set()
+    for p in model.parameters():
+        if p.requires_grad:
+            (hidden if p.dim() == 2 and id(p) in inside else other).append(p)
+    return hidden, other
+
+
+def muon_available() -> bool:
+    """Whether this torch has `torch.optim.Muon` with the `adjust_lr_fn` option that `build_optimizer` uses."""
+    import inspect
+
+    return hasattr(torch.optim, "Muon") and "adjust_lr_fn" in inspect.signature(torch.optim.Muon).parameters
+
+
+def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float, fused: bool = False):
+    """AdamW (betas 0.9, 0.999; decay on weight matrices only), or, for "muon", torch.optim.Muon on the hidden weight
+    matrices with its update scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw"), so one learning rate and one
+    weight decay serve both, and AdamW on the rest (`muon_params`). `fused`: AdamW's fused kernel (CPU and CUDA;
+    on a CPU its step is ~3.5x faster than the default per-tensor loop for the small preset)."""
+    kw = {"fused": True} if fused else {}
+    if name == "adamw":
+        return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999), **kw)
+    if name != "muon":
+        raise ValueError(f"optimizer {name!r}: expected adamw or muon")
+    if not muon_available():
+        raise ValueError(f"--optimizer muon needs torch.optim.Muon with adjust_lr_fn (torch >= 2.9); this is torch "
+                         f"{torch.__version__}: upgrade torch, or use --optimizer adamw")
+    hidden, other = muon_params(model)
+    muon = [torch.optim.Muon(hidden, lr=lr, weight_decay=weight_decay, adjust_lr_fn="match_rms_adamw")
+            ] if hidden else []
+    adamw = torch.optim.AdamW([{"params": [p for p in other if p.dim() >= 2], "weight_decay": weight_decay},
+                               {"params": [p for p in other if p.dim() < 2], "weight_decay": 0.0}],
+                              lr=lr, betas=(0.9, 0.999), **kw)
+    return Optimizers(*muon, adamw)
 
 
 def lm_loss(model, batch):
@@ -154,9 +227,12 @@ class Trainer:
         warmup = c.warmup_steps if c.warmup_steps is not None else round(c.warmup_ratio * self.total_steps)
         self.warmup_steps = min(warmup, self.total_steps)
 
+        if c.optimizer != "adamw" and self.sharded:
+            raise TrainingError(f"--optimizer {c.optimizer} does not run on FSDP shards (Muon orthogonalises whole "
+                                "matrices); use DDP (no --fsdp) or --optimizer adamw")
         self.wrapped = wrap(self.model, self.dist, self.device, self.sharded, c.compile)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, c.weight_decay), lr=c.learning_rate,
-                                           betas=(0.9, 0.999))
+        fused = not self.sharded and self.device.type in ("cpu", "cuda")  # not on DTensor shards, nor MPS
+        self.optimizer = build_optimizer(self.model, c.optimizer, c.learning_rate, c.weight_decay, fused)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.metrics = None  # a MetricsLog while fit runs
         self.last_eval = None  # (step, result): the end-of-run evaluation is not repeated
