@@ -222,7 +222,7 @@ def llama_cpp_main(args):
                       f"eager fp32's: {agree_ref}/{n}", flush=True)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
     print("\n| pairing | threads | implementation | tok/s median | range | minimind / this | "
-          f"first tokens = minimind's | = eager fp32's |\n|---|---|---|---|---|---|---|---|")
+          "first tokens = minimind's | = eager fp32's |\n|---|---|---|---|---|---|---|---|")
     for pair, threads, name, med, lo, hi, ratio, agree, agree_ref in rows:
         print(f"| {pair} | {threads} | {name} | {med:,.0f} | {lo:,.0f}-{hi:,.0f} | {ratio:.2f}x | {agree}/{n} | "
               f"{agree_ref}/{n} |")

@@ -78,27 +78,31 @@ def compiled_forward(model):
     return fn
 
 
-def compiled_step(model):
-    """One decode step over a preallocated cache, compiled whole, once per model and kept on it:
+def decode_step(model):
+    """One decode step over a preallocated cache, as a function of tensors only:
     `step(ids (B, 1), positions (B, 1), column (1,), rows (B, capacity) bool, keys, values) -> logits (B, V)`.
 
     Writes the step's keys and values in place at cache column `column` of every layer's buffers (`keys`/`values`,
     (B, Hkv, capacity, D) each: a `KVCache`'s own) and attends over all `capacity` columns, with the mask built
-    inside the graph: a column counts if `rows` keeps it (padding is False) and it is at or before `column`. No shape
-    changes from step to step, so a decode runs one graph, with no shape guards, no recompiles and no Python of the
-    model's between its kernels (`DecodeBatch` uses it with `compile=True`). Inductor options as `compiled_forward`'s
-    (freezing: the weights are constants, prepacked)."""
+    from `column`: a column counts if `rows` keeps it (padding is False) and it is at or before `column`. No shape
+    changes from step to step: `compiled_step` compiles it once for a whole decode."""
+    def step(ids, positions, column, rows, keys, values):
+        seen = rows & (torch.arange(rows.shape[1], device=rows.device) <= column)  # (B, capacity)
+        out = model(ids, attention_mask=seen[:, None, None, :], position_ids=positions,
+                    cache=ColumnWrite(keys, values, column), use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1]
+    return step
+
+
+def compiled_step(model):
+    """`decode_step(model)` under `torch.compile`, compiled once per model and kept on it: a decode runs one graph,
+    with no shape guards, no recompiles and no Python of the model's between its kernels (`DecodeBatch` uses it with
+    `compile=True`). Inductor options as `compiled_forward`'s (freezing: the weights are constants, prepacked)."""
     fn = getattr(model, "_minimind_compiled_step", None)
     if fn is None:
         import torch._inductor.config as inductor_config
 
-        def step(ids, positions, column, rows, keys, values):
-            seen = rows & (torch.arange(rows.shape[1], device=rows.device) <= column)  # (B, capacity)
-            out = model(ids, attention_mask=seen[:, None, None, :], position_ids=positions,
-                        cache=ColumnWrite(keys, values, column), use_cache=True, logits_to_keep=1)
-            return out.logits[:, -1]
-
-        compiled = torch.compile(step)
+        compiled = torch.compile(decode_step(model))
 
         def fn(*args):
             with inductor_config.patch(freezing=True, cpp_wrapper=True):
