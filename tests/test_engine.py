@@ -165,3 +165,16 @@ def test_fixed_shape_step_equals_the_general_one(model, monkeypatch):
         got_b.append(out[2:])
     assert torch.stack(got, 1).tolist() == [alone(model, r, 8) for r in rows]
     assert torch.cat(got_b).tolist() == alone(model, prompt(6, 3), 5)
+
+
+def test_a_deep_copy_compiles_its_own_step(model):
+    """`copy.deepcopy` of a model carries its attributes; the compiled functions kept on it must not follow, or the
+    copy (e.g. cast to bf16 or quantized) would run the original's frozen weights."""
+    import copy
+
+    import minimind.infer.engine as engine
+
+    step, forward = engine.compiled_step(model), engine.compiled_forward(model)
+    twin = copy.deepcopy(model)
+    assert engine.compiled_step(model) is step and engine.compiled_forward(model) is forward
+    assert engine.compiled_step(twin) is not step and engine.compiled_forward(twin) is not forward

@@ -63,8 +63,8 @@ def compiled_forward(model):
     it prepack them for the CPU matmul kernels (bf16 decoding on CPU: ~1.8x faster); `cpp_wrapper` calls the
     kernels from C++ rather than Python (less overhead per step). The price of freezing: weights changed after the
     first call are not seen. The first call compiles: tens of seconds."""
-    fn = getattr(model, "_minimind_compiled_forward", None)
-    if fn is None:
+    owner, fn = getattr(model, "_minimind_compiled_forward", (None, None))
+    if owner != id(model):  # none yet, or one that `copy.deepcopy` carried over from the model this was copied from
         import torch._inductor.config as inductor_config
 
         compiled = torch.compile(model.forward, dynamic=True)
@@ -74,7 +74,7 @@ def compiled_forward(model):
             # torch.compile(options=...) loses freezing): so the options are set around every call.
             with inductor_config.patch(freezing=True, cpp_wrapper=True):
                 return compiled(*args, **kwargs)
-        model._minimind_compiled_forward = fn
+        model._minimind_compiled_forward = (id(model), fn)
     return fn
 
 
@@ -98,8 +98,8 @@ def compiled_step(model):
     """`decode_step(model)` under `torch.compile`, compiled once per model and kept on it: a decode runs one graph,
     with no shape guards, no recompiles and no Python of the model's between its kernels (`DecodeBatch` uses it with
     `compile=True`). Inductor options as `compiled_forward`'s (freezing: the weights are constants, prepacked)."""
-    fn = getattr(model, "_minimind_compiled_step", None)
-    if fn is None:
+    owner, fn = getattr(model, "_minimind_compiled_step", (None, None))
+    if owner != id(model):  # as in compiled_forward: a deep copy compiles its own
         import torch._inductor.config as inductor_config
 
         compiled = torch.compile(decode_step(model))
@@ -107,7 +107,7 @@ def compiled_step(model):
         def fn(*args):
             with inductor_config.patch(freezing=True, cpp_wrapper=True):
                 return compiled(*args)
-        model._minimind_compiled_step = fn
+        model._minimind_compiled_step = (id(model), fn)
     return fn
 
 
