@@ -10,10 +10,14 @@ best round of each counts, so that noise from other processes hits both alike. B
     python benchmarks/generate.py --compile                # also minimind with torch.compile (compiles first)
     python benchmarks/generate.py --device cuda --dtype bf16
     python benchmarks/generate.py --quantize               # also minimind with int8 weights (minimind/quantize.py)
+    python benchmarks/generate.py --llama_cpp              # against llama.cpp instead (see llama_cpp_main)
 """
 
 import argparse
+import os
 import platform
+import statistics
+import tempfile
 import time
 
 import torch
@@ -61,7 +65,13 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="add minimind with torch.compile of the decode step")
     p.add_argument("--quantize", action="store_true", help="add minimind with int8 weights (and +compile)")
+    p.add_argument("--llama_cpp", action="store_true",
+                   help="compare with llama.cpp (llama-cpp-python) on the GGUF files `minimind export` writes")
+    p.add_argument("--pairs", default="fp32,bf16,int8", help="with --llama_cpp: precision pairings to run")
+    p.add_argument("--thread_counts", default="2,1", help="with --llama_cpp: thread counts to run")
     args = p.parse_args()
+    if args.llama_cpp:
+        return llama_cpp_main(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -130,6 +140,92 @@ def main():
     for what, batch, rate, same in rows:
         print(f"| {what} | {batch} | " + " | ".join(f"{rate[n]:,.0f}" for n in names) + " | " +
               " | ".join(f"{rate[n] / rate['hf']:.2f}x" for n in ours_names) + f" | {'yes' if same else 'NO'} |")
+
+
+# Each pairing: minimind's model precision and the GGUF precisions of the same weights that llama.cpp runs against it.
+PAIRS = {"fp32": ("fp32", ("f32",)), "bf16": ("bf16", ("bf16", "f16")), "int8": ("int8", ("q8_0",))}
+
+
+def llama_cpp_main(args):
+    """minimind's compiled decode against llama.cpp, batch 1, same weights, same prompt, greedy, in one process.
+
+    The model (random weights, seed 0) is exported with minimind's own GGUF exporter (`minimind.export.gguf`) in
+    each precision; llama.cpp runs it through llama-cpp-python (`Llama.generate` with greedy sampling, the prompt
+    given as token ids, so both see the same tokens). Timed: the whole call, prompt then `--new` tokens; rate = new
+    tokens / time. The implementations alternate call by call, `--rounds` times; the table gives the median and the
+    range of each, and the ratio of medians. Tokens: how many of the new tokens agree with minimind's (in order
+    from the first)."""
+    import copy
+
+    from llama_cpp import Llama
+
+    from minimind.export.gguf import export_gguf
+    from minimind.infer.generate import generate
+    from minimind.quantize import quantize_int8
+    from minimind.tokenizer import load_tokenizer
+
+    config = preset(args.preset)
+    torch.manual_seed(0)
+    base = MiniMindForCausalLM(config).eval()
+    tokenizer = load_tokenizer()
+    prompt = torch.randint(3, config.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(1))
+    n = args.new
+    folder = tempfile.mkdtemp(prefix="minimind-bench-")
+    print(f"{args.preset} preset, batch 1, prompt {args.prompt} + {n} new tokens, greedy; torch {torch.__version__}, "
+          f"{platform.processor() or platform.machine()}; load average {os.getloadavg()[0]:.1f} at the start")
+    reference = generate(base, prompt, max_new_tokens=n, min_new_tokens=n)[0, args.prompt:]  # eager fp32
+    rows = []
+    for pair in args.pairs.split(","):
+        ours_dtype, gguf_dtypes = PAIRS[pair]
+        model = {"fp32": lambda: base, "bf16": lambda: copy.deepcopy(base).to(torch.bfloat16),
+                 "int8": lambda: quantize_int8(copy.deepcopy(base))}[ours_dtype]()
+        files = {}
+        for dtype in gguf_dtypes:
+            files[dtype] = os.path.join(folder, f"{dtype}.gguf")
+            export_gguf(base, tokenizer, files[dtype], dtype=dtype, force=True)
+        for threads in [int(t) for t in args.thread_counts.split(",")]:
+            torch.set_num_threads(threads)
+
+            def ours():
+                return generate(model, prompt, max_new_tokens=n, min_new_tokens=n, compile=True)[0, args.prompt:]
+            fns = {f"minimind {ours_dtype}": ours}
+            for dtype, path in files.items():
+                llm = Llama(path, n_ctx=args.prompt + n + 16, n_threads=threads, n_threads_batch=threads,
+                            n_batch=args.prompt, verbose=False)
+
+                def theirs(llm=llm):
+                    llm.reset()
+                    out = []
+                    for token in llm.generate(prompt[0].tolist(), top_k=1, temp=0.0, repeat_penalty=1.0):
+                        out.append(token)
+                        if len(out) == n:
+                            break
+                    return torch.tensor(out)
+                fns[f"llama.cpp {dtype}"] = theirs
+            start = time.perf_counter()
+            tokens = {name: fn() for name, fn in fns.items()}  # warm-up (minimind compiles here, once a precision)
+            print(f"({pair}, {threads} threads: warm-up {time.perf_counter() - start:.0f} s)", flush=True)
+            times = {name: [] for name in fns}
+            for _ in range(args.rounds):
+                for name, fn in fns.items():
+                    times[name].append(timed(fn, torch.device("cpu")))
+            ours_name = f"minimind {ours_dtype}"
+            ours_rate = statistics.median(n / t for t in times[ours_name])
+            for name in fns:
+                rates = [n / t for t in times[name]]
+                agree = int((tokens[name] == tokens[ours_name]).long().cumprod(0).sum())
+                agree_ref = int((tokens[name] == reference).long().cumprod(0).sum())
+                rows.append((pair, threads, name, statistics.median(rates), min(rates), max(rates),
+                             ours_rate / statistics.median(rates), agree, agree_ref))
+                print(f"  {pair} {threads} threads {name}: median {rows[-1][3]:,.0f} tok/s "
+                      f"({min(rates):,.0f}-{max(rates):,.0f}); tokens equal minimind's: {agree}/{n}, "
+                      f"eager fp32's: {agree_ref}/{n}", flush=True)
+    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+    print("\n| pairing | threads | implementation | tok/s median | range | minimind / this | "
+          "first tokens = minimind's | = eager fp32's |\n|---|---|---|---|---|---|---|---|")
+    for pair, threads, name, med, lo, hi, ratio, agree, agree_ref in rows:
+        print(f"| {pair} | {threads} | {name} | {med:,.0f} | {lo:,.0f}-{hi:,.0f} | {ratio:.2f}x | {agree}/{n} | "
+              f"{agree_ref}/{n} |")
 
 
 if __name__ == "__main__":

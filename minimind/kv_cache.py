@@ -35,8 +35,10 @@ class KVCache:
             return
         capacity = max(needed, self.capacity, 2 * (buf_k.shape[2] if buf_k is not None else 0), 16)
         B, H, _, D = like.shape
-        new_k = like.new_empty(B, H, capacity, D)
-        new_v = like.new_empty(B, H, capacity, D)
+        # zeros, not garbage: the compiled decode step attends over unwritten columns too (masked, weight 0, and
+        # 0 * a NaN left in memory would still be NaN)
+        new_k = like.new_zeros(B, H, capacity, D)
+        new_v = like.new_zeros(B, H, capacity, D)
         n = self.lengths[layer_idx]
         if n:
             new_k[:, :, :n] = buf_k[:, :, :n]
@@ -90,3 +92,22 @@ class KVCache:
 
     def __iter__(self):
         return iter(self.to_legacy())
+
+
+class ColumnWrite:
+    """A `KVCache`'s buffers as one compiled decode step sees them: every layer's (B, Hkv, capacity, D) keys and
+    values, this step's one column written in place at `column` (a (1,) LongTensor, so that one compiled graph
+    serves every step), and attention over all `capacity` columns: the caller's 4-D mask hides the ones not yet
+    written. The shapes never change from step to step, so the step compiles once."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], column: torch.Tensor):
+        self.keys, self.values, self.column = keys, values, column
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.keys[layer_idx].shape[2] - 1  # past + this step's one token = capacity
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, cache_kwargs=None):
+        """key/value (B, Hkv, 1, D) -> the whole buffers (B, Hkv, capacity, D), with them written at `column`."""
+        self.keys[layer_idx].index_copy_(2, self.column, key)
+        self.values[layer_idx].index_copy_(2, self.column, value)
+        return self.keys[layer_idx], self.values[layer_idx]

@@ -233,8 +233,11 @@ def attention_mask_for(attention_mask, past: int, T: int, device):
     """Boolean SDPA mask (B, 1, T, past + T), or None with `is_causal`, from a (B, past + T) 0/1 padding mask.
 
     Returns (mask, is_causal). A padded query row that could attend to nothing attends to itself, so
-    SDPA never returns NaN there (those positions are padding; their output is ignored).
+    SDPA never returns NaN there (those positions are padding; their output is ignored). A 4-D boolean mask
+    (B, 1, T, S) is taken as it is: the caller built it whole (the compiled decode step, `minimind.infer.engine`).
     """
+    if attention_mask is not None and attention_mask.dim() == 4:
+        return attention_mask, False
     S = past + T
     if attention_mask is not None and attention_mask.shape[-1] != S:
         raise ValueError(f"attention_mask covers {attention_mask.shape[-1]} positions but past ({past}) + "

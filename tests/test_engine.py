@@ -123,3 +123,58 @@ def test_a_failed_prefill_leaves_the_batch_as_it_was(model):
     assert d.batch.rows == 1 and d.batch.columns == 7
     d.step(3)
     assert d.of(ga)[0] == alone(model, a, 6)
+
+
+def test_fixed_shape_step_equals_the_general_one(model, monkeypatch):
+    """The step `compile=True` runs (cache written in place at a tensor column, the mask built from it over the whole
+    preallocated cache) gives the general step's tokens: greedy and seeded sampling, a padded batch, and rows
+    joining and leaving after it (the batch goes back to the general step). Run uncompiled here, so that this test is
+    fast; test_generate.py compiles it."""
+    import minimind.infer.engine as engine
+
+    calls = []
+
+    def counted(m):
+        step = engine.decode_step(m)
+        return lambda *args: calls.append(1) or step(*args)
+    monkeypatch.setattr(engine, "compiled_forward", lambda m: m)
+    monkeypatch.setattr(engine, "compiled_step", counted)
+    rows = [prompt(9, 1), prompt(4, 2)]
+    T = max(len(r) for r in rows)
+    ids = torch.tensor([[0] * (T - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
+    for settings in ({}, {"do_sample": True, "temperature": 0.9, "top_k": 50, "seed": 3, "repetition_penalty": 1.3}):
+        for am in (None, mask):
+            general = generate(model, ids, am, max_new_tokens=12, min_new_tokens=12, **settings)
+            calls.clear()
+            fixed = generate(model, ids, am, max_new_tokens=12, min_new_tokens=12, compile=True, **settings)
+            assert len(calls) == 11 and torch.equal(fixed, general)
+    # joining and leaving: the batch drops the fixed-shape step and still gives each row its own tokens
+    batch = DecodeBatch(model, compile=True)
+    a = Group(2)
+    first = batch.add(ids, mask, [a], capacity=40)
+    assert batch.fixed_rows is not None and batch.cache.keys[0].shape[2] == engine.STEP_COLUMNS
+    got = [first] + [batch.step() for _ in range(3)]
+    assert batch.cache.lengths == [T + 3] * len(batch.cache.lengths)
+    b = Group(1)
+    got_b = [batch.add(torch.tensor([prompt(6, 3)]), None, [b])]
+    assert batch.fixed_rows is None
+    for _ in range(4):
+        out = batch.step()
+        got.append(out[:2])
+        got_b.append(out[2:])
+    assert torch.stack(got, 1).tolist() == [alone(model, r, 8) for r in rows]
+    assert torch.cat(got_b).tolist() == alone(model, prompt(6, 3), 5)
+
+
+def test_a_deep_copy_compiles_its_own_step(model):
+    """`copy.deepcopy` of a model carries its attributes; the compiled functions kept on it must not follow, or the
+    copy (e.g. cast to bf16 or quantized) would run the original's frozen weights."""
+    import copy
+
+    import minimind.infer.engine as engine
+
+    step, forward = engine.compiled_step(model), engine.compiled_forward(model)
+    twin = copy.deepcopy(model)
+    assert engine.compiled_step(model) is step and engine.compiled_forward(model) is forward
+    assert engine.compiled_step(twin) is not step and engine.compiled_forward(twin) is not forward

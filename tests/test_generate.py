@@ -337,8 +337,9 @@ def test_hugging_face_text_streamer(model, tokenizer, capsys):
 
 @pytest.mark.parametrize("int8", [False, True])
 def test_compiled_decode_equals_eager(int8):
-    """`compile=True` (torch.compile with Inductor's freezing) gives eager's greedy tokens, for fp32 and int8
-    weights, on a padded batch. The slowest test here (a compile per case, ~15-20 s on a CPU)."""
+    """`compile=True` (torch.compile with Inductor's freezing: the prefill, then every step as one fixed-shape graph)
+    gives eager's greedy tokens, for fp32 and int8 weights, on a padded batch. The slowest test here (two compiles
+    per case, ~15-20 s each on a CPU)."""
     from minimind.quantize import quantize_int8
 
     threads = torch.get_num_threads()
@@ -352,5 +353,6 @@ def test_compiled_decode_equals_eager(int8):
         eager = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
         compiled = model.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False, compile=True)
         assert hasattr(model, "_minimind_compiled_forward") and torch.equal(compiled, eager)
+        assert hasattr(model, "_minimind_compiled_step")  # the steps ran as one fixed-shape graph (engine.py)
     finally:
         torch.set_num_threads(threads)

@@ -27,7 +27,11 @@ whole (`remove`) when reproducibility matters; `keep(rows)` drops single rows to
 
 Speed: `add(..., capacity=n)` on an empty batch preallocates the cache (and the mask) to n columns, so a decode of
 known length never reallocates; a batch with no padded row passes no mask and no position ids, so the model takes
-its causal fast path. `compile=True` runs the forward under `torch.compile` (`compiled_forward`). `use_cache=False`
+its causal fast path. `compile=True` runs the prefill under `torch.compile` (`compiled_forward`) and, while the
+rows are the ones that filled the empty batch (nobody joined or left) and the preallocated cache has room, each
+step as one compiled graph of fixed shapes (`compiled_step`: cache written in place, mask built in the graph);
+with `compile=True` the capacity is rounded up to a multiple of 256, so that decodes of different lengths share
+a graph. `use_cache=False`
 recomputes the whole sequence every step (slow: for checking the cache). The engine does not stop rows: the caller
 reads the tokens, decides which rows have ended (eos, stop strings, lengths) and removes them. Put the model in
 eval mode around the decode (`eval_mode`).
@@ -40,7 +44,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..kv_cache import KVCache
+from ..kv_cache import ColumnWrite, KVCache
 from .sampling import (
     apply_repetition_penalty,
     as_id_list,
@@ -59,8 +63,8 @@ def compiled_forward(model):
     it prepack them for the CPU matmul kernels (bf16 decoding on CPU: ~1.8x faster); `cpp_wrapper` calls the
     kernels from C++ rather than Python (less overhead per step). The price of freezing: weights changed after the
     first call are not seen. The first call compiles: tens of seconds."""
-    fn = getattr(model, "_minimind_compiled_forward", None)
-    if fn is None:
+    owner, fn = getattr(model, "_minimind_compiled_forward", (None, None))
+    if owner != id(model):  # none yet, or one that `copy.deepcopy` carried over from the model this was copied from
         import torch._inductor.config as inductor_config
 
         compiled = torch.compile(model.forward, dynamic=True)
@@ -70,7 +74,40 @@ def compiled_forward(model):
             # torch.compile(options=...) loses freezing): so the options are set around every call.
             with inductor_config.patch(freezing=True, cpp_wrapper=True):
                 return compiled(*args, **kwargs)
-        model._minimind_compiled_forward = fn
+        model._minimind_compiled_forward = (id(model), fn)
+    return fn
+
+
+def decode_step(model):
+    """One decode step over a preallocated cache, as a function of tensors only:
+    `step(ids (B, 1), positions (B, 1), column (1,), rows (B, capacity) bool, keys, values) -> logits (B, V)`.
+
+    Writes the step's keys and values in place at cache column `column` of every layer's buffers (`keys`/`values`,
+    (B, Hkv, capacity, D) each: a `KVCache`'s own) and attends over all `capacity` columns, with the mask built
+    from `column`: a column counts if `rows` keeps it (padding is False) and it is at or before `column`. No shape
+    changes from step to step: `compiled_step` compiles it once for a whole decode."""
+    def step(ids, positions, column, rows, keys, values):
+        seen = rows & (torch.arange(rows.shape[1], device=rows.device) <= column)  # (B, capacity)
+        out = model(ids, attention_mask=seen[:, None, None, :], position_ids=positions,
+                    cache=ColumnWrite(keys, values, column), use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1]
+    return step
+
+
+def compiled_step(model):
+    """`decode_step(model)` under `torch.compile`, compiled once per model and kept on it: a decode runs one graph,
+    with no shape guards, no recompiles and no Python of the model's between its kernels (`DecodeBatch` uses it with
+    `compile=True`). Inductor options as `compiled_forward`'s (freezing: the weights are constants, prepacked)."""
+    owner, fn = getattr(model, "_minimind_compiled_step", (None, None))
+    if owner != id(model):  # as in compiled_forward: a deep copy compiles its own
+        import torch._inductor.config as inductor_config
+
+        compiled = torch.compile(decode_step(model))
+
+        def fn(*args):
+            with inductor_config.patch(freezing=True, cpp_wrapper=True):
+                return compiled(*args)
+        model._minimind_compiled_step = (id(model), fn)
     return fn
 
 
@@ -138,6 +175,7 @@ class DecodeBatch:
     def __init__(self, model, compile: bool = False, use_cache: bool = True):
         self.model = model
         self.forward = compiled_forward(model) if compile else model
+        self.compiled_step = compiled_step(model) if compile and use_cache else None
         self.use_cache = use_cache
         self.groups: list[Group] = []
         self.clear()
@@ -151,6 +189,7 @@ class DecodeBatch:
         self.positions: torch.Tensor | None = None  # (B,) each row's next position id (its real tokens so far)
         self.last: torch.Tensor | None = None  # (B,) each row's last token, the input of the next step
         self.columns = 0  # cache columns (the batch's sequence length, padding included)
+        self.fixed_rows: torch.Tensor | None = None  # (B, capacity) bool: the compiled step's row mask; None: unused
 
     @property
     def rows(self) -> int:
@@ -193,6 +232,8 @@ class DecodeBatch:
         mask = None if attention_mask is None else attention_mask.long()
         positions = None if mask is None else (mask.cumsum(-1) - 1).clamp(min=0)  # (b, T) from 0 at the first token
         width = max(capacity, T) if not self.groups else T  # buffers preallocated to this many columns
+        if self.compiled_step is not None and capacity and not self.groups:
+            width = -(-width // STEP_COLUMNS) * STEP_COLUMNS  # shared by decodes of similar lengths: one graph
         cache = KVCache(self.model.config.num_hidden_layers, capacity=width) if self.use_cache else None
         logits = self._forward(input_ids, mask, positions, cache)  # (b, V)
         start = 0
@@ -213,7 +254,11 @@ class DecodeBatch:
                 mask = torch.cat([mask, mask.new_ones(b, width - T)], dim=1)  # (b, width)
             self.groups, self.cache, self.mask, self.ids = groups, cache, mask, ids
             self.positions, self.last, self.columns = after, first, T
+            if self.compiled_step is not None and capacity:
+                self.fixed_rows = torch.ones(b, width, dtype=torch.bool, device=device) if mask is None \
+                    else mask.bool()
             return first
+        self.fixed_rows = None  # the rows changed: the general step from here on
         # Joining: the side with fewer columns is left-padded (and masked), so every row's last token is in the last
         # column; positions need no change, as they count real tokens only.
         t, B = max(self.columns, T), self.rows
@@ -241,6 +286,15 @@ class DecodeBatch:
     def step(self) -> torch.Tensor:
         """One forward of every row's last token; returns every row's next token (B,)."""
         t = self.columns + 1  # columns once the last tokens are in
+        if self.fixed_rows is not None and t <= self.fixed_rows.shape[1]:
+            column = torch.tensor([self.columns], device=self.last.device)
+            logits = self.compiled_step(self.last[:, None], self.positions[:, None], column, self.fixed_rows,
+                                        self.cache.keys, self.cache.values)
+            self.cache.lengths = [t] * len(self.cache.lengths)
+            self.columns = t
+            self.positions = self.positions + 1
+            self.last = self._choose(self.groups, logits)
+            return self.last
         mask = positions = None
         if self.mask is not None:
             self.mask = widen(self.mask, t, 1)
@@ -321,8 +375,11 @@ class DecodeBatch:
             self.cache.select(index, first)
         if self.ids is not None:
             self.ids = self.ids[:, first:self.columns].index_select(0, index)
-        self.groups, self.columns = groups, self.columns - first
+        self.groups, self.columns, self.fixed_rows = groups, self.columns - first, None
         self.positions, self.last = self.positions[index], self.last[index]
+
+
+STEP_COLUMNS = 256  # with compile=True, preallocated caches are a multiple of this many columns
 
 
 def widen(buffer: torch.Tensor, width: int, fill: int) -> torch.Tensor:
