@@ -81,3 +81,43 @@ def tool_model(steps=150):
         _TOOL_MODEL["model"] = model.eval()
         _TOOL_MODEL["loss"] = loss.item()
     return _TOOL_MODEL["model"]
+
+
+class RandomTokens(torch.utils.data.Dataset):
+    """`n` random sequences of `T` token ids in [3, 200), as {"input_ids", "labels"} items (the same ids)."""
+
+    def __init__(self, n=32, T=16, seed=0):
+        self.data = torch.randint(3, 200, (n, T), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.data[i], "labels": self.data[i]}
+
+
+def kill_once_saved(argv, out, metric_lines=3, timeout=120):
+    """Run `python -m minimind *argv --output_dir out` on one thread and SIGKILL it as soon as it has saved a
+    resumable state and logged `metric_lines` lines of metrics (or after `timeout` seconds)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from minimind.train.checkpointing import STATE_FILE
+
+    proc = subprocess.Popen([sys.executable, "-m", "minimind", *argv, "--output_dir", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            metrics = out / "metrics.jsonl"
+            if (out / STATE_FILE).exists() and metrics.exists() and metrics.read_text().count("\n") >= metric_lines:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)

@@ -4,15 +4,10 @@ short CPU runs: reward rises, KL stays bounded with --beta, LoRA-only, exact res
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from helpers import save_model_dir, tiny_model
+from helpers import kill_once_saved, save_model_dir, tiny_model
 
 from minimind.cli.train import parse_args
 from minimind.data.tasks import PromptDataset, arithmetic_problems, builtin_tasks
@@ -313,20 +308,7 @@ def test_rl_resumes_exactly_after_sigkill(command, extra, base, tmp_path):
     runner = {"grpo": run_grpo, "ppo": run_ppo}[command]
     runner(parse_args([*flags, "--output_dir", str(straight)], command=command))
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "minimind", command, *flags, "--output_dir", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            metrics = killed / "metrics.jsonl"
-            if (killed / STATE_FILE).exists() and metrics.exists() and metrics.read_text().count("\n") >= 3:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
+    kill_once_saved([command, *flags], killed)
     assert not (killed / "model_final.pth").exists(), "the run finished before it could be killed"
     steps = torch.load(killed / STATE_FILE, weights_only=True)["train"]["step"]
     assert 2 <= steps < 10 and steps % 2 == 0

@@ -6,23 +6,13 @@ import json
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import RandomTokens, tiny_model
 
 from minimind.train.config import TrainConfig
 from minimind.train.trainer import Trainer, muon_available
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-class Tokens(torch.utils.data.Dataset):
-    def __init__(self, n=32, T=16, seed=0):
-        self.data = torch.randint(3, 200, (n, T), generator=torch.Generator().manual_seed(seed))
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.data[i], "labels": self.data[i]}
 
 
 def config(tmp_path, **kw):
@@ -45,10 +35,10 @@ def weights_close(a, b, tol):
     not muon_available(), reason="torch.optim.Muon is in torch >= 2.9"))])
 def test_compiled_training_equals_eager_and_resumes_exactly(tmp_path, optimizer):
     eager = tiny_model(vocab=200)
-    Trainer(eager, config(tmp_path / "eager", optimizer=optimizer), Tokens(), Tokens(8)).fit()
+    Trainer(eager, config(tmp_path / "eager", optimizer=optimizer), RandomTokens(), RandomTokens(8)).fit()
     compiled = tiny_model(vocab=200)
-    result = Trainer(compiled, config(tmp_path / "compiled", compile=True, optimizer=optimizer), Tokens(),
-                     Tokens(8)).fit()
+    result = Trainer(compiled, config(tmp_path / "compiled", compile=True, optimizer=optimizer), RandomTokens(),
+                     RandomTokens(8)).fit()
     assert result["eval_loss"] < 5.3  # evaluated through the compiled model (eval mode, no grad)
     assert losses(tmp_path / "eager") == pytest.approx(losses(tmp_path / "compiled"), abs=1e-4)
     weights_close(eager, compiled, 1e-3)
@@ -63,19 +53,19 @@ def test_compiled_training_equals_eager_and_resumes_exactly(tmp_path, optimizer)
 
     with pytest.raises(KeyboardInterrupt):
         Trainer(tiny_model(vocab=200), config(tmp_path / "killed", compile=True, optimizer=optimizer, save_steps=3),
-                Tokens(), loss_fn=dies_at_step_4).fit()
+                RandomTokens(), loss_fn=dies_at_step_4).fit()
     resumed = tiny_model(vocab=200)
     Trainer(resumed, config(tmp_path / "killed", compile=True, optimizer=optimizer, resume=str(tmp_path / "killed")),
-            Tokens()).fit()
+            RandomTokens()).fit()
     weights_close(compiled, resumed, 1e-6)
 
 
 def test_compiled_moe_trains_like_eager(tmp_path):
     moe = dict(use_moe=True, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, aux_loss_alpha=0.1)
     eager, compiled = tiny_model(vocab=200, **moe), tiny_model(vocab=200, **moe)
-    Trainer(eager, config(tmp_path / "eager", max_steps=3), Tokens()).fit()
+    Trainer(eager, config(tmp_path / "eager", max_steps=3), RandomTokens()).fit()
     # The experts' token counts change every step: dynamo recompiles for new shapes, then treats them as dynamic.
-    Trainer(compiled, config(tmp_path / "compiled", max_steps=3, compile=True), Tokens()).fit()
+    Trainer(compiled, config(tmp_path / "compiled", max_steps=3, compile=True), RandomTokens()).fit()
     a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
     assert len(a) == len(b) == 3 and a == pytest.approx(b, abs=1e-4)
     weights_close(eager, compiled, 1e-3)
@@ -89,7 +79,7 @@ def test_compiled_lora_trains_only_the_adapters(tmp_path):
         model = tiny_model(vocab=200)
         base = {k: v.clone() for k, v in model.state_dict().items()}
         apply_lora(model, rank=4, alpha=8.0, dropout=0.0, targets=["q_proj", "v_proj", "up_proj"])
-        Trainer(model, config(tmp_path / str(compile), compile=compile, learning_rate=1e-2), Tokens()).fit()
+        Trainer(model, config(tmp_path / str(compile), compile=compile, learning_rate=1e-2), RandomTokens()).fit()
         after = model.state_dict()
         assert all(torch.equal(after[k], v) for k, v in base.items())  # the base is frozen
         runs[compile] = lora_state_dict(model)

@@ -4,25 +4,21 @@ by one optimizer is refused by the other with a message that says what to do."""
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import RandomTokens, tiny_model
 
 from minimind.train.config import TrainConfig
 from minimind.train.parallel import Dist
 from minimind.train.trainer import Optimizers, Trainer, TrainingError, build_optimizer, muon_available, muon_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tokens():
+    return RandomTokens(n=48)
+
+
 needs_muon = pytest.mark.skipif(not muon_available(), reason="torch.optim.Muon is in torch >= 2.9")
 
-
-class Tokens(torch.utils.data.Dataset):
-    def __init__(self, n=48, T=16, seed=0):
-        self.data = torch.randint(3, 200, (n, T), generator=torch.Generator().manual_seed(seed))
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.data[i], "labels": self.data[i]}
 
 
 def config(tmp_path, **kw):
@@ -57,7 +53,7 @@ def test_one_step_is_orthogonalised_for_matrices_and_adam_for_the_embedding(tmp_
     m = model()
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
     lr = 1e-2
-    trainer = Trainer(m, config(tmp_path, max_steps=1, learning_rate=lr, min_lr_ratio=1.0), Tokens())
+    trainer = Trainer(m, config(tmp_path, max_steps=1, learning_rate=lr, min_lr_ratio=1.0), tokens())
     trainer.fit()
     # Muon: the update of a (A, B) matrix is lr * 0.2 * sqrt(max(A, B)) times an (approximately) orthogonal matrix,
     # whose singular values are all near 1, where the gradient's spread over orders of magnitude.
@@ -74,9 +70,9 @@ def test_one_step_is_orthogonalised_for_matrices_and_adam_for_the_embedding(tmp_
 @needs_muon
 def test_muon_trains_and_resumes_exactly(tmp_path):
     straight = model()
-    Trainer(straight, config(tmp_path / "a", max_steps=6), Tokens()).fit()
+    Trainer(straight, config(tmp_path / "a", max_steps=6), tokens()).fit()
     with torch.no_grad():
-        trained, start = (float(m(Tokens().data, labels=Tokens().data).loss) for m in (straight, model()))
+        trained, start = (float(m(tokens().data, labels=tokens().data).loss) for m in (straight, model()))
     assert trained < start - 0.15  # it learns (random tokens: little to learn in 6 steps)
 
     calls = {"n": 0}
@@ -89,21 +85,21 @@ def test_muon_trains_and_resumes_exactly(tmp_path):
         return out.loss, {}
 
     with pytest.raises(KeyboardInterrupt):
-        Trainer(model(), config(tmp_path / "b", max_steps=6, save_steps=3), Tokens(), loss_fn=dies_after_step_3).fit()
+        Trainer(model(), config(tmp_path / "b", max_steps=6, save_steps=3), tokens(), loss_fn=dies_after_step_3).fit()
     resumed = model()
-    Trainer(resumed, config(tmp_path / "b", max_steps=6, resume=str(tmp_path / "b")), Tokens()).fit()
+    Trainer(resumed, config(tmp_path / "b", max_steps=6, resume=str(tmp_path / "b")), tokens()).fit()
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert (a - b).abs().max() <= 1e-6, name
 
 
 @needs_muon
 def test_resume_with_the_other_optimizer_is_refused(tmp_path):
-    Trainer(model(), config(tmp_path, max_steps=1), Tokens()).fit()  # a Muon state
+    Trainer(model(), config(tmp_path, max_steps=1), tokens()).fit()  # a Muon state
     with pytest.raises(ValueError, match=r"Muon \+ AdamW, this run uses AdamW; resume with the --optimizer"):
-        Trainer(model(), config(tmp_path, max_steps=2, optimizer="adamw", resume=str(tmp_path)), Tokens()).fit()
-    Trainer(model(), config(tmp_path / "adamw", max_steps=1, optimizer="adamw"), Tokens()).fit()
+        Trainer(model(), config(tmp_path, max_steps=2, optimizer="adamw", resume=str(tmp_path)), tokens()).fit()
+    Trainer(model(), config(tmp_path / "adamw", max_steps=1, optimizer="adamw"), tokens()).fit()
     with pytest.raises(ValueError, match=r"AdamW, this run uses Muon \+ AdamW"):
-        Trainer(model(), config(tmp_path / "adamw", max_steps=2, resume=str(tmp_path / "adamw")), Tokens()).fit()
+        Trainer(model(), config(tmp_path / "adamw", max_steps=2, resume=str(tmp_path / "adamw")), tokens()).fit()
 
 
 def test_optimizer_flag(tmp_path):
@@ -117,4 +113,4 @@ def test_optimizer_flag(tmp_path):
 
 def test_muon_is_refused_on_fsdp_shards(tmp_path):
     with pytest.raises(TrainingError, match="does not run on FSDP shards"):
-        Trainer(model(), config(tmp_path, fsdp=True), Tokens(), dist_info=Dist(rank=0, world=2))
+        Trainer(model(), config(tmp_path, fsdp=True), tokens(), dist_info=Dist(rank=0, world=2))

@@ -3,16 +3,11 @@ with --resume, ends with the same weights as an uninterrupted run (LoRA re-appli
 loads; DPO rebuilds its reference from the base; distillation reloads its teacher)."""
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from helpers import tiny_model
+from helpers import kill_once_saved, tiny_model
 
 from minimind.cli.train import parse_args
 from minimind.train.checkpointing import STATE_FILE
@@ -68,20 +63,7 @@ def test_stage_resumes_exactly_after_sigkill(stage, files, tmp_path):
     RUNNERS[stage](parse_args(command=stage, argv=[*flags, "--output_dir", str(straight)]))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "minimind", stage, *flags, "--output_dir", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    try:
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:  # a saved state well into the run, then kill
-            metrics = killed / "metrics.jsonl"
-            if (killed / STATE_FILE).exists() and metrics.exists() and metrics.read_text().count("\n") >= 3:
-                break
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
+    kill_once_saved([stage, *flags], killed)  # a saved state well into the run, then SIGKILL
     assert not (killed / "model_final.pth").exists() and not (killed / "adapter_model.safetensors").exists(), \
         "the run finished before it could be killed"
     steps = torch.load(killed / STATE_FILE, weights_only=True)["train"]["step"]
