@@ -184,6 +184,16 @@ class MoEFeedForward(nn.Module):
         f = F.one_hot(idx.reshape(-1), E).float().mean(0) * E  # (E,)
         return (f * scores.mean(0)).sum() * self.alpha
 
+    @torch.compiler.disable  # sizes that depend on the routing: run eagerly under torch.compile, never recompiled
+    def run_experts(self, grouped, counts):
+        """Each expert on its contiguous slice of the expert-sorted slots: grouped (N*k, C), counts (E,)."""
+        outs, start = [], 0
+        for expert, count in zip(self.experts, counts.tolist()):
+            if count:
+                outs.append(expert(grouped[start:start + count]))
+            start += count
+        return torch.cat(outs)
+
     def forward(self, x):
         B, T, C = x.shape
         weights, idx, scores = self.route(x)
@@ -192,14 +202,8 @@ class MoEFeedForward(nn.Module):
         slot_expert = idx.reshape(-1)  # (N*k,)
         order = slot_expert.argsort(stable=True)
         token = order // self.top_k  # token of each sorted slot
-        counts = torch.bincount(slot_expert, minlength=self.n_experts).tolist()
-        grouped = flat[token]  # (N*k, C)
-        outs, start = [], 0
-        for expert, count in zip(self.experts, counts):
-            if count:
-                outs.append(expert(grouped[start:start + count]))
-            start += count
-        out = torch.cat(outs)  # (N*k, C)
+        counts = torch.bincount(slot_expert, minlength=self.n_experts)  # (E,)
+        out = self.run_experts(flat[token], counts)  # (N*k, C)
         out = out * weights.reshape(-1)[order].unsqueeze(-1).to(out.dtype)
         y = torch.zeros(flat.shape[0], C, dtype=out.dtype, device=x.device).index_add_(0, token, out)
         y = y.view(B, T, C)
