@@ -160,6 +160,12 @@ def load_tokenizer(path: str | Path | None = None):
     else:
         if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
             raise FileNotFoundError(f"{path}: no tokenizer.json or tokenizer_config.json in this directory")
+        # AutoTokenizer reads a model directory's config.json: register its model type (torch-free), or transformers
+        # warns that it does not know "minimind".
+        from transformers import AutoConfig
+
+        from .config import MiniMindConfig
+        AutoConfig.register("minimind", MiniMindConfig, exist_ok=True)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
         except (OSError, ValueError, json.JSONDecodeError) as e:

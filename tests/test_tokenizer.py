@@ -151,3 +151,17 @@ def test_check_tokenizer_fits(tok):
     check_tokenizer_fits(tok, preset("tiny"))  # 6400 == 6400
     with pytest.raises(ValueError, match=r"6400 tokens.*vocab_size is 4000"):
         check_tokenizer_fits(tok, preset("tiny", vocab_size=4000))
+
+
+def test_loading_from_a_model_directory_prints_nothing(tmp_path):
+    """AutoTokenizer reads a model directory's config.json; in a fresh Python that has not loaded minimind's model,
+    transformers would warn that it does not know the model type "minimind"."""
+    import subprocess
+    import sys
+
+    from helpers import save_model_dir, tiny_model
+
+    save_model_dir(tiny_model(), tmp_path)
+    code = f"from minimind.tokenizer import load_tokenizer; print(len(load_tokenizer({str(tmp_path)!r})))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "6400" and "minimind" not in r.stderr, r.stderr
