@@ -25,39 +25,34 @@ def model_dir(tmp_path_factory):
     return save_model_dir(tiny_model(seed=3, max_position_embeddings=128), tmp_path_factory.mktemp("model"))
 
 
+def write_task(d, name, rows, spec):
+    """A task as a user writes one: rows in `name`.jsonl, and `name`.yaml reading them with `spec` (YAML lines)."""
+    (d / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (d / f"tiny_{name}.yaml").write_text(
+        f"task: tiny_{name}\ndataset_path: json\ntest_split: test\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {d / f'{name}.jsonl'}\n{spec}", encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
-    """Two tasks as a user writes them: YAML files that read JSONL files beside them."""
+    """Four tasks as a user writes them: YAML files that read JSONL files beside them."""
     d = tmp_path_factory.mktemp("tasks")
     mc = [{"question": f"What is {i} plus one?", "choices": [f"It is {i + 1}.", f"It is {i + 5}.", "Blue sky."],
            "answer": i % 3} for i in range(8)]
     ll = [{"context": "In the beginning God created the heaven and the", "target": " earth."},
           {"context": "Hello, how are", "target": " you?"}, {"context": "One, two,", "target": " three"},
           {"context": "", "target": "Good morning"}]  # an empty context: lm-eval puts the bos token there
-    (d / "mc.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mc), encoding="utf-8")
-    (d / "ll.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ll), encoding="utf-8")
-    common = "dataset_path: json\ntest_split: test\n"
-    (d / "tiny_mc.yaml").write_text(
-        f"task: tiny_mc\n{common}dataset_kwargs:\n  data_files:\n    test: {d / 'mc.jsonl'}\n"
-        "output_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
-        "doc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n", encoding="utf-8")
-    (d / "tiny_ll.yaml").write_text(
-        f"task: tiny_ll\n{common}dataset_kwargs:\n  data_files:\n    test: {d / 'll.jsonl'}\n"
-        "output_type: loglikelihood\ndoc_to_text: '{{context}}'\ndoc_to_target: '{{target}}'\n"
-        "metric_list:\n  - metric: perplexity\n  - metric: acc\n", encoding="utf-8")
     gen = [{"question": f"Count on from {i}:", "answer": f" {i + 1}"} for i in range(3)]
     roll = [{"text": "In the beginning God created the heaven and the earth."}, {"text": "Hello there, friend."}]
-    (d / "gen.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gen), encoding="utf-8")
-    (d / "roll.jsonl").write_text("".join(json.dumps(r) + "\n" for r in roll), encoding="utf-8")
-    (d / "tiny_gen.yaml").write_text(
-        f"task: tiny_gen\n{common}dataset_kwargs:\n  data_files:\n    test: {d / 'gen.jsonl'}\n"
-        "output_type: generate_until\ndoc_to_text: '{{question}}'\ndoc_to_target: '{{answer}}'\n"
-        "generation_kwargs:\n  until: ['\\n\\n', '.']\n  max_gen_toks: 6\n  do_sample: false\n"
-        "metric_list:\n  - metric: exact_match\n", encoding="utf-8")
-    (d / "tiny_roll.yaml").write_text(
-        f"task: tiny_roll\n{common}dataset_kwargs:\n  data_files:\n    test: {d / 'roll.jsonl'}\n"
-        "output_type: loglikelihood_rolling\ndoc_to_text: '{{text}}'\ndoc_to_target: '{{text}}'\n"
-        "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n", encoding="utf-8")
+    write_task(d, "mc", mc, "output_type: multiple_choice\ndoc_to_text: '{{question}}'\ndoc_to_choice: '{{choices}}'\n"
+               "doc_to_target: '{{answer}}'\nmetric_list:\n  - metric: acc\n  - metric: acc_norm\n")
+    write_task(d, "ll", ll, "output_type: loglikelihood\ndoc_to_text: '{{context}}'\ndoc_to_target: '{{target}}'\n"
+               "metric_list:\n  - metric: perplexity\n  - metric: acc\n")
+    write_task(d, "gen", gen, "output_type: generate_until\ndoc_to_text: '{{question}}'\ndoc_to_target: '{{answer}}'\n"
+               "generation_kwargs:\n  until: ['\\n\\n', '.']\n  max_gen_toks: 6\n  do_sample: false\n"
+               "metric_list:\n  - metric: exact_match\n")
+    write_task(d, "roll", roll, "output_type: loglikelihood_rolling\ndoc_to_text: '{{text}}'\n"
+               "doc_to_target: '{{text}}'\nmetric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n")
     return d
 
 
