@@ -203,11 +203,9 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bo
         for key, t in gguf_tensors(state, config):
             if key == "lm_head.weight" and config.tie_word_embeddings:
                 continue  # llama.cpp reuses token_embd, as its own converter writes it
-            if arch != "llama":  # qwen3 rotates halves of a head, as we do
-                pass
-            elif key.endswith("self_attn.q_proj.weight"):
+            if arch == "llama" and key.endswith("self_attn.q_proj.weight"):  # qwen3 rotates halves, as we do
                 t = to_llama_cpp_rope(t, config.num_attention_heads)
-            elif key.endswith("self_attn.k_proj.weight"):
+            elif arch == "llama" and key.endswith("self_attn.k_proj.weight"):
                 t = to_llama_cpp_rope(t, config.num_key_value_heads)
             data = t.numpy()
             target = dtype if data.ndim >= 2 else "f32"
