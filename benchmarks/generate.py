@@ -177,16 +177,17 @@ def llama_cpp_main(args):
     rows = []
     for pair in args.pairs.split(","):
         ours_dtype, gguf_dtypes = PAIRS[pair]
-        model = {"fp32": lambda: base, "bf16": lambda: copy.deepcopy(base).to(torch.bfloat16),
-                 "int8": lambda: quantize_int8(copy.deepcopy(base))}[ours_dtype]()
+        make = {"fp32": lambda: copy.deepcopy(base), "bf16": lambda: copy.deepcopy(base).to(torch.bfloat16),
+                "int8": lambda: quantize_int8(copy.deepcopy(base))}[ours_dtype]
         files = {}
         for dtype in gguf_dtypes:
             files[dtype] = os.path.join(folder, f"{dtype}.gguf")
             export_gguf(base, tokenizer, files[dtype], dtype=dtype, force=True)
         for threads in [int(t) for t in args.thread_counts.split(",")]:
             torch.set_num_threads(threads)
+            model = make()  # a fresh copy compiles afresh: Inductor's kernels keep the thread count they compiled with
 
-            def ours():
+            def ours(model=model):
                 return generate(model, prompt, max_new_tokens=n, min_new_tokens=n, compile=True)[0, args.prompt:]
             fns = {f"minimind {ours_dtype}": ours}
             for dtype, path in files.items():

@@ -97,15 +97,27 @@ def decode_step(model):
 def compiled_step(model):
     """`decode_step(model)` under `torch.compile`, compiled once per model and kept on it: a decode runs one graph,
     with no shape guards, no recompiles and no Python of the model's between its kernels (`DecodeBatch` uses it with
-    `compile=True`). Inductor options as `compiled_forward`'s (freezing: the weights are constants, prepacked)."""
+    `compile=True`).
+
+    One row (batch-1 decoding) runs `with_matvecs(model)`: every matrix product a fused reduction over the weights
+    (`minimind.infer.matvec`), and attention written out (`model.one_query_attention`), so that Inductor compiles
+    the whole step into a few loops; there `freezing` is off, since it would fold a bf16 or int8 weight's conversion
+    to float32 into a float32 copy. Several rows run the model's own layers with `compiled_forward`'s options
+    (freezing: the weights are constants, prepacked for the CPU matmul kernels).
+
+    The graph keeps dynamo's guards on the model's modules (about 0.3 ms a step on a CPU): skipping them
+    (`torch.compiler.skip_guard_on_all_nn_modules_unsafe`) let a second model reuse the first one's graph, since
+    every model's step is the same code."""
     owner, fn = getattr(model, "_minimind_compiled_step", (None, None))
     if owner != id(model):  # as in compiled_forward: a deep copy compiles its own
         import torch._inductor.config as inductor_config
 
-        compiled = torch.compile(decode_step(model))
+        from .matvec import with_matvecs
+
+        compiled = torch.compile(decode_step(with_matvecs(model)))
 
         def fn(*args):
-            with inductor_config.patch(freezing=True, cpp_wrapper=True):
+            with inductor_config.patch(freezing=args[0].shape[0] > 1, cpp_wrapper=True):
                 return compiled(*args)
         model._minimind_compiled_step = (id(model), fn)
     return fn

@@ -1,0 +1,94 @@
+"""The batch-1 compiled decode step's own kernels: matrix products as fused reductions (`minimind.infer.matvec`)
+and one-query attention written out (`minimind.model.one_query_attention`), each against the library call it
+replaces."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minimind.infer.matvec import MatVec, with_matvecs
+from minimind.model import one_query_attention
+from minimind.quantize import Int8Linear, quantize_int8
+
+from helpers import tiny_model
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_one_query_attention_equals_sdpa(dtype, groups):
+    """Grouped heads (H = groups * Hkv), a padding mask over the cache, fp32 and bf16: the same as SDPA."""
+    g = torch.Generator().manual_seed(0)
+    B, Hkv, S, D = 3, 2, 11, 16
+    q = torch.randn(B, Hkv * groups, 1, D, generator=g).to(dtype)
+    k, v = (torch.randn(B, Hkv, S, D, generator=g).to(dtype) for _ in range(2))
+    mask = torch.ones(B, 1, 1, S, dtype=torch.bool)
+    mask[1, ..., :4] = False  # a left-padded row
+    mask[2, ..., 7:] = False  # cache columns not written yet
+    for m in (mask, None):
+        want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=m, enable_gqa=groups > 1)
+        got = one_query_attention(q, k, v, m)
+        assert got.shape == q.shape and got.dtype == dtype
+        assert torch.allclose(got.float(), want, atol=1e-5 if dtype == torch.float32 else 2e-2)
+
+
+def test_with_matvecs_wraps_every_plain_linear_and_shares_the_tensors():
+    model = tiny_model()
+    clone = with_matvecs(model)
+    wrapped = [name for name, m in clone.named_modules() if isinstance(m, MatVec)]
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert wrapped == linears and len(linears) == 2 * 7 + 1
+    assert clone.model.layers[0].self_attn.q_proj.layer.weight is model.model.layers[0].self_attn.q_proj.weight
+    assert {p.data_ptr() for p in clone.parameters()} == {p.data_ptr() for p in model.parameters()}
+    with torch.no_grad():  # an in-place update of the model is the clone's too
+        model.lm_head.weight.mul_(2)
+    ids = torch.tensor([[5, 6, 7]])
+    assert torch.equal(clone(ids).logits, model(ids).logits)  # eager: MatVec is the layer's own forward
+
+
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
+def test_matvec_under_compile_equals_the_layer(kind):
+    """Compiled, one row takes the reduction and several rows the layer's own product; both give the layer's
+    numbers (to float rounding: the reduction adds in another order)."""
+    torch._dynamo.reset()  # every case compiles MatVec.forward anew: keep under dynamo's recompile limit
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 40, bias=False)
+    layer = Int8Linear(linear) if kind == "int8" else linear.to(torch.bfloat16 if kind == "bf16" else torch.float32)
+    dtype = torch.bfloat16 if kind == "bf16" else torch.float32
+    matvec = MatVec(layer)
+    compiled = torch.compile(matvec, fullgraph=True)
+    tol = {"fp32": 1e-5, "bf16": 2e-2, "int8": 2e-2}[kind]
+    with torch.no_grad():
+        for shape in [(1, 1, 96), (3, 1, 96)]:
+            x = torch.randn(shape).to(dtype)
+            got, want = compiled(x), layer(x)
+            assert got.shape == want.shape and got.dtype == want.dtype
+            assert torch.allclose(got.float(), want.float(), atol=tol, rtol=tol)
+    # a one-row reduction does not go through the layer's forward: a compiled call that does would show this
+    calls = []
+    layer.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        torch.compile(MatVec(layer), fullgraph=True)(torch.randn(1, 1, 96).to(dtype))
+    assert calls == []
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_batch_one_compiled_decode_equals_eager(int8):
+    """A single row decodes through the fused step (reductions, written-out attention, no freezing) and gives
+    eager's greedy tokens, fp32 and int8."""
+    from minimind.infer.generate import generate_tokens
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = tiny_model(hidden=64, num_attention_heads=4, num_key_value_heads=2).eval()
+        model = quantize_int8(model) if int8 else model
+        ids = torch.randint(3, 6400, (1, 9), generator=torch.Generator().manual_seed(1))
+
+        def decode(compile):
+            return torch.stack(list(generate_tokens(model, ids, max_new_tokens=8, compile=compile)), 1)
+        eager = decode(False)
+        assert torch.equal(decode(True), eager)
+        assert hasattr(model, "_minimind_compiled_step")
+    finally:
+        torch.set_num_threads(threads)
