@@ -67,7 +67,7 @@ def main():
     p.add_argument("--quantize", action="store_true", help="add minimind with int8 weights (and +compile)")
     p.add_argument("--llama_cpp", action="store_true",
                    help="compare with llama.cpp (llama-cpp-python) on the GGUF files `minimind export` writes")
-    p.add_argument("--pairs", default="fp32,bf16,int8", help="with --llama_cpp: precision pairings to run")
+    p.add_argument("--pairs", default="fp32,bf16,int8,int4", help="with --llama_cpp: precision pairings to run")
     p.add_argument("--thread_counts", default="2,1", help="with --llama_cpp: thread counts to run")
     args = p.parse_args()
     if args.llama_cpp:
@@ -143,7 +143,8 @@ def main():
 
 
 # Each pairing: minimind's model precision and the GGUF precisions of the same weights that llama.cpp runs against it.
-PAIRS = {"fp32": ("fp32", ("f32",)), "bf16": ("bf16", ("bf16", "f16")), "int8": ("int8", ("q8_0",))}
+PAIRS = {"fp32": ("fp32", ("f32",)), "bf16": ("bf16", ("bf16", "f16")), "int8": ("int8", ("q8_0",)),
+         "int4": ("int4", ("q4_0",))}
 
 
 def llama_cpp_main(args):
@@ -161,7 +162,7 @@ def llama_cpp_main(args):
 
     from minimind.export.gguf import export_gguf
     from minimind.infer.generate import generate
-    from minimind.quantize import quantize_int8
+    from minimind.quantize import quantize_int4, quantize_int8
     from minimind.tokenizer import load_tokenizer
 
     config = preset(args.preset)
@@ -178,7 +179,8 @@ def llama_cpp_main(args):
     for pair in args.pairs.split(","):
         ours_dtype, gguf_dtypes = PAIRS[pair]
         make = {"fp32": lambda: copy.deepcopy(base), "bf16": lambda: copy.deepcopy(base).to(torch.bfloat16),
-                "int8": lambda: quantize_int8(copy.deepcopy(base))}[ours_dtype]
+                "int8": lambda: quantize_int8(copy.deepcopy(base)),
+                "int4": lambda: quantize_int4(copy.deepcopy(base))}[ours_dtype]
         files = {}
         for dtype in gguf_dtypes:
             files[dtype] = os.path.join(folder, f"{dtype}.gguf")

@@ -17,6 +17,14 @@ activations in, converted back to the model's dtype out). That kernel is exact o
 quantized model is not for training or `save_pretrained`.
 
     model = quantize_int8(model)      # in place; minimind generate / chat / serve / eval --quantize int8
+
+int4 (`quantize_int4`, `--quantize int4`, CPU only) follows llama.cpp's q4_0: every 32 consecutive weights of a row
+share one scale d, the weight of largest magnitude m in the group gives d = m / -8, and the weights become
+q = round(W / d) + 8 clamped to [0, 15], i.e. W ~= (q - 8) * d; 4.5 bits a weight with the scales, against int8's
+8 and fp32's 32. The product runs in PyTorch's int4 CPU kernel (`torch._weight_int4pack_mm_for_cpu`, bf16
+activations), which takes a layer only when its `in` is a multiple of 32 and its `out` of 16 (every preset's are).
+
+    model = quantize_int4(model)      # in place; --quantize int4
 """
 
 import torch
@@ -61,9 +69,70 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-row scales"
 
 
+INT4_GROUP = 32  # weights of a row that share one int4 scale, as in llama.cpp's q4_0
+INT4_OUT_MULTIPLE = 16  # torch's int4 CPU kernel packs output features in sixteens
+
+
+def int4_groups(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q int32 (out, in) in [0, 15], d float32 (out, in / group)) with weight ~= (q - 8) * d, group by group (q4_0's
+    rounding: d = the group's weight of largest magnitude / -8, so that weight is exactly -8 d; an all-zero group
+    gets d = 1)."""
+    out_features, in_features = weight.shape
+    w = weight.detach().float().reshape(out_features, in_features // group, group)
+    extreme = w.gather(-1, w.abs().argmax(-1, keepdim=True)).squeeze(-1)  # (out, groups), signed
+    d = extreme / -8
+    d = torch.where(d != 0, d, torch.ones_like(d))
+    q = (torch.round(w / d[..., None]) + 8).clamp(0, 15).to(torch.int32)
+    return q.reshape(out_features, in_features), d
+
+
+class Int4Linear(nn.Module):
+    """A bias-free linear layer with int4 weights, one scale per 32 weights of a row (q4_0's scheme; CPU only)."""
+
+    def __init__(self, linear: nn.Linear, group: int = INT4_GROUP):
+        super().__init__()
+        out_features, in_features = linear.weight.shape
+        if linear.bias is not None:
+            raise ValueError("Int4Linear has no bias; minimind's linear layers have none")
+        if linear.weight.device.type != "cpu":
+            raise ValueError(f"int4 weights run on a CPU only (torch's int4 CPU kernel); this layer is on "
+                             f"{linear.weight.device}: use --quantize int8 there")
+        if in_features % group or out_features % INT4_OUT_MULTIPLE:
+            raise ValueError(f"int4 needs in_features a multiple of {group} and out_features a multiple of "
+                             f"{INT4_OUT_MULTIPLE}; this layer is {in_features} -> {out_features}: use int8")
+        self.in_features, self.out_features, self.group = in_features, out_features, group
+        q, d = int4_groups(linear.weight, group)
+        self.register_buffer("weight", torch._convert_weight_to_int4pack_for_cpu(q, 1))  # (out, in / 2) uint8
+        # (in / group, out, 2): each group's scale and zero point, w = (q - 8) * scale + zero, as the kernel takes them
+        self.register_buffer("scale_zeros", torch.stack([d.t(), torch.zeros_like(d.t())], -1).to(torch.bfloat16))
+
+    def dequantize(self, dtype=torch.float32) -> torch.Tensor:
+        """The weights the kernel multiplies by, (out, in): the layer applied to the identity."""
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16)
+        return torch._weight_int4pack_mm_for_cpu(eye, self.weight, self.group, self.scale_zeros).t().to(dtype)
+
+    def forward(self, x):
+        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        y = torch._weight_int4pack_mm_for_cpu(rows, self.weight, self.group, self.scale_zeros)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int4, groups of {self.group}"
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every plain `nn.Linear` but an MoE router with an `Int8Linear`, in place; returns the model (in eval
     mode). Merge a LoRA adapter first (`minimind.lora.merge_lora`): its layers are not plain linears."""
+    return _quantize(model, Int8Linear)
+
+
+def quantize_int4(model: nn.Module) -> nn.Module:
+    """As `quantize_int8`, with `Int4Linear` layers (CPU only; every layer's shape must suit the kernel, or a
+    ValueError names the first that does not). The embedding and the norms keep their precision."""
+    return _quantize(model, Int4Linear)
+
+
+def _quantize(model: nn.Module, layer_type) -> nn.Module:
     from .lora import LoRALinear
 
     targets = []
@@ -72,15 +141,32 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             if isinstance(child, LoRALinear):
                 raise ValueError("merge the LoRA adapter into the model (minimind.lora.merge_lora) before quantizing")
             if type(child) is nn.Linear and not (name == "gate" and hasattr(parent, "experts")):
-                targets.append((parent, name, child))
-    for parent, name, child in targets:
-        setattr(parent, name, Int8Linear(child).to(child.weight.device))
+                targets.append((f"{parent_name}.{name}".lstrip("."), parent, name, child))
+    quantized = []
+    for full_name, parent, name, child in targets:  # every layer is checked before any is replaced
+        try:
+            quantized.append(layer_type(child).to(child.weight.device))
+        except ValueError as e:
+            raise ValueError(f"{full_name}: {e}") from None
+    for (_, parent, name, _), layer in zip(targets, quantized):
+        setattr(parent, name, layer)
     return model.eval()
 
 
+def quantized_kind(model: nn.Module) -> str | None:
+    """"int8" or "int4" if the model has layers of that kind, else None."""
+    for m in model.modules():
+        if isinstance(m, Int8Linear):
+            return "int8"
+        if isinstance(m, Int4Linear):
+            return "int4"
+    return None
+
+
 def count_weights(model: nn.Module) -> int:
-    """The model's parameter count with int8 layers counted as the weights they stand for (a tied output head once)."""
+    """The model's parameter count with int8 and int4 layers counted as the weights they stand for (a tied output
+    head once)."""
     tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
     return sum(p.numel() for p in model.parameters()) + sum(
-        m.weight.numel() for name, m in model.named_modules()
-        if isinstance(m, Int8Linear) and not (tied and name == "lm_head"))
+        m.in_features * m.out_features for name, m in model.named_modules()
+        if isinstance(m, (Int8Linear, Int4Linear)) and not (tied and name == "lm_head"))

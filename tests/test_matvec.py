@@ -9,7 +9,7 @@ from torch import nn
 
 from minimind.infer.matvec import MatVec, with_matvecs
 from minimind.model import one_query_attention
-from minimind.quantize import Int8Linear, quantize_int8
+from minimind.quantize import Int8Linear, quantize_int4, quantize_int8
 
 from helpers import tiny_model
 
@@ -72,17 +72,17 @@ def test_matvec_under_compile_equals_the_layer(kind):
     assert calls == []
 
 
-@pytest.mark.parametrize("int8", [False, True])
-def test_batch_one_compiled_decode_equals_eager(int8):
+@pytest.mark.parametrize("kind", ["fp32", "int8", "int4"])
+def test_batch_one_compiled_decode_equals_eager(kind):
     """A single row decodes through the fused step (reductions, written-out attention, no freezing) and gives
-    eager's greedy tokens, fp32 and int8."""
+    eager's greedy tokens, fp32 and int8; int4 layers run their own kernel inside the compiled step."""
     from minimind.infer.generate import generate_tokens
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         model = tiny_model(hidden=64, num_attention_heads=4, num_key_value_heads=2).eval()
-        model = quantize_int8(model) if int8 else model
+        model = {"fp32": lambda m: m, "int8": quantize_int8, "int4": quantize_int4}[kind](model)
         ids = torch.randint(3, 6400, (1, 9), generator=torch.Generator().manual_seed(1))
 
         def decode(compile):

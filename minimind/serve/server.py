@@ -61,10 +61,11 @@ def run_server(model, tokenizer, model_name: str = "minimind", host: str = "127.
     shown = f"[{host}]" if ":" in host else ("127.0.0.1" if host == "0.0.0.0" else host)
     url = f"http://{shown}:{sock.getsockname()[1]}"
     device = next(model.parameters()).device
-    from ..quantize import Int8Linear, count_weights
+    from ..quantize import count_weights, quantized_kind
 
-    int8 = ", int8 weights" if any(isinstance(m, Int8Linear) for m in model.modules()) else ""
-    print(f"minimind serve: {model_name} ({count_weights(model):,} parameters{int8}, context "
+    kind = quantized_kind(model)
+    weights = f", {kind} weights" if kind else ""
+    print(f"minimind serve: {model_name} ({count_weights(model):,} parameters{weights}, context "
           f"{app.state.engine.context} tokens, {device}) at {url}")
     print(f"  web chat: {url}/   API: {url}/v1 (OpenAI-compatible; model id {json.dumps(model_name)})"
           f"{'; API key required' if api_key else ''}")
