@@ -144,7 +144,7 @@ def main():
 
 # Each pairing: minimind's model precision and the GGUF precisions of the same weights that llama.cpp runs against it.
 PAIRS = {"fp32": ("fp32", ("f32",)), "bf16": ("bf16", ("bf16", "f16")), "int8": ("int8", ("q8_0",)),
-         "int4": ("int4", ("q4_0",))}
+         "int4": ("int4", ("q4_1", "q4_0"))}
 
 
 def llama_cpp_main(args):

@@ -18,11 +18,13 @@ quantized model is not for training or `save_pretrained`.
 
     model = quantize_int8(model)      # in place; minimind generate / chat / serve / eval --quantize int8
 
-int4 (`quantize_int4`, `--quantize int4`, CPU only) follows llama.cpp's q4_0: every 32 consecutive weights of a row
-share one scale d, the weight of largest magnitude m in the group gives d = m / -8, and the weights become
-q = round(W / d) + 8 clamped to [0, 15], i.e. W ~= (q - 8) * d; 4.5 bits a weight with the scales, against int8's
-8 and fp32's 32. The product runs in PyTorch's int4 CPU kernel (`torch._weight_int4pack_mm_for_cpu`, bf16
-activations), which takes a layer only when its `in` is a multiple of 32 and its `out` of 16 (every preset's are).
+int4 (`quantize_int4`, `--quantize int4`, CPU only) follows llama.cpp's q4_1: every 32 consecutive weights of a row
+share a scale d and an offset m, the group's smallest weight: d = (max - min) / 15, q = round((W - m) / d) in
+[0, 15], W ~= q d + m, so the group's smallest and largest weights are exact and every other one is within d / 2;
+5 bits a weight with the scales, against int8's 8 and fp32's 32. (q4_0's symmetric grid, d = extreme / -8 with no
+offset, cost the main job's model 1.2% held-out perplexity where this costs 0.8%: benchmarks/generate.md.) The
+product runs in PyTorch's int4 CPU kernel (`torch._weight_int4pack_mm_for_cpu`, bf16 activations), which takes a
+layer only when its `in` is a multiple of 32 and its `out` of 16 (every preset's are).
 
     model = quantize_int4(model)      # in place; --quantize int4
 """
@@ -69,25 +71,25 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-row scales"
 
 
-INT4_GROUP = 32  # weights of a row that share one int4 scale, as in llama.cpp's q4_0
+INT4_GROUP = 32  # weights of a row that share one int4 scale and offset, as in llama.cpp's q4_1
 INT4_OUT_MULTIPLE = 16  # torch's int4 CPU kernel packs output features in sixteens
 
 
-def int4_groups(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
-    """(q int32 (out, in) in [0, 15], d float32 (out, in / group)) with weight ~= (q - 8) * d, group by group (q4_0's
-    rounding: d = the group's weight of largest magnitude / -8, so that weight is exactly -8 d; an all-zero group
-    gets d = 1)."""
+def int4_groups(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q int32 (out, in) in [0, 15], d and m float32 (out, in / group)) with weight ~= q * d + m, group by group
+    (q4_1's rounding: m = the group's smallest weight, d = (largest - smallest) / 15; a constant group gets d = 1)."""
     out_features, in_features = weight.shape
     w = weight.detach().float().reshape(out_features, in_features // group, group)
-    extreme = w.gather(-1, w.abs().argmax(-1, keepdim=True)).squeeze(-1)  # (out, groups), signed
-    d = extreme / -8
-    d = torch.where(d != 0, d, torch.ones_like(d))
-    q = (torch.round(w / d[..., None]) + 8).clamp(0, 15).to(torch.int32)
-    return q.reshape(out_features, in_features), d
+    m = w.amin(-1)
+    d = (w.amax(-1) - m) / 15
+    d = torch.where(d > 0, d, torch.ones_like(d))
+    q = torch.round((w - m[..., None]) / d[..., None]).clamp(0, 15).to(torch.int32)
+    return q.reshape(out_features, in_features), d, m
 
 
 class Int4Linear(nn.Module):
-    """A bias-free linear layer with int4 weights, one scale per 32 weights of a row (q4_0's scheme; CPU only)."""
+    """A bias-free linear layer with int4 weights, a scale and an offset per 32 weights of a row (q4_1's scheme; CPU
+    only)."""
 
     def __init__(self, linear: nn.Linear, group: int = INT4_GROUP):
         super().__init__()
@@ -101,10 +103,10 @@ class Int4Linear(nn.Module):
             raise ValueError(f"int4 needs in_features a multiple of {group} and out_features a multiple of "
                              f"{INT4_OUT_MULTIPLE}; this layer is {in_features} -> {out_features}: use int8")
         self.in_features, self.out_features, self.group = in_features, out_features, group
-        q, d = int4_groups(linear.weight, group)
+        q, d, m = int4_groups(linear.weight, group)
         self.register_buffer("weight", torch._convert_weight_to_int4pack_for_cpu(q, 1))  # (out, in / 2) uint8
-        # (in / group, out, 2): each group's scale and zero point, w = (q - 8) * scale + zero, as the kernel takes them
-        self.register_buffer("scale_zeros", torch.stack([d.t(), torch.zeros_like(d.t())], -1).to(torch.bfloat16))
+        # (in / group, out, 2): scale and zero point as the kernel takes them, w = (q - 8) * scale + zero
+        self.register_buffer("scale_zeros", torch.stack([d.t(), (m + 8 * d).t()], -1).to(torch.bfloat16))
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         """The weights the kernel multiplies by, (out, in): the layer applied to the identity."""

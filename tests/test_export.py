@@ -89,7 +89,7 @@ def exported(tmp_path_factory):
     for name in models:
         run("export", root / name, "--format", "hf", "--out", root / f"{name}-hf")
         jobs.append((f"{name}-hf", str(root / f"{name}-hf"), None))
-    for dtype in ("f32", "f16", "bf16", "q8_0", "q4_0"):
+    for dtype in ("f32", "f16", "bf16", "q8_0", "q4_1"):
         gguf = root / "gguf" / f"tied-{dtype}.gguf"
         run("export", root / "tied", "--format", "gguf", "--dtype", dtype, "--out", gguf)
         jobs.append((f"tied-{dtype}", str(root / "gguf"), f"tied-{dtype}.gguf"))
@@ -233,22 +233,23 @@ def gguf_fields(path):
     return fields, {t.name: t for t in reader.tensors}
 
 
-def test_gguf_q4_0_is_our_int4_rounding(exported):
-    """q4_0 in the file holds the weights `--quantize int4` computes with (minimind.quantize.int4_groups: groups of
-    32, d = the extreme / -8), read back through the gguf package's own dequantizer: equal up to q4_0's fp16 scales."""
+def test_gguf_q4_1_is_our_int4_rounding(exported):
+    """q4_1 in the file holds the weights `--quantize int4` computes with (minimind.quantize.int4_groups: groups of
+    32, d = (max - min) / 15, offset min), read back through the gguf package's own dequantizer: equal up to q4_1's
+    fp16 scales and offsets."""
     import gguf
 
     from minimind.quantize import int4_groups
 
-    _, tensors = gguf_fields(exported["root"] / "gguf" / "tied-q4_0.gguf")
+    _, tensors = gguf_fields(exported["root"] / "gguf" / "tied-q4_1.gguf")
     layer = exported["models"]["tied"].model.layers[1]
     for name, weight in [("blk.1.ffn_up.weight", layer.mlp.up_proj.weight),
                          ("blk.1.attn_v.weight", layer.self_attn.v_proj.weight)]:
         t = tensors[name]
-        assert t.tensor_type == gguf.GGMLQuantizationType.Q4_0
+        assert t.tensor_type == gguf.GGMLQuantizationType.Q4_1
         theirs = torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).copy()).reshape(weight.shape)
-        q, d = int4_groups(weight)
-        ours = (q.float() - 8) * d.repeat_interleave(32, dim=1)
+        q, d, m = int4_groups(weight)
+        ours = q.float() * d.repeat_interleave(32, dim=1) + m.repeat_interleave(32, dim=1)
         assert (theirs - ours).abs().max() <= 2e-3 * ours.abs().max()
 
 

@@ -13,7 +13,7 @@ def add_arguments(p):
                    help="hf: a Hugging Face directory (Llama; Mixtral for MoE); gguf: one llama.cpp file")
     p.add_argument("--out", required=True, help="hf: the directory to write; gguf: the .gguf file to write")
     p.add_argument("--dtype", default=None, help="weights precision; hf: fp32 (default), bf16, fp16; gguf: f32, "
-                                                 "f16 (default), bf16, q8_0, q4_0")
+                                                 "f16 (default), bf16, q8_0, q4_0, q4_1")
     p.add_argument("--config", default=None, help="config.json to use instead of the one beside MODEL")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out (a directory keeps files this "
                                                         "command does not write)")

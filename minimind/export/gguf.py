@@ -25,7 +25,7 @@ from .hf import (
     renormalizes,
 )
 
-GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
 
 
 GGUF_ALIASES = {"fp32": "f32", "fp16": "f16"}
@@ -121,8 +121,8 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[s
 def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bool = False, name: str = "minimind"):
     """Write `model` and `tokenizer` as one GGUF file of llama.cpp's `llama` architecture (an MoE model as Mixtral
     is written: shared experts folded into the routed ones, expert tensors stacked), or `qwen3` / `qwen3moe` for a
-    qk_norm model. dtype: f32, f16, bf16, q8_0 or q4_0
-    for the matrices (norms stay f32, as llama.cpp's converter keeps them; a q8_0 or q4_0 matrix whose rows are not a
+    qk_norm model. dtype: f32, f16, bf16, q8_0, q4_0 or q4_1
+    for the matrices (norms stay f32, as llama.cpp's converter keeps them; a q8_0 / q4_x matrix whose rows are not a
     multiple of 32 falls back to f16)."""
     import gguf
     import numpy as np
@@ -149,7 +149,7 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bo
     Q = gguf.GGMLQuantizationType
     file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[dtype]
+                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[dtype]
     tokens, types, merges = gguf_vocab(tokenizer, config.vocab_size)
 
     with atomic_write(out) as tmp:
@@ -210,14 +210,14 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bo
                 t = to_llama_cpp_rope(t, config.num_key_value_heads)
             data = t.numpy()
             target = dtype if data.ndim >= 2 else "f32"
-            if target in ("q8_0", "q4_0") and data.shape[-1] % 32:
+            if target in ("q8_0", "q4_0", "q4_1") and data.shape[-1] % 32:
                 target = "f16"
             if target == "f32":
                 w.add_tensor(gguf_tensor_name(key), data)
             elif target == "f16":
                 w.add_tensor(gguf_tensor_name(key), data.astype(np.float16))
             else:
-                qtype = {"bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[target]
+                qtype = {"bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1}[target]
                 w.add_tensor(gguf_tensor_name(key), gguf.quants.quantize(data, qtype), raw_dtype=qtype)
         w.write_header_to_file()
         w.write_kv_data_to_file()
