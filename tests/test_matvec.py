@@ -92,3 +92,36 @@ def test_batch_one_compiled_decode_equals_eager(kind):
         assert hasattr(model, "_minimind_compiled_step")
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_model_changed_in_place_gets_a_new_step():
+    """The compiled step skips dynamo's guards on the model's modules (engine.compiled_step), so the engine itself
+    must notice a model changed in place after a compiled decode (here: a new output head, then int8 layers): each
+    next decode gives the changed model's tokens, not the old graph's."""
+    import copy
+
+    from minimind.infer.engine import compiled_step
+    from minimind.infer.generate import generate_tokens
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = tiny_model(hidden=64, num_attention_heads=4, num_key_value_heads=2).eval()
+        ids = torch.randint(3, 6400, (1, 9), generator=torch.Generator().manual_seed(2))
+
+        def decode(model, compile=True):
+            return torch.stack(list(generate_tokens(model, ids, max_new_tokens=8, compile=compile)), 1)
+        before = decode(model)
+        first = compiled_step(model)
+        assert compiled_step(model) is first  # unchanged model: the same step
+        head = nn.Linear(64, 6400, bias=False)
+        with torch.no_grad():
+            head.weight.copy_(-model.lm_head.weight)  # the least likely token becomes the most likely
+        model.lm_head = head
+        flipped = decode(model)
+        assert compiled_step(model) is not first
+        assert torch.equal(flipped, decode(model, compile=False)) and not torch.equal(flipped, before)
+        quantize_int8(model)
+        assert torch.equal(decode(model), decode(copy.deepcopy(model)))  # as a fresh compile of the int8 model
+    finally:
+        torch.set_num_threads(threads)

@@ -37,6 +37,8 @@ reads the tokens, decides which rows have ended (eos, stop strings, lengths) and
 eval mode around the decode (`eval_mode`).
 """
 
+import itertools
+import types
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -62,19 +64,22 @@ def compiled_forward(model):
     steps get a graph each). Inductor options: `freezing` folds the weights into the graph as constants, which lets
     it prepack them for the CPU matmul kernels (bf16 decoding on CPU: ~1.8x faster); `cpp_wrapper` calls the
     kernels from C++ rather than Python (less overhead per step). The price of freezing: weights changed after the
-    first call are not seen. The first call compiles: tens of seconds."""
-    owner, fn = getattr(model, "_minimind_compiled_forward", (None, None))
-    if owner != id(model):  # none yet, or one that `copy.deepcopy` carried over from the model this was copied from
+    first call are not seen. The first call compiles: tens of seconds. A model whose layers or tensors changed
+    since (cast, moved, quantized, a layer replaced: `model_layout`) gets a new compile, whatever dynamo's guards
+    would have caught (torch 2.7's missed a replaced output head)."""
+    owner, fn, built_for = getattr(model, "_minimind_compiled_forward", (None, None, None))
+    layout = model_layout(model)
+    if owner != id(model) or layout != built_for:  # none yet, a deep copy's (copied with the model), or stale
         import torch._inductor.config as inductor_config
 
-        compiled = torch.compile(model.forward, dynamic=True)
+        compiled = torch.compile(own_code(model.forward), dynamic=True)
 
         def fn(*args, **kwargs):
             # Graphs compile lazily, at a call, and part of Inductor reads its global config then (passing these as
             # torch.compile(options=...) loses freezing): so the options are set around every call.
             with inductor_config.patch(freezing=True, cpp_wrapper=True):
                 return compiled(*args, **kwargs)
-        model._minimind_compiled_forward = (id(model), fn)
+        model._minimind_compiled_forward = (id(model), fn, layout)
     return fn
 
 
@@ -105,22 +110,50 @@ def compiled_step(model):
     to float32 into a float32 copy. Several rows run the model's own layers with `compiled_forward`'s options
     (freezing: the weights are constants, prepacked for the CPU matmul kernels).
 
-    The graph keeps dynamo's guards on the model's modules (about 0.3 ms a step on a CPU): skipping them
-    (`torch.compiler.skip_guard_on_all_nn_modules_unsafe`) let a second model reuse the first one's graph, since
-    every model's step is the same code."""
-    owner, fn = getattr(model, "_minimind_compiled_step", (None, None))
-    if owner != id(model):  # as in compiled_forward: a deep copy compiles its own
+    Dynamo's guards on the model's modules are skipped where torch has the filter (2.8 and later): checking the
+    model's ~100 tensors before every call cost 0.3-0.4 ms, a sixth of an int8 step. Two things make that safe: the
+    step has a code object of its own (dynamo keeps graphs on the code object, so models sharing `step`'s code
+    would share graphs with nothing left to tell them apart), and each call of `compiled_step` (once a decode)
+    compares the model's layers and tensors with what the step was built for, and builds a new one if the model
+    was cast, moved, quantized or given an adapter since."""
+    owner, fn, built_for = getattr(model, "_minimind_compiled_step", (None, None, None))
+    layout = model_layout(model)
+    if owner != id(model) or layout != built_for:  # a deep copy (as in compiled_forward), or a changed model
         import torch._inductor.config as inductor_config
 
         from .matvec import with_matvecs
 
-        compiled = torch.compile(decode_step(with_matvecs(model)))
+        skip_guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
+        options = {"guard_filter_fn": skip_guards} if skip_guards else None
+        compiled = torch.compile(own_code(decode_step(with_matvecs(model))), options=options)
 
         def fn(*args):
             with inductor_config.patch(freezing=args[0].shape[0] > 1, cpp_wrapper=True):
                 return compiled(*args)
-        model._minimind_compiled_step = (id(model), fn)
+        model._minimind_compiled_step = (id(model), fn, layout)
     return fn
+
+
+def model_layout(model) -> tuple:
+    """What a compiled step depends on beyond its inputs: every module (identity and type) and every parameter and
+    buffer (dtype, device, storage). Not the weights' values: a step without freezing reads them at every call."""
+    return (tuple((id(m), type(m)) for m in model.modules()),
+            tuple((t.dtype, t.device, t.data_ptr()) for t in [*model.parameters(), *model.buffers()]))
+
+
+_code_copies = itertools.count()
+
+
+def own_code(fn):
+    """`fn` (a function or a bound method) with a code object of its own, a copy under another name, so that
+    torch.compile's graphs for it are its own too: dynamo keeps them on the code object, where every model's
+    `forward` would otherwise share them (and their limit of 8 recompiles)."""
+    if isinstance(fn, types.MethodType):
+        return types.MethodType(own_code(fn.__func__), fn.__self__)
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{next(_code_copies)}")
+    copy = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
 
 
 @contextmanager
