@@ -60,8 +60,12 @@ class Int8Linear(nn.Module):
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         return (self.weight.float() * self.scale[:, None]).to(dtype)
 
+    def uses_kernel(self, x) -> bool:
+        """Whether `forward(x)` runs PyTorch's int8 CPU kernel (else the exact dequantized product)."""
+        return x.device.type == "cpu" and self.in_features % KERNEL_MULTIPLE == 0
+
     def forward(self, x):
-        if x.device.type == "cpu" and self.in_features % KERNEL_MULTIPLE == 0:
+        if self.uses_kernel(x):
             rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
             y = torch._weight_int8pack_mm(rows, self.weight, self.kernel_scale)
             return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)

@@ -26,7 +26,9 @@ from ..quantize import Int8Linear
 
 class MatVec(nn.Module):
     """Wraps a bias-free `nn.Linear` or an `Int8Linear` (its tensors shared): for one row under torch.compile,
-    y = sum_j W_ij x_j (times the row's scale for int8), accumulated in float32 and returned in x's dtype."""
+    y = sum_j W_ij x_j (times the row's scale for int8), accumulated in float32 and returned in x's dtype. int8
+    rounds x, y and the scales to bf16 as its eager kernel does, so that compiled and eager decoding choose the
+    same tokens."""
 
     def __init__(self, layer: nn.Module):
         super().__init__()
@@ -35,10 +37,14 @@ class MatVec(nn.Module):
     def forward(self, x):
         if not torch.compiler.is_compiling() or x.shape[:-1].numel() != 1:
             return self.layer(x)
-        y = (x[..., None, :].float() * self.layer.weight.float()).sum(-1)  # (..., out)
-        if isinstance(self.layer, Int8Linear):
-            y = y * self.layer.scale
-        return y.to(x.dtype)
+        layer = self.layer
+        if isinstance(layer, Int8Linear):
+            if layer.uses_kernel(x):  # the kernel's bf16 rounding of x, y and the scales, for the same tokens
+                rows = x[..., None, :].to(torch.bfloat16).float()
+                y = (rows * layer.weight.float()).sum(-1) * layer.kernel_scale.float()
+                return y.to(torch.bfloat16).to(x.dtype)
+            return ((x[..., None, :].float() * layer.weight.float()).sum(-1) * layer.scale).to(x.dtype)
+        return (x[..., None, :].float() * layer.weight.float()).sum(-1).to(x.dtype)  # (..., out)
 
 
 def with_matvecs(model: nn.Module) -> nn.Module:
