@@ -191,8 +191,7 @@ class MoEFeedForward(nn.Module):
             return scores.new_zeros(())
         E = self.n_experts
         if self.minimind3:  # load_i: tokens sent to expert i over all tokens, summed over the k choices
-            load = torch.zeros(E, device=scores.device).scatter_add_(
-                0, idx.reshape(-1), torch.ones(idx.numel(), device=scores.device)) / idx.shape[0]
+            load = torch.bincount(idx.reshape(-1), minlength=E).float() / idx.shape[0]
             return (load * scores.mean(0)).sum() * E * self.alpha
         if self.seq_aux:  # per sequence: f_i counts expert i's share of that sequence's slots
             idx = idx.reshape(batch_size, -1)  # (B, T*k)

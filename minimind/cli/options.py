@@ -13,7 +13,7 @@ def add_model_flags(p):
                    help="weights precision (auto: fp32 on CPU, bf16/fp16 on GPU)")
     p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
                    help="int8: weight-only int8 linear layers (4x smaller; on a CPU 1.6-2x faster decoding, "
-                        "more with --compile); int4: q4_0-style groups of 32 (7x smaller, CPU only); "
+                        "more with --compile); int4: q4_1-style groups of 32 (6.4x smaller, CPU only); "
                         "see minimind/quantize.py")
 
 

@@ -152,15 +152,13 @@ def infer_config(state: dict, source: str, num_heads: int | None = None, **field
     inferred = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": num_heads,
                 "num_key_value_heads": k_rows // head_dim, "vocab_size": vocab, "intermediate_size": shape(ffn)[0],
                 "tie_word_embeddings": tied}
-    if minimind3:  # MiniMind-3's defaults for what shapes cannot tell
-        inferred.update(head_dim=head_dim, qk_norm=True, rms_norm_eps=1e-6)
+    if minimind3:  # qk_norm brings MiniMind-3's defaults for what shapes cannot tell (config.GENERATION_DEFAULTS)
+        inferred.update(head_dim=head_dim, qk_norm=True)
     if experts:
         inferred.update(use_moe=True, n_routed_experts=len(experts), n_shared_experts=len(shared))
         if shared:  # all experts of a MiniMind 2 MoE share one width
             inferred["intermediate_size"] = shape("model.layers.0.mlp.shared_experts.0.gate_proj.weight")[0]
         inferred["moe_intermediate_size"] = shape(ffn)[0]
-        if minimind3:
-            inferred.update(num_experts_per_tok=1, moe_router="minimind3", aux_loss_alpha=5e-4)
     return MiniMindConfig(**{**inferred, **fields})
 
 

@@ -67,9 +67,7 @@ def compiled_forward(model):
     first call are not seen. The first call compiles: tens of seconds. A model whose layers or tensors changed
     since (cast, moved, quantized, a layer replaced: `model_layout`) gets a new compile, whatever dynamo's guards
     would have caught (torch 2.7's missed a replaced output head)."""
-    owner, fn, built_for = getattr(model, "_minimind_compiled_forward", (None, None, None))
-    layout = model_layout(model)
-    if owner != id(model) or layout != built_for:  # none yet, a deep copy's (copied with the model), or stale
+    def build():
         import torch._inductor.config as inductor_config
 
         compiled = torch.compile(own_code(model.forward), dynamic=True)
@@ -79,8 +77,8 @@ def compiled_forward(model):
             # torch.compile(options=...) loses freezing): so the options are set around every call.
             with inductor_config.patch(freezing=True, cpp_wrapper=True):
                 return compiled(*args, **kwargs)
-        model._minimind_compiled_forward = (id(model), fn, layout)
-    return fn
+        return fn
+    return kept_on(model, "_minimind_compiled_forward", build)
 
 
 def decode_step(model):
@@ -116,9 +114,7 @@ def compiled_step(model):
     would share graphs with nothing left to tell them apart), and each call of `compiled_step` (once a decode)
     compares the model's layers and tensors with what the step was built for, and builds a new one if the model
     was cast, moved, quantized or given an adapter since."""
-    owner, fn, built_for = getattr(model, "_minimind_compiled_step", (None, None, None))
-    layout = model_layout(model)
-    if owner != id(model) or layout != built_for:  # a deep copy (as in compiled_forward), or a changed model
+    def build():
         import torch._inductor.config as inductor_config
 
         from .matvec import with_matvecs
@@ -130,7 +126,19 @@ def compiled_step(model):
         def fn(*args):
             with inductor_config.patch(freezing=args[0].shape[0] > 1, cpp_wrapper=True):
                 return compiled(*args)
-        model._minimind_compiled_step = (id(model), fn, layout)
+        return fn
+    return kept_on(model, "_minimind_compiled_step", build)
+
+
+def kept_on(model, name: str, build):
+    """`build()` kept on the model as attribute `name` and reused, unless the attribute was carried over by
+    `copy.deepcopy` from another model, or the model's layers or tensors changed since it was built
+    (`model_layout`): then it is built again."""
+    owner, fn, built_for = getattr(model, name, (None, None, None))
+    layout = model_layout(model)
+    if owner != id(model) or layout != built_for:
+        fn = build()
+        setattr(model, name, (id(model), fn, layout))
     return fn
 
 
