@@ -7,7 +7,9 @@
 Rows: fp32 and bf16 weights through `F.linear`, and through `MatVec` compiled (one graph for the whole step);
 int8 weights through `torch._weight_int8pack_mm` (what `Int8Linear` runs eagerly) and through `MatVec`; int4
 through `torch._weight_int4pack_mm_for_cpu` (what `Int4Linear` runs, eagerly and compiled). Time per step: the best
-of `--rounds` rounds of 50 steps.
+of `--rounds` rounds of 50 steps, and the rate at which it streams the weights' bytes (scales included). The memory
+rows time a plain sum over fp32 tensors of the same byte counts: what this machine streams at those sizes, the floor
+for a product that reads every weight once.
 """
 
 import argparse
@@ -63,23 +65,31 @@ def main():
             return [m(xs[m.layer.in_features]) for m in wrapped]
         return lambda: all_products(xs)
 
+    def size(layers) -> int:
+        return sum(t.numel() * t.element_size() for m in layers for t in [*m.parameters(), *m.buffers()])
+
     with torch.inference_mode():
         for name, dtype in [("fp32", torch.float32), ("bf16", torch.bfloat16)]:
             layers = [nn.Linear(m.in_features, m.out_features, bias=False).to(dtype) for m in linears]
             for layer, m in zip(layers, linears):
                 layer.weight.copy_(m.weight)
-            rows.append((f"{name} `F.linear`", best_ms(library(layers, dtype), args.rounds)))
-            rows.append((f"{name} fused (`MatVec`, compiled)", best_ms(fused(layers, dtype), args.rounds)))
+            rows.append((f"{name} `F.linear`", size(layers), best_ms(library(layers, dtype), args.rounds)))
+            rows.append((f"{name} fused (`MatVec`, compiled)", size(layers), best_ms(fused(layers, dtype), args.rounds)))
         int8 = [Int8Linear(m) for m in linears]
-        rows.append(("int8 `_weight_int8pack_mm` (Int8Linear)", best_ms(library(int8, torch.float32), args.rounds)))
-        rows.append(("int8 fused (`MatVec`, compiled)", best_ms(fused(int8, torch.float32), args.rounds)))
+        rows.append(("int8 `_weight_int8pack_mm` (Int8Linear)", size(int8),
+                     best_ms(library(int8, torch.float32), args.rounds)))
+        rows.append(("int8 fused (`MatVec`, compiled)", size(int8), best_ms(fused(int8, torch.float32), args.rounds)))
         int4 = [Int4Linear(m) for m in linears]
-        rows.append(("int4 `_weight_int4pack_mm_for_cpu` (Int4Linear)",
+        rows.append(("int4 `_weight_int4pack_mm_for_cpu` (Int4Linear)", size(int4),
                      best_ms(library(int4, torch.float32), args.rounds)))
+        for nbytes in sorted({n for _, n, _ in rows}, reverse=True):
+            flat = torch.ones(nbytes // 4)
+            rows.append((f"memory: a sum over {nbytes / 2**20:.0f} MiB of fp32", nbytes,
+                         best_ms(flat.sum, args.rounds)))
     print(f"{args.preset} preset, {len(linears)} products a step, {args.threads} thread(s), torch {torch.__version__}")
-    print("\n| products | ms a step |\n|---|---|")
-    for name, ms in rows:
-        print(f"| {name} | {ms:.2f} |")
+    print("\n| products | MiB | ms a step | GB/s |\n|---|---|---|---|")
+    for name, nbytes, ms in rows:
+        print(f"| {name} | {nbytes / 2**20:.1f} | {ms:.2f} | {nbytes / ms / 1e6:.1f} |")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ compiled.
 Both models get the same config and the same weights, and the same optimizer (AdamW, fused where torch has it).
 Rounds rotate the order of the variants, so that machine noise hits all alike; each variant's median round counts.
 Reports tokens/s per variant and the ratios that matter: ours / HF eager, ours compiled / HF eager and ours compiled
-/ HF compiled.
+/ HF compiled. `--floor` also times the library kernels that any implementation of this model's step must run,
+alone: every matrix product (forward, and the two of backward) at the step's shapes and SDPA's attention (forward
+and backward), in `--dtypes`' precision; their sum bounds what fusing or removing everything else can win.
 
     python benchmarks/train_step.py                              # small preset, batch 8 x 256, CPU, bf16 autocast
     python benchmarks/train_step.py --compile --rounds 7         # also both under torch.compile
+    python benchmarks/train_step.py --compile --floor            # and the kernel floor of the step
     python benchmarks/train_step.py --device cuda --batch 32 --seq 512 --dtypes bf16 --compile
 """
 
@@ -41,6 +44,43 @@ def make_step(model, ids, dtype, device, compile):
     return step
 
 
+def kernel_floor(config, batch: int, seq: int, dtype, device, rounds: int) -> float:
+    """Tokens/s of a training step that ran only its library kernels: for every Linear (the tied head once), the
+    forward product x W^T and backward's dY W and dY^T x, at M = batch * seq rows; and per layer SDPA's causal
+    attention forward and backward. The best of `rounds` rounds each."""
+    import torch.nn.functional as F
+
+    def best(fn) -> float:
+        fn()
+        return min(timed(fn, device) for _ in range(rounds))
+
+    M, total = batch * seq, 0.0
+    shapes = [(m.in_features, m.out_features) for m in MiniMindForCausalLM(config).modules()
+              if isinstance(m, torch.nn.Linear)]
+    for K, N in set(shapes):
+        x, w, dy = (torch.randn(*shape, device=device, dtype=dtype) for shape in [(M, K), (N, K), (M, N)])
+        total += shapes.count((K, N)) * (best(lambda: x @ w.t()) + best(lambda: dy @ w) + best(lambda: dy.t() @ x))
+    H, Hkv, D = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    q = torch.randn(batch, H, seq, D, device=device, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(batch, Hkv, seq, D, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
+    dy = torch.randn(batch, H, seq, D, device=device, dtype=dtype)
+
+    def attention():
+        F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != Hkv).backward(dy)
+    total += config.num_hidden_layers * best(attention)
+    return M / total
+
+
+def timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
 def measure(args, dtype) -> dict[str, float]:
     """Median tokens/s of each variant."""
     device = torch.device(args.device)
@@ -71,7 +111,10 @@ def measure(args, dtype) -> dict[str, float]:
                 steps[name]()
             times[name].append((time.perf_counter() - t) / args.steps)
     tokens = args.batch * args.seq
-    return {name: tokens / statistics.median(ts) for name, ts in times.items()}
+    rates = {name: tokens / statistics.median(ts) for name, ts in times.items()}
+    if args.floor:
+        rates["kernel floor"] = kernel_floor(config, args.batch, args.seq, dtype, device, args.rounds)
+    return rates
 
 
 def main():
@@ -84,6 +127,7 @@ def main():
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--dtypes", default="bf16", help="comma-separated: fp32, bf16, fp16")
     p.add_argument("--compile", action="store_true", help="also both models under torch.compile")
+    p.add_argument("--floor", action="store_true", help="also the step's library kernels alone (see kernel_floor)")
     args = p.parse_args()
     load = f", load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     print(f"{args.preset} preset, batch {args.batch} x {args.seq}, device {args.device}, "
@@ -96,6 +140,9 @@ def main():
     variants = list(rows[0][1])
     ratios = [("minimind", "hf")] + ([("minimind compiled", "hf"), ("minimind compiled", "hf compiled")]
                                      if args.compile else [])
+    if args.floor:
+        ratios += [("kernel floor", "hf compiled" if args.compile else "hf")]
+        ratios += [("minimind compiled" if args.compile else "minimind", "kernel floor")]
     print("\n| dtype | " + " | ".join(f"{v} tok/s" for v in variants) + " | " +
           " | ".join(f"{a} / {b}" for a, b in ratios) + " |")
     print("|---|" + "---|" * (len(variants) + len(ratios)))

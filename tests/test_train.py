@@ -205,15 +205,16 @@ def single_process_losses(corpus, tmp_path_factory):
     return logged_losses(out)
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "ddp+compile"])
 def test_two_process_gloo_matches_single_process(corpus, tmp_path, single_process_losses, mode):
     out = tmp_path / mode
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    flags = {"ddp": [], "fsdp": ["--fsdp"], "ddp+compile": ["--compile"]}[mode]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(ROOT / "train.py"), *GLOO_COMMON, "--data", str(corpus), "--output_dir", str(out),
-                        *(["--fsdp"] if mode == "fsdp" else [])], capture_output=True, text=True, env=env, timeout=300)
+                        *flags], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    a, b = single_process_losses, logged_losses(out)
+    a, b = single_process_losses, logged_losses(out)  # the single process runs eager: compiled DDP must match it
     assert len(a) == len(b) == 6
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4
     assert MiniMindForCausalLM.from_pretrained(out).config.hidden_size == 32  # saved unsharded
