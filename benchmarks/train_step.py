@@ -24,6 +24,7 @@ import time
 import torch
 from transformers import LlamaForCausalLM
 
+from generate import timed  # benchmarks/generate.py, beside this script
 from minimind import MiniMindForCausalLM, preset
 from minimind.export.hf import llama_config
 
@@ -69,16 +70,6 @@ def kernel_floor(config, batch: int, seq: int, dtype, device, rounds: int) -> fl
         F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != Hkv).backward(dy)
     total += config.num_hidden_layers * best(attention)
     return M / total
-
-
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def measure(args, dtype) -> dict[str, float]:
