@@ -20,11 +20,12 @@ import os
 import platform
 import statistics
 import time
+from functools import partial
 
 import torch
+from generate import timed  # benchmarks/generate.py, beside this script
 from transformers import LlamaForCausalLM
 
-from generate import timed  # benchmarks/generate.py, beside this script
 from minimind import MiniMindForCausalLM, preset
 from minimind.export.hf import llama_config
 
@@ -60,7 +61,8 @@ def kernel_floor(config, batch: int, seq: int, dtype, device, rounds: int) -> fl
               if isinstance(m, torch.nn.Linear)]
     for K, N in set(shapes):
         x, w, dy = (torch.randn(*shape, device=device, dtype=dtype) for shape in [(M, K), (N, K), (M, N)])
-        total += shapes.count((K, N)) * (best(lambda: x @ w.t()) + best(lambda: dy @ w) + best(lambda: dy.t() @ x))
+        products = [partial(torch.mm, x, w.t()), partial(torch.mm, dy, w), partial(torch.mm, dy.t(), x)]
+        total += shapes.count((K, N)) * sum(best(product) for product in products)
     H, Hkv, D = config.num_attention_heads, config.num_key_value_heads, config.head_dim
     q = torch.randn(batch, H, seq, D, device=device, dtype=dtype, requires_grad=True)
     k, v = (torch.randn(batch, Hkv, seq, D, device=device, dtype=dtype, requires_grad=True) for _ in range(2))
