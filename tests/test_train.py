@@ -205,11 +205,11 @@ def single_process_losses(corpus, tmp_path_factory):
     return logged_losses(out)
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp", "ddp+compile", "fsdp+compile"])
+@pytest.mark.parametrize("mode", ["ddp", "fsdp", "ddp+compile"])
 def test_two_process_gloo_matches_single_process(corpus, tmp_path, single_process_losses, mode):
     out = tmp_path / mode
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    flags = {"ddp": [], "fsdp": ["--fsdp"], "ddp+compile": ["--compile"], "fsdp+compile": ["--fsdp", "--compile"]}[mode]
+    flags = {"ddp": [], "fsdp": ["--fsdp"], "ddp+compile": ["--compile"]}[mode]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         str(ROOT / "train.py"), *GLOO_COMMON, "--data", str(corpus), "--output_dir", str(out),
                         *flags], capture_output=True, text=True, env=env, timeout=300)
