@@ -30,6 +30,9 @@ def main(args):
     settings = sampling_settings(args)
     generator = make_generator(args.seed, next(model.parameters()).device)
     jobs = [(shown, prompt) for shown, prompt in zip(args.prompt, prompts) for _ in range(args.num_samples)]
+    if args.compile and args.show_speed:  # compile before the timing: the same batch, greedy, the text dropped
+        warm_up = [jobs[0][1]] if args.stream else [p for _, p in jobs]
+        generate_text(model, tokenizer, warm_up, args.max_new_tokens, add_bos=not args.no_bos, compile=True)
     stats = GenerationStats()
     if args.stream:
         for i, (shown, prompt) in enumerate(jobs):
