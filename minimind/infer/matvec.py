@@ -6,8 +6,8 @@ bandwidth on a CPU, and its fixed cost per call adds up over the ~60 products of
 broadcast product and a sum over `in`, the product is a plain reduction that Inductor compiles into a vectorised
 loop over the weight rows, reading each weight once, converting it in registers (bf16, or int8 times its row's
 scale) and fusing it with the norm, activation or residual around it. Measured on a 2-core CPU
-(benchmarks/generate.md): the small preset's 57 products in 4.5 ms (fp32) and 2.2 ms (bf16 weights) per step on
-two threads against 10.2 and 4.3 ms through `F.linear`.
+(`benchmarks/matvec.py`, table in benchmarks/generate.md): the small preset's 57 products in 3.2 ms (fp32), 1.75 ms
+(bf16) and 1.24 ms (int8) per step on two threads, against 9.8, 5.6 and 2.4 ms through the library calls.
 
     step_model = with_matvecs(model)   # shares every tensor; what `minimind.infer.engine.compiled_step` compiles
 
