@@ -56,6 +56,11 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", q)
         self.register_buffer("scale", scale)
         self.register_buffer("kernel_scale", scale.to(torch.bfloat16), persistent=False)  # what the kernel takes
+        from .infer.cpu_kernels import vector_ops
+
+        self.q8 = q.device.type == "cpu" and "q8" in vector_ops()  # minimind's one-row kernel for decoding
+        if self.q8:
+            self.register_buffer("rowsum", q.sum(1, dtype=torch.int32), persistent=False)
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         return (self.weight.float() * self.scale[:, None]).to(dtype)
@@ -65,6 +70,9 @@ class Int8Linear(nn.Module):
         return x.device.type == "cpu" and self.in_features % KERNEL_MULTIPLE == 0
 
     def forward(self, x):
+        if self.q8 and x.device.type == "cpu" and x.shape[:-1].numel() == 1:
+            y = torch.ops.minimind.matvec_q8(x.reshape(-1), [self.weight], [self.scale], [self.rowsum])
+            return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
         if self.uses_kernel(x):
             rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
             y = torch._weight_int8pack_mm(rows, self.weight, self.kernel_scale)

@@ -24,20 +24,43 @@ from torch import nn
 from ..quantize import Int8Linear
 
 
-class MatVec(nn.Module):
-    """Wraps a bias-free `nn.Linear` or an `Int8Linear` (its tensors shared): for one row under torch.compile,
-    y = sum_j W_ij x_j (times the row's scale for int8), accumulated in float32 and returned in x's dtype. int8
-    rounds x, y and the scales to bf16 as its eager kernel does, so that compiled and eager decoding choose the
-    same tokens."""
+def kernel_kind(layer: nn.Module, ops: frozenset[str]) -> str | None:
+    """Which of minimind's CPU kernels (`cpu_kernels`) computes `layer` for one row: "q8" (an `Int8Linear` that
+    uses it), "bf16" (a bf16 `nn.Linear`), or None (a compiled reduction, below). fp32 weights stay with the
+    reduction: it streams them as fast as the kernel does and fuses the norms and activations around them."""
+    if type(layer) is Int8Linear and layer.q8:
+        return "q8"
+    if "bf16" in ops and type(layer) is nn.Linear and layer.weight.dtype == torch.bfloat16:
+        return "bf16"
+    return None
 
-    def __init__(self, layer: nn.Module):
+
+def kernel_call(kind: str, x, layers) -> torch.Tensor:
+    """One call of the `kind` kernel for the layers' weights, x (K,) -> their outputs, concatenated, float32."""
+    if kind == "q8":
+        return torch.ops.minimind.matvec_q8(x, [m.weight for m in layers], [m.scale for m in layers],
+                                            [m.rowsum for m in layers])
+    return torch.ops.minimind.matvec_bf16(x, [m.weight for m in layers])
+
+
+class MatVec(nn.Module):
+    """Wraps a bias-free `nn.Linear` or an `Int8Linear` (its tensors shared): for one row under torch.compile, minimind's
+    CPU kernel where there is one (`kernel_kind`), else y = sum_j W_ij x_j (times the row's scale for int8),
+    accumulated in float32 and returned in x's dtype. Without the kernels, int8 rounds x, y and the scales to bf16
+    as its eager kernel does, so that compiled and eager decoding choose the same tokens (with them, eager int8
+    runs the same kernel)."""
+
+    def __init__(self, layer: nn.Module, ops: frozenset[str] = frozenset()):
         super().__init__()
         self.layer = layer
+        self.kind = kernel_kind(layer, ops)
 
     def forward(self, x):
         if not torch.compiler.is_compiling() or x.shape[:-1].numel() != 1:
             return self.layer(x)
         layer = self.layer
+        if self.kind is not None:
+            return kernel_call(self.kind, x.reshape(-1), [layer]).reshape(*x.shape[:-1], -1).to(x.dtype)
         if isinstance(layer, Int8Linear):
             if layer.uses_kernel(x):  # the kernel's bf16 rounding of x, y and the scales, for the same tokens
                 rows = x[..., None, :].to(torch.bfloat16).float()
@@ -51,10 +74,14 @@ def with_matvecs(model: nn.Module) -> nn.Module:
     """A copy of `model` whose bias-free `nn.Linear` and `Int8Linear` layers are wrapped in `MatVec`. The copy
     shares every parameter and buffer with `model` (no weight is copied), so it sees in-place weight updates; the
     module tree is its own. Other layers (an unmerged LoRA layer, a biased linear) stay as they are."""
-    shared = {id(t): t for t in [*model.parameters(), *model.buffers()]}
+    from .cpu_kernels import vector_ops
+
+    tensors = [*model.parameters(), *model.buffers()]
+    ops = vector_ops() if any(t.device.type == "cpu" for t in tensors) else frozenset()
+    shared = {id(t): t for t in tensors}
     clone = copy.deepcopy(model, memo=shared)
     for parent in list(clone.modules()):
         for name, child in list(parent.named_children()):
             if (type(child) is nn.Linear and child.bias is None) or type(child) is Int8Linear:
-                setattr(parent, name, MatVec(child))
+                setattr(parent, name, MatVec(child, ops))
     return clone

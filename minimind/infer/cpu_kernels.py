@@ -1,0 +1,103 @@
+"""minimind's own CPU kernels for batch-1 decoding (`csrc/matvec.cpp`): one-row matrix products on the CPU's dot-product
+instructions, as torch ops that run eagerly and inside a compiled graph.
+
+    ops = vector_ops()                                     # frozenset({"bf16", "q8"}) or a part; empty: not available
+    y = torch.ops.minimind.matvec_bf16(x, [wq, wk, wv])   # x (K,), w* (N_i, K) bf16 -> (N_q + N_k + N_v,) float32
+    y = torch.ops.minimind.matvec_q8(x, [q], [scale], [rowsum])  # q (N, K) int8, scale (N,), rowsum (N,) int32
+
+The source is compiled on first use with the C++ compiler torch.compile uses on a CPU (`$CXX`, else `c++`) for this
+machine's instruction set (`-march=native`), about 10 seconds, and kept in `$MINIMIND_CACHE/kernels` (default
+`~/.cache/minimind/kernels`) under a name that hashes the source, torch's version and the flags, so that a later
+process loads it at once. The file is written under a temporary name and renamed when complete, so an interrupted
+build leaves nothing half-written behind. Linux on x86-64 only; where there is no compiler, the build fails, or
+the CPU lacks AVX-512, `vector_ops()` is empty (with one warning saying why) and callers keep PyTorch's own
+kernels. `MINIMIND_CPU_KERNELS=0` turns them off.
+"""
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("csrc") / "matvec.cpp"
+_lock = threading.Lock()
+_ops: frozenset[str] | None = None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("MINIMIND_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                           os.path.expanduser("~/.cache"), "minimind")
+    return Path(root) / "kernels"
+
+
+def vector_ops() -> frozenset[str]:
+    """The ops this machine runs on vector instructions ("bf16", "q8"), building and loading the kernels on the
+    first call; empty when they are off or unavailable."""
+    global _ops
+    if _ops is None:
+        with _lock:
+            if _ops is None:
+                _ops = _load()
+    return _ops
+
+
+def _load() -> frozenset[str]:
+    if os.environ.get("MINIMIND_CPU_KERNELS", "1") == "0":
+        return frozenset()
+    if not sys.platform.startswith("linux") or platform.machine().lower() not in ("x86_64", "amd64"):
+        return frozenset()
+    try:
+        library = _build()
+        torch.ops.load_library(str(library))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        warnings.warn(f"minimind's CPU decoding kernels are not available ({e}); decoding uses PyTorch's kernels",
+                      stacklevel=3)
+        return frozenset()
+    _register_fakes()
+    return frozenset(op for op in torch.ops.minimind.vector_ops().split(",") if op)
+
+
+def _build() -> Path:
+    from torch.utils import cpp_extension
+
+    compiler = os.environ.get("CXX") or "c++"
+    if shutil.which(compiler) is None:
+        raise OSError(f"no C++ compiler {compiler!r} on PATH (set CXX)")
+    torch_lib = Path(torch.__file__).parent / "lib"
+    flags = ["-O3", "-march=native", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w",
+             f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+             *(f"-I{p}" for p in cpp_extension.include_paths())]
+    libs = [f"-L{torch_lib}", "-lc10", "-ltorch", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), torch.__version__, compiler, *flags, *libs]).encode())
+    target = cache_dir() / f"matvec-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run([compiler, *flags, str(SOURCE), *libs, "-o", partial], capture_output=True, text=True,
+                              timeout=600, check=False)
+        if done.returncode != 0:
+            raise OSError(f"{compiler} failed to build {SOURCE.name}: {done.stderr.strip()[-2000:]}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return target
+
+
+def _register_fakes():
+    """Shapes for torch.compile's tracing: every op returns its weights' rows, concatenated, in float32."""
+    def rows(x, weights, *_):
+        return x.new_empty(sum(w.shape[0] for w in weights), dtype=torch.float32)
+    for op in ("matvec_bf16", "matvec_q8"):
+        torch.library.register_fake(f"minimind::{op}")(rows)
