@@ -5,8 +5,10 @@
     python benchmarks/matvec.py --threads 2 --preset small
 
 Rows: fp32 and bf16 weights through `F.linear`, and through `MatVec` compiled (one graph for the whole step);
-int8 weights through `torch._weight_int8pack_mm` (what `Int8Linear` runs eagerly) and through `MatVec`; int4
-through `torch._weight_int4pack_mm_for_cpu` (what `Int4Linear` runs, eagerly and compiled). Time per step: the best
+int8 weights through `torch._weight_int8pack_mm` (what `Int8Linear` runs for several rows) and through `MatVec`'s
+reduction; bf16 and int8 through minimind's own one-row kernels (`minimind.infer.cpu_kernels`: what the compiled
+decode step runs where the CPU has them, and eager int8 for one row); int4 through
+`torch._weight_int4pack_mm_for_cpu` (what `Int4Linear` runs, eagerly and compiled). Time per step: the best
 of `--rounds` rounds of 50 steps, and the rate at which it streams the weights' bytes (scales included). The memory
 rows time a plain sum over fp32 tensors of the same byte counts: what this machine streams at those sizes, the floor
 for a product that reads every weight once.
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from minimind import MiniMindForCausalLM, preset
+from minimind.infer.cpu_kernels import vector_ops
 from minimind.infer.matvec import MatVec
 from minimind.quantize import Int4Linear, Int8Linear
 
@@ -56,11 +59,11 @@ def main():
                 m(xs[m.in_features]) if not isinstance(m, nn.Linear) else F.linear(xs[m.in_features], m.weight)
         return step
 
-    def fused(layers, dtype):
-        wrapped = nn.ModuleList(MatVec(m) for m in layers)
+    def fused(layers, dtype, ops=frozenset()):
+        wrapped = nn.ModuleList(MatVec(m, ops) for m in layers)
         xs = {k: v.to(dtype) for k, v in inputs.items()}
 
-        @torch.compile(fullgraph=True)
+        @torch.compile(fullgraph=True, options={"cpp_wrapper": True})  # as the decode step: ops called from C++
         def all_products(xs):
             return [m(xs[m.layer.in_features]) for m in wrapped]
         return lambda: all_products(xs)
@@ -75,10 +78,21 @@ def main():
                 layer.weight.copy_(m.weight)
             rows.append((f"{name} `F.linear`", size(layers), best_ms(library(layers, dtype), args.rounds)))
             rows.append((f"{name} fused (`MatVec`, compiled)", size(layers), best_ms(fused(layers, dtype), args.rounds)))
+            if name == "bf16" and "bf16" in vector_ops():
+                rows.append(("bf16 minimind kernel (`matvec_bf16`, compiled)", size(layers),
+                             best_ms(fused(layers, dtype, vector_ops()), args.rounds)))
         int8 = [Int8Linear(m) for m in linears]
+        kernel = [m.q8 for m in int8]
+        for m in int8:
+            m.q8 = False  # PyTorch's kernel and the reduction first
         rows.append(("int8 `_weight_int8pack_mm` (Int8Linear)", size(int8),
                      best_ms(library(int8, torch.float32), args.rounds)))
         rows.append(("int8 fused (`MatVec`, compiled)", size(int8), best_ms(fused(int8, torch.float32), args.rounds)))
+        if all(kernel):
+            for m in int8:
+                m.q8 = True
+            rows.append(("int8 minimind kernel (`matvec_q8`, compiled)", size(int8),
+                         best_ms(fused(int8, torch.float32), args.rounds)))
         int4 = [Int4Linear(m) for m in linears]
         rows.append(("int4 `_weight_int4pack_mm_for_cpu` (Int4Linear)", size(int4),
                      best_ms(library(int4, torch.float32), args.rounds)))

@@ -9,6 +9,11 @@ scale) and fusing it with the norm, activation or residual around it. Measured o
 (`benchmarks/matvec.py`, table in benchmarks/generate.md): the small preset's 57 products in 3.2 ms (fp32), 1.75 ms
 (bf16) and 1.24 ms (int8) per step on two threads, against 9.8, 5.6 and 2.4 ms through the library calls.
 
+The reduction converts every bf16 or int8 weight to fp32 before its multiply-add, which bounds it once the weights
+sit in cache. Where the CPU has dot-product instructions for them (AVX512-BF16, AVX512-VNNI), bf16 and int8 layers
+call minimind's own kernels instead (`minimind.infer.cpu_kernels`): one op call per layer, opaque to Inductor.
+fp32 layers keep the reduction, which already streams them at the memory's rate.
+
     step_model = with_matvecs(model)   # shares every tensor; what `minimind.infer.engine.compiled_step` compiles
 
 Only inside a compiled region and only for a single row: eagerly the broadcast product would be materialised (slow),
