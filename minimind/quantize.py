@@ -11,13 +11,15 @@ the bytes saved). A tied output head gets its own int8 copy; the embedding keeps
 Why it is faster: decoding one token multiplies a vector by every weight matrix, so each step streams all the
 weights from memory and the time goes into bytes, not arithmetic (benchmarks/generate.md). int8 weights are a quarter
 of fp32's bytes. On a CPU the product of several rows (a prompt, a batch) runs in PyTorch's int8-weight kernel
-(`torch._weight_int8pack_mm`, bf16 activations in, converted back to the model's dtype out); one row (a decode
-step) runs minimind's own kernel where the CPU has AVX512-VNNI (`minimind.infer.cpu_kernels`, `matvec_q8`): x
-rounded to int8 too, with one scale for the row (max |x| / 127), integer dot products, then both scales. That
-rounding of x costs the main job's model +0.04% held-out perplexity (75.22 -> 75.25, simulated with the same
-arithmetic; benchmarks/generate.md) and makes the step's products ~2x faster than the bf16 route. That kernel is exact only when `in` is a multiple of 16
-(it gives wrong numbers otherwise), and it is CPU-only here; anywhere else the row is dequantized per call
-(`F.linear(x, Q * s)`), which keeps the memory saving but not the speed. Quantize after loading, for inference: a
+(`torch._weight_int8pack_mm`, bf16 activations in, converted back to the model's dtype out). That kernel is exact
+only when `in` is a multiple of 16 (it gives wrong numbers otherwise), and it is CPU-only here; anywhere else the
+row is dequantized per call (`F.linear(x, Q * s)`), which keeps the memory saving but not the speed.
+
+One row (a decode step) runs minimind's own kernel instead where the CPU has AVX512-VNNI
+(`minimind.infer.cpu_kernels`, `matvec_q8`): x rounded to int8 too, with one scale for the row (max |x| / 127),
+integer dot products, then both scales. That rounding of x costs the main job's model +0.04% held-out perplexity
+(75.22 -> 75.25, simulated with the same arithmetic), and the small preset's 57 products take 1.04 ms a step
+against 2.14 through `_weight_int8pack_mm` (two threads; benchmarks/generate.md). Quantize after loading, for inference: a
 quantized model is not for training or `save_pretrained`.
 
     model = quantize_int8(model)      # in place; minimind generate / chat / serve / eval --quantize int8

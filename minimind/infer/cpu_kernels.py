@@ -9,9 +9,10 @@ The source is compiled on first use with the C++ compiler torch.compile uses on 
 machine's instruction set (`-march=native`), about 10 seconds, and kept in `$MINIMIND_CACHE/kernels` (default
 `~/.cache/minimind/kernels`) under a name that hashes the source, torch's version and the flags, so that a later
 process loads it at once. The file is written under a temporary name and renamed when complete, so an interrupted
-build leaves nothing half-written behind. Linux on x86-64 only; where there is no compiler, the build fails, or
-the CPU lacks AVX-512, `vector_ops()` is empty (with one warning saying why) and callers keep PyTorch's own
-kernels. `MINIMIND_CPU_KERNELS=0` turns them off.
+build leaves nothing half-written behind. Linux on x86-64 only. Where there is no compiler or the build fails,
+`vector_ops()` is empty and one warning says why; where the CPU lacks AVX512-BF16 or AVX512-VNNI, the op it would
+need is left out of `vector_ops()`. Either way callers keep PyTorch's own kernels. `MINIMIND_CPU_KERNELS=0` turns
+them off.
 """
 
 import hashlib

@@ -35,8 +35,7 @@ int64_t grain(int64_t row_bytes) {
 
 // The weights of one call: matrices (N_i, K) of one dtype, all taking the same x (K,); their outputs are
 // concatenated (several layers that read the same x can be one call and one split of their rows over the threads).
-std::vector<int64_t> check_args(const at::Tensor& x, const std::vector<at::Tensor>& ws, at::ScalarType wtype,
-                                const char* op) {
+std::vector<int64_t> check_args(const at::Tensor& x, at::TensorList ws, at::ScalarType wtype, const char* op) {
   TORCH_CHECK(x.device().is_cpu() && !ws.empty(), op, ": a CPU x and at least one weight expected");
   std::vector<int64_t> starts{0};
   for (const at::Tensor& w : ws) {
@@ -59,6 +58,11 @@ void over_rows(const std::vector<int64_t>& starts, int64_t row_bytes, const F& r
       if (lo < hi) rows_of(m, lo - starts[m], hi - starts[m], starts[m]);
     }
   });
+}
+
+// t itself when it is already contiguous and of `dtype` (the usual case: no dispatch on the hot path), else a copy.
+at::Tensor as(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype && t.is_contiguous() ? t : t.contiguous().to(dtype);
 }
 
 #ifdef MM_AVX512
@@ -99,10 +103,9 @@ void bf16_rows(const uint16_t* x, const uint16_t* w, float* y, int64_t K, int64_
   }
 }
 
-at::Tensor matvec_bf16(const at::Tensor& x_, at::TensorList ws_) {
-  std::vector<at::Tensor> ws = ws_.vec();
+at::Tensor matvec_bf16(const at::Tensor& x_, at::TensorList ws) {
   const auto starts = check_args(x_, ws, at::kBFloat16, "minimind::matvec_bf16");
-  at::Tensor x = x_.contiguous().to(at::kBFloat16);
+  const at::Tensor x = as(x_, at::kBFloat16);
   const int64_t K = x.numel();
   at::Tensor y = at::empty({starts.back()}, x.options().dtype(at::kFloat));
   auto xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
@@ -163,19 +166,19 @@ void q8_rows(const uint8_t* xq, const int8_t* w, const int32_t* rowsum, float dx
   }
 }
 
-at::Tensor matvec_q8(const at::Tensor& x_, at::TensorList ws_, at::TensorList scales_, at::TensorList rowsums_) {
-  std::vector<at::Tensor> ws = ws_.vec(), scales, rowsums = rowsums_.vec();
+at::Tensor matvec_q8(const at::Tensor& x_, at::TensorList ws, at::TensorList scales_, at::TensorList rowsums) {
   const auto starts = check_args(x_, ws, at::kChar, "minimind::matvec_q8");
   TORCH_CHECK(scales_.size() == ws.size() && rowsums.size() == ws.size(),
               "minimind::matvec_q8: one scale tensor and one row-sum tensor per weight expected");
+  std::vector<at::Tensor> scales;
   for (size_t m = 0; m < ws.size(); ++m) {
     const int64_t N = ws[m].size(0);
     TORCH_CHECK(scales_[m].numel() == N && rowsums[m].numel() == N && rowsums[m].scalar_type() == at::kInt &&
                 rowsums[m].is_contiguous(), "minimind::matvec_q8: weight ", m, " has ", N, " rows but ",
                 scales_[m].numel(), " scales and ", rowsums[m].numel(), " ", rowsums[m].scalar_type(), " row sums");
-    scales.push_back(scales_[m].contiguous().to(at::kFloat));
+    scales.push_back(as(scales_[m], at::kFloat));
   }
-  at::Tensor x = x_.contiguous().to(at::kFloat);
+  const at::Tensor x = as(x_, at::kFloat);
   const int64_t K = x.numel();
   at::Tensor y = at::empty({starts.back()}, x.options());
   // x's bytes 64-aligned: every vpdpbusd loads 64 of them, and a load across two cache lines is slower
