@@ -69,6 +69,10 @@ def main():
                    help="compare with llama.cpp (llama-cpp-python) on the GGUF files `minimind export` writes")
     p.add_argument("--pairs", default="fp32,bf16,int8,int4", help="with --llama_cpp: precision pairings to run")
     p.add_argument("--thread_counts", default="2,1", help="with --llama_cpp: thread counts to run")
+    p.add_argument("--llama_extra_buffers", choices=("auto", "on", "off"), default="auto",
+                   help="with --llama_cpp: llama.cpp's extra weight buffer types (repacked weights, AMX); auto: off "
+                        "on a CPU with AMX, where llama-cpp-python 0.3.36's AMX q8_0 product crashes (segfault in "
+                        "ggml_backend_amx_mul_mat)")
     args = p.parse_args()
     if args.llama_cpp:
         return llama_cpp_main(args)
@@ -158,7 +162,18 @@ def llama_cpp_main(args):
     from the first)."""
     import copy
 
+    import llama_cpp.llama_cpp as llama_lib
     from llama_cpp import Llama
+
+    extra = args.llama_extra_buffers == "on" or (args.llama_extra_buffers == "auto" and not cpu_has_amx())
+    if not extra:  # Llama() takes no argument for it: its model parameters come from this function
+        default_params = llama_lib.llama_model_default_params
+
+        def model_params():
+            params = default_params()
+            params.use_extra_bufts = False
+            return params
+        llama_lib.llama_model_default_params = model_params
 
     from minimind.export.gguf import export_gguf
     from minimind.infer.generate import generate
@@ -173,7 +188,8 @@ def llama_cpp_main(args):
     n = args.new
     folder = tempfile.mkdtemp(prefix="minimind-bench-")
     print(f"{args.preset} preset, batch 1, prompt {args.prompt} + {n} new tokens, greedy; torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}; load average {os.getloadavg()[0]:.1f} at the start")
+          f"{cpu_name()}; llama.cpp's extra buffer types {'on' if extra else 'off'}; load average "
+          f"{os.getloadavg()[0]:.1f} at the start")
     reference = generate(base, prompt, max_new_tokens=n, min_new_tokens=n)[0, args.prompt:]  # eager fp32
     rows = []
     for pair in args.pairs.split(","):
@@ -229,6 +245,27 @@ def llama_cpp_main(args):
     for pair, threads, name, med, lo, hi, ratio, agree, agree_ref in rows:
         print(f"| {pair} | {threads} | {name} | {med:,.0f} | {lo:,.0f}-{hi:,.0f} | {ratio:.2f}x | {agree}/{n} | "
               f"{agree_ref}/{n} |")
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":")[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def cpu_has_amx() -> bool:
+    return "amx_int8" in cpu_flags()
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":")[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        name = ""
+    return f"{name or platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
 
 
 if __name__ == "__main__":

@@ -73,11 +73,16 @@ def test_matvec_under_compile_equals_the_layer(kind):
 
 
 @pytest.mark.parametrize("kind", ["fp32", "int8", "int8-large", "int4"])
-def test_batch_one_compiled_decode_equals_eager(kind):
+def test_batch_one_compiled_decode_equals_eager(kind, monkeypatch):
     """A single row decodes through the fused step (reductions, written-out attention, no freezing) and gives
     eager's greedy tokens, fp32 and int8; int4 layers run their own kernel inside the compiled step. int8-large:
-    weights 15x the usual scale, where fp32 activations (rather than the eager kernel's bf16) changed the tokens."""
+    weights 15x the usual scale, where fp32 activations (rather than the eager kernel's bf16) changed the tokens.
+    (On a CPU with minimind's kernels one row runs the native step instead, `tests/test_native.py`; this graph is
+    what the other models and machines run.)"""
+    from minimind.infer import engine
     from minimind.infer.generate import generate_tokens
+
+    monkeypatch.setattr(engine, "native_step", lambda model: None)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -101,13 +106,16 @@ def test_batch_one_compiled_decode_equals_eager(kind):
         torch.set_num_threads(threads)
 
 
-def test_a_model_changed_in_place_gets_a_new_step():
+def test_a_model_changed_in_place_gets_a_new_step(monkeypatch):
     """The compiled step skips dynamo's guards on the model's modules (engine.compiled_step), so the engine itself
     must notice a model changed in place after a compiled decode (here: a new output head, then int8 layers): each
     next decode gives the changed model's tokens, not the old graph's."""
     import copy
 
+    from minimind.infer import engine
     from minimind.infer.engine import compiled_step
+
+    monkeypatch.setattr(engine, "native_step", lambda model: None)
     from minimind.infer.generate import generate_tokens
 
     threads = torch.get_num_threads()

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("csrc") / "matvec.cpp"
+CSRC = Path(__file__).with_name("csrc")  # matvec.cpp, decode.cpp and the row loops they share (rows.h)
 _lock = threading.Lock()
 _ops: frozenset[str] | None = None
 
@@ -77,7 +77,9 @@ def _build() -> Path:
              f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
              *(f"-I{p}" for p in cpp_extension.include_paths())]
     libs = [f"-L{torch_lib}", "-lc10", "-ltorch", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), torch.__version__, compiler, *flags, *libs]).encode())
+    sources = sorted(CSRC.glob("*.cpp"))
+    text = [p.read_text() for p in sorted([*sources, *CSRC.glob("*.h")])]
+    key = hashlib.sha256("\0".join([*text, torch.__version__, compiler, *flags, *libs]).encode())
     target = cache_dir() / f"matvec-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -85,10 +87,10 @@ def _build() -> Path:
     fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
     os.close(fd)
     try:
-        done = subprocess.run([compiler, *flags, str(SOURCE), *libs, "-o", partial], capture_output=True, text=True,
+        done = subprocess.run([compiler, *flags, *map(str, sources), *libs, "-o", partial], capture_output=True, text=True,
                               timeout=600, check=False)
         if done.returncode != 0:
-            raise OSError(f"{compiler} failed to build {SOURCE.name}: {done.stderr.strip()[-2000:]}")
+            raise OSError(f"{compiler} failed to build {', '.join(p.name for p in sources)}: {done.stderr.strip()[-2000:]}")
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):

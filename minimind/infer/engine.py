@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kv_cache import ColumnWrite, KVCache
+from .native import native_step
 from .sampling import (
     apply_repetition_penalty,
     as_id_list,
@@ -236,6 +237,8 @@ class DecodeBatch:
         self.model = model
         self.forward = compiled_forward(model) if compile else model
         self.compiled_step = compiled_step(model) if compile and use_cache else None
+        self.native_step = kept_on(model, "_minimind_native_step", lambda: native_step(model)) \
+            if compile and use_cache else None  # one row on a CPU: the whole step as one C++ call, or None
         self.use_cache = use_cache
         self.groups: list[Group] = []
         self.clear()
@@ -347,9 +350,13 @@ class DecodeBatch:
         """One forward of every row's last token; returns every row's next token (B,)."""
         t = self.columns + 1  # columns once the last tokens are in
         if self.fixed_rows is not None and t <= self.fixed_rows.shape[1]:
-            column = torch.tensor([self.columns], device=self.last.device)
-            logits = self.compiled_step(self.last[:, None], self.positions[:, None], column, self.fixed_rows,
-                                        self.cache.keys, self.cache.values)
+            if self.native_step is not None and self.rows == 1:
+                logits = self.native_step(int(self.last), int(self.positions), self.columns, self.fixed_rows[0],
+                                          self.cache.keys, self.cache.values)
+            else:
+                column = torch.tensor([self.columns], device=self.last.device)
+                logits = self.compiled_step(self.last[:, None], self.positions[:, None], column, self.fixed_rows,
+                                            self.cache.keys, self.cache.values)
             self.cache.lengths = [t] * len(self.cache.lengths)
             self.columns = t
             self.positions = self.positions + 1

@@ -1,0 +1,437 @@
+// One whole decode step of a dense MiniMind model for one row on the CPU, as one torch op: the token's embedding,
+// every block (RMSNorm, q/k/v, per-head q/k norm where the model has it, RoPE, the step's keys and values written
+// into the cache, one-query attention over the cache, o, RMSNorm, SwiGLU), the final norm and the output head.
+//
+// Why one op: a step is ~60 matrix products of one row and ~100 small operations around them. As graph nodes (even
+// compiled, even with minimind's own product kernels) each pays a dispatch and a fork and join of the thread pool,
+// a few microseconds that add up to a third of an int8 step on two cores (benchmarks/generate.md). Here the step
+// opens one OpenMP parallel region, every thread runs the same sequence of phases on its share of the rows (or
+// heads), and threads meet at a barrier between phases: ~6 barriers a block, as llama.cpp's graph runner does.
+//
+// The residual stream and everything around the products stay fp32 (a bf16 model's activations are therefore more
+// exact here than in its eager forward, which rounds them to bf16). Each product reads x as its weights' kind asks
+// (rows.h): fp32 as is, bf16 rounded to bf16, int8 rounded to int8 with one scale for the row, exactly as the
+// one-product ops do, so an int8 model's products here equal its eager ones.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#include <omp.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "rows.h"
+
+namespace {
+
+using namespace minimind;
+
+enum class Kind { f32, bf16, q8 };
+
+// One weight matrix (N, K) of the step, with what its kind needs.
+struct Matrix {
+  Kind kind;
+  const void* w;
+  const float* scale = nullptr;    // q8: one per row
+  const int32_t* rowsum = nullptr; // q8: one per row
+  int64_t N, K;
+};
+
+// x (K,) as each kind of product reads it, made once per thread per x.
+struct Input {
+  const float* f = nullptr;
+  uint16_t* b = nullptr;  // bf16 copy
+  uint8_t* q = nullptr;   // int8 (+128) copy, 64-aligned
+  float dq = 0.f;         // its scale
+  bool need_b = false, need_q = false;
+
+  void prepare(const float* x, int64_t K) {
+    f = x;
+    if (need_b) to_bf16(x, K, b);
+    if (need_q) dq = quantize_row(x, K, q);
+  }
+};
+
+void rows(const Matrix& m, const Input& x, float* y, int64_t begin, int64_t end) {
+  switch (m.kind) {
+    case Kind::f32: f32_rows(x.f, static_cast<const float*>(m.w), y, m.K, begin, end); break;
+    case Kind::bf16: bf16_rows(x.b, static_cast<const uint16_t*>(m.w), y, m.K, begin, end); break;
+    case Kind::q8: q8_rows(x.q, static_cast<const int8_t*>(m.w), m.rowsum, x.dq, m.scale, y, m.K, begin, end); break;
+  }
+}
+
+// This thread's share [begin, end) of n items.
+inline std::pair<int64_t, int64_t> share(int64_t n, int t, int nt) { return {n * t / nt, n * (t + 1) / nt}; }
+
+// Matrices that read the same x, their outputs concatenated into y: this thread's share of all their rows.
+void products(const Matrix* ms, int count, const Input& x, float* y, int t, int nt) {
+  int64_t total = 0;
+  for (int i = 0; i < count; ++i) total += ms[i].N;
+  const auto [b, e] = share(total, t, nt);
+  int64_t start = 0;
+  for (int i = 0; i < count; ++i) {
+    const int64_t lo = std::max(b, start), hi = std::min(e, start + ms[i].N);
+    if (lo < hi) rows(ms[i], x, y + start, lo - start, hi - start);
+    start += ms[i].N;
+  }
+}
+
+// out = weight * x / sqrt(mean(x^2) + eps), in fp32.
+void rms_norm(const float* x, const float* weight, float* out, int64_t n, float eps) {
+  double ss = 0;  // double: the sum of squares in a fixed order, whatever the vector width
+  for (int64_t i = 0; i < n; ++i) ss += double(x[i]) * x[i];
+  const float r = 1.f / std::sqrt(float(ss / n) + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = weight[i] * (x[i] * r);
+}
+
+// RoPE on one head's vector (D,) in place: x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1).
+void rope(float* x, const float* cos, const float* sin, int64_t D) {
+  const int64_t h = D / 2;
+  for (int64_t i = 0; i < h; ++i) {
+    const float a = x[i], b = x[i + h];
+    x[i] = a * cos[i] - b * sin[i];
+    x[i + h] = b * cos[i + h] + a * sin[i + h];
+  }
+}
+
+template <typename T> inline float load(const T* p, int64_t i);
+template <> inline float load<float>(const float* p, int64_t i) { return p[i]; }
+template <> inline float load<uint16_t>(const uint16_t* p, int64_t i) { return bf16_to_float(p[i]); }
+inline void store(float* p, int64_t i, float v) { p[i] = v; }
+inline void store(uint16_t* p, int64_t i, float v) { p[i] = float_to_bf16(v); }
+
+inline float dot(const float* q, const float* k, int64_t D) {
+  int64_t d = 0;
+  float s = 0.f;
+#ifdef MM_AVX512
+  __m512 acc = _mm512_setzero_ps();
+  for (; d + 16 <= D; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), acc);
+  s = _mm512_reduce_add_ps(acc);
+#endif
+  for (; d < D; ++d) s += q[d] * k[d];
+  return s;
+}
+
+inline float dot(const float* q, const uint16_t* k, int64_t D) {
+  int64_t d = 0;
+  float s = 0.f;
+#ifdef MM_AVX512
+  __m512 acc = _mm512_setzero_ps();
+  for (; d + 16 <= D; d += 16) {
+    const __m512i wide = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(k + d))), 16);
+    acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_castsi512_ps(wide), acc);
+  }
+  s = _mm512_reduce_add_ps(acc);
+#endif
+  for (; d < D; ++d) s += q[d] * bf16_to_float(k[d]);
+  return s;
+}
+
+#ifdef MM_AVX512
+// e^x for 16 floats, within ~2 ulp of std::exp over the range softmax uses (x <= 0): x = n ln2 + r with |r| <=
+// ln2 / 2, e^r by its degree-6 Taylor-like polynomial (Cephes' expf coefficients), times 2^n. Below -87.3, 0.
+inline __m512 exp16(__m512 x) {
+  const __m512 tiny = _mm512_set1_ps(-87.3f);
+  const __mmask16 zero = _mm512_cmp_ps_mask(x, tiny, _CMP_LT_OQ);
+  x = _mm512_max_ps(x, tiny);
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts, for an exact r
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.f)));
+  return _mm512_maskz_mov_ps(~zero, _mm512_scalef_ps(p, n));
+}
+#endif
+
+// scores[0, n) <- e^(scores - top); returns their sum.
+inline float exp_shifted(float* scores, int64_t n, float top) {
+  int64_t c = 0;
+  float total = 0.f;
+#ifdef MM_AVX512
+  __m512 sum = _mm512_setzero_ps();
+  const __m512 shift = _mm512_set1_ps(top);
+  for (; c < n; c += 16) {
+    const __mmask16 m = tail16(n - c);
+    const __m512 e = _mm512_maskz_mov_ps(m, exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, scores + c), shift)));
+    _mm512_mask_storeu_ps(scores + c, m, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  total = _mm512_reduce_add_ps(sum);
+#endif
+  for (; c < n; ++c) {
+    scores[c] = std::exp(scores[c] - top);
+    total += scores[c];
+  }
+  return total;
+}
+
+// One query head's attention over the cache columns c <= column that `seen` keeps: q (D,), keys and values
+// (capacity, D) of its key/value head; scores (capacity,) is scratch. out (D,).
+template <typename T>
+void attend(const float* q, const T* keys, const T* values, const bool* seen, int64_t column, int64_t D,
+            float* scores, float* out) {
+  const float scale = 1.f / std::sqrt(float(D));
+  float top = -std::numeric_limits<float>::infinity();
+  for (int64_t c = 0; c <= column; ++c) {
+    scores[c] = seen[c] ? dot(q, keys + c * D, D) * scale : -std::numeric_limits<float>::infinity();
+    top = std::max(top, scores[c]);
+  }
+  const float inv = 1.f / exp_shifted(scores, column + 1, top);
+  for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
+  for (int64_t c = 0; c <= column; ++c) {
+    const float p = scores[c];
+    if (p == 0.f) continue;
+    const T* v = values + c * D;
+    for (int64_t d = 0; d < D; ++d) out[d] += p * load(v, d);
+  }
+  for (int64_t d = 0; d < D; ++d) out[d] *= inv;
+}
+
+Matrix matrix(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& rowsum, int64_t K, int64_t index) {
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 2 && w.is_contiguous() && w.size(1) == K,
+              "minimind::decode_step: weight ", index, " must be a contiguous CPU matrix (out, ", K, "), got ",
+              w.sizes(), " on ", w.device());
+  Matrix m{Kind::f32, w.data_ptr(), nullptr, nullptr, w.size(0), K};
+  switch (w.scalar_type()) {
+    case at::kFloat: break;
+    case at::kBFloat16: m.kind = Kind::bf16; break;
+    case at::kChar:
+      m.kind = Kind::q8;
+      TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == m.N &&
+                      rowsum.scalar_type() == at::kInt && rowsum.is_contiguous() && rowsum.numel() == m.N,
+                  "minimind::decode_step: int8 weight ", index, " needs ", m.N, " float32 scales and int32 row sums");
+      m.scale = scale.data_ptr<float>();
+      m.rowsum = rowsum.data_ptr<int32_t>();
+      break;
+    default: TORCH_CHECK(false, "minimind::decode_step: weight ", index, " is ", w.scalar_type(),
+                         "; float32, bfloat16 or int8 expected");
+  }
+  return m;
+}
+
+const float* vec(const at::Tensor& t, int64_t n, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n,
+              "minimind::decode_step: ", what, " must be ", n, " contiguous float32 values, got ", t.sizes(), " ",
+              t.scalar_type());
+  return t.data_ptr<float>();
+}
+
+// Scratch for one thread: its normalized x and the copies of it the products read.
+struct Scratch {
+  std::vector<float> x, scores;
+  std::vector<uint16_t> b;
+  std::vector<uint8_t> q;
+  Input input(bool need_b, bool need_q) {
+    Input in;
+    in.b = b.data();
+    in.q = q.data() + (64 - reinterpret_cast<uintptr_t>(q.data()) % 64) % 64;
+    in.need_b = need_b;
+    in.need_q = need_q;
+    return in;
+  }
+};
+
+template <typename T>
+void run(int64_t token, const at::Tensor& embed, const std::vector<Matrix>& ms, const std::vector<const float*>& norms,
+         bool qk_norm, const float* cos, const float* sin, std::vector<T*>& keys, std::vector<T*>& values,
+         const bool* seen, int64_t column, int64_t capacity, int64_t heads, int64_t kv_heads, int64_t D, float eps,
+         float* logits) {
+  const int64_t L = keys.size(), H = embed.size(1), Dq = heads * D, Dkv = kv_heads * D, G = heads / kv_heads;
+  const int64_t I = ms[4].N, V = ms.back().N, width = std::max({H, Dq, I});
+  bool need_b = false, need_q = false;
+  for (const Matrix& m : ms) {
+    need_b |= m.kind == Kind::bf16;
+    need_q |= m.kind == Kind::q8;
+  }
+  std::vector<float> h(H), qkv(Dq + 2 * Dkv), attn(Dq), act(I), up(I);
+  if (embed.scalar_type() == at::kFloat) {
+    const float* e = embed.data_ptr<float>() + token * H;
+    std::copy(e, e + H, h.begin());
+  } else {
+    const uint16_t* e = reinterpret_cast<const uint16_t*>(embed.data_ptr<at::BFloat16>()) + token * H;
+    for (int64_t i = 0; i < H; ++i) h[i] = bf16_to_float(e[i]);
+  }
+  const int nt = std::max(1, at::get_num_threads());
+  std::vector<Scratch> scratch(nt);
+  for (Scratch& s : scratch) {
+    s.x.resize(width);
+    s.scores.resize(capacity);
+    s.b.resize(need_b ? width : 0);
+    s.q.resize(need_q ? width + 64 : 0);
+  }
+  const int norms_per_layer = qk_norm ? 4 : 2;
+
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), n = omp_get_num_threads();
+    Scratch& s = scratch[t];
+    Input in = s.input(need_b, need_q);
+    for (int64_t l = 0; l < L; ++l) {
+      const Matrix* m = ms.data() + 7 * l;  // q, k, v, o, gate, up, down
+      const float* const* norm = norms.data() + norms_per_layer * l;
+      // q, k, v of norm(h)
+      rms_norm(h.data(), norm[0], s.x.data(), H, eps);
+      in.prepare(s.x.data(), H);
+      products(m, 3, in, qkv.data(), t, n);
+#pragma omp barrier
+      // q/k norm and RoPE; this step's key and value into the cache at `column`
+      for (int64_t j = t; j < heads + kv_heads; j += n) {
+        float* x = qkv.data() + j * D;  // query heads, then key heads
+        if (qk_norm) {
+          rms_norm(x, norm[j < heads ? 2 : 3], s.x.data(), D, eps);
+          std::copy(s.x.data(), s.x.data() + D, x);
+        }
+        rope(x, cos, sin, D);
+        if (j >= heads) {
+          const int64_t kv = j - heads;
+          T* k = keys[l] + (kv * capacity + column) * D;
+          T* v = values[l] + (kv * capacity + column) * D;
+          const float* vx = qkv.data() + Dq + Dkv + kv * D;
+          for (int64_t d = 0; d < D; ++d) {
+            store(k, d, x[d]);
+            store(v, d, vx[d]);
+          }
+        }
+      }
+#pragma omp barrier
+      for (int64_t j = t; j < heads; j += n) {
+        const int64_t kv = j / G;
+        attend(qkv.data() + j * D, keys[l] + kv * capacity * D, values[l] + kv * capacity * D, seen, column, D,
+               s.scores.data(), attn.data() + j * D);
+      }
+#pragma omp barrier
+      // h += o(attention)
+      {
+        in.prepare(attn.data(), Dq);
+        const auto [b, e] = share(H, t, n);
+        rows(m[3], in, s.x.data(), b, e);
+        for (int64_t i = b; i < e; ++i) h[i] += s.x[i];
+      }
+#pragma omp barrier
+      // act = silu(gate(norm(h))) * up(norm(h)), each thread over its rows of both
+      {
+        rms_norm(h.data(), norm[1], s.x.data(), H, eps);
+        in.prepare(s.x.data(), H);
+        const auto [b, e] = share(I, t, n);
+        rows(m[4], in, act.data(), b, e);
+        rows(m[5], in, up.data(), b, e);
+        for (int64_t i = b; i < e; ++i) act[i] = act[i] / (1.f + std::exp(-act[i])) * up[i];
+      }
+#pragma omp barrier
+      // h += down(act)
+      {
+        in.prepare(act.data(), I);
+        const auto [b, e] = share(H, t, n);
+        rows(m[6], in, s.x.data(), b, e);
+        for (int64_t i = b; i < e; ++i) h[i] += s.x[i];
+      }
+#pragma omp barrier
+    }
+    rms_norm(h.data(), norms.back(), s.x.data(), H, eps);
+    in.prepare(s.x.data(), H);
+    const auto [b, e] = share(V, t, n);
+    rows(ms.back(), in, logits, b, e);
+  }
+}
+
+at::Tensor decode_step(int64_t token, const at::Tensor& embed, at::TensorList weights, at::TensorList scales,
+                       at::TensorList rowsums, at::TensorList norms, const at::Tensor& cos, const at::Tensor& sin,
+                       at::TensorList keys, at::TensorList values, const at::Tensor& seen, int64_t column,
+                       int64_t position, int64_t heads, double eps) {
+  const int64_t L = keys.size();
+  TORCH_CHECK(L > 0 && values.size() == size_t(L), "minimind::decode_step: one key and one value buffer per layer");
+  TORCH_CHECK(weights.size() == size_t(7 * L + 1) && scales.size() == weights.size() &&
+                  rowsums.size() == weights.size(),
+              "minimind::decode_step: 7 weights per layer (q, k, v, o, gate, up, down) and the head expected, with a "
+              "scale and a row-sum tensor each; got ", weights.size(), " for ", L, " layers");
+  TORCH_CHECK(norms.size() == size_t(2 * L + 1) || norms.size() == size_t(4 * L + 1),
+              "minimind::decode_step: 2 norms per layer (4 with q/k norms) and the final one expected, got ",
+              norms.size());
+  const bool qk_norm = norms.size() == size_t(4 * L + 1);
+  TORCH_CHECK(embed.device().is_cpu() && embed.dim() == 2 && embed.is_contiguous() &&
+                  (embed.scalar_type() == at::kFloat || embed.scalar_type() == at::kBFloat16),
+              "minimind::decode_step: the embedding must be a contiguous float32 or bfloat16 CPU matrix");
+  const int64_t H = embed.size(1);
+  TORCH_CHECK(token >= 0 && token < embed.size(0), "minimind::decode_step: token ", token, " is outside the vocabulary (",
+              embed.size(0), ")");
+  const at::Tensor& k0 = keys[0];
+  TORCH_CHECK(k0.dim() == 4 && k0.size(0) == 1, "minimind::decode_step: one row's cache (1, Hkv, capacity, D) expected, got ",
+              k0.sizes());
+  const int64_t kv_heads = k0.size(1), capacity = k0.size(2), D = k0.size(3);
+  TORCH_CHECK(heads > 0 && heads % kv_heads == 0, "minimind::decode_step: ", heads, " heads do not group over ",
+              kv_heads, " key/value heads");
+  TORCH_CHECK(column >= 0 && column < capacity, "minimind::decode_step: column ", column, " outside the cache (",
+              capacity, ")");
+  TORCH_CHECK(position >= 0 && position < cos.size(0) && cos.sizes() == sin.sizes() && cos.dim() == 2 &&
+                  cos.size(1) == D && cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
+                  cos.is_contiguous() && sin.is_contiguous(),
+              "minimind::decode_step: RoPE tables (positions, ", D, ") float32 covering position ", position,
+              " expected");
+  TORCH_CHECK(seen.scalar_type() == at::kBool && seen.is_contiguous() && seen.numel() == capacity,
+              "minimind::decode_step: `seen` must be ", capacity, " contiguous booleans");
+  for (int64_t l = 0; l < L; ++l)
+    for (const at::Tensor& c : {keys[l], values[l]})
+      TORCH_CHECK(c.sizes() == k0.sizes() && c.scalar_type() == k0.scalar_type() && c.is_contiguous() &&
+                      c.device().is_cpu(),
+                  "minimind::decode_step: layer ", l, "'s cache buffers must match layer 0's ", k0.sizes(), " ",
+                  k0.scalar_type(), ", contiguous");
+  std::vector<Matrix> ms;
+  for (int64_t l = 0; l < L; ++l) {
+    const int64_t I = weights[7 * l + 4].size(0);
+    const int64_t in[7] = {H, H, H, heads * D, H, H, I};
+    for (int i = 0; i < 7; ++i) {
+      const int64_t w = 7 * l + i;
+      ms.push_back(matrix(weights[w], scales[w], rowsums[w], in[i], w));
+    }
+    TORCH_CHECK(ms[7 * l].N == heads * D && ms[7 * l + 1].N == kv_heads * D && ms[7 * l + 2].N == kv_heads * D &&
+                    ms[7 * l + 3].N == H && ms[7 * l + 5].N == I && ms[7 * l + 6].N == H,
+                "minimind::decode_step: layer ", l, "'s weights do not fit hidden ", H, ", ", heads, " heads of ", D,
+                ", ", kv_heads, " key/value heads");
+  }
+  ms.push_back(matrix(weights.back(), scales.back(), rowsums.back(), H, 7 * L));
+  std::vector<const float*> ns;
+  for (size_t i = 0; i < norms.size(); ++i)
+    ns.push_back(vec(norms[i], qk_norm && i + 1 < norms.size() && i % 4 >= 2 ? D : H, "a norm's weight"));
+
+  at::Tensor logits = at::empty({ms.back().N}, embed.options().dtype(at::kFloat));
+  const float* c = cos.data_ptr<float>() + position * D;
+  const float* s = sin.data_ptr<float>() + position * D;
+  if (k0.scalar_type() == at::kFloat) {
+    std::vector<float*> k, v;
+    for (int64_t l = 0; l < L; ++l) {
+      k.push_back(keys[l].data_ptr<float>());
+      v.push_back(values[l].data_ptr<float>());
+    }
+    run<float>(token, embed, ms, ns, qk_norm, c, s, k, v, seen.data_ptr<bool>(), column, capacity, heads, kv_heads, D,
+               float(eps), logits.data_ptr<float>());
+  } else {
+    TORCH_CHECK(k0.scalar_type() == at::kBFloat16, "minimind::decode_step: a float32 or bfloat16 cache expected");
+    std::vector<uint16_t*> k, v;
+    for (int64_t l = 0; l < L; ++l) {
+      k.push_back(reinterpret_cast<uint16_t*>(keys[l].data_ptr<at::BFloat16>()));
+      v.push_back(reinterpret_cast<uint16_t*>(values[l].data_ptr<at::BFloat16>()));
+    }
+    run<uint16_t>(token, embed, ms, ns, qk_norm, c, s, k, v, seen.data_ptr<bool>(), column, capacity, heads, kv_heads,
+                  D, float(eps), logits.data_ptr<float>());
+  }
+  return logits;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(minimind, m) {
+  m.def("decode_step(int token, Tensor embed, Tensor[] weights, Tensor[] scales, Tensor[] rowsums, Tensor[] norms, "
+        "Tensor cos, Tensor sin, Tensor(a!)[] keys, Tensor(b!)[] values, Tensor seen, int column, int position, "
+        "int heads, float eps) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(minimind, CPU, m) { m.impl("decode_step", decode_step); }

@@ -1,0 +1,102 @@
+"""Batch-1 decoding on a CPU as one C++ call a token: `torch.ops.minimind.decode_step` (`csrc/decode.cpp`) runs the
+whole step of a dense model (embedding, every block, the final norm and the head) in one OpenMP parallel region,
+with minimind's one-row product loops for fp32, bf16 and int8 weights (`csrc/rows.h`).
+
+    step = native_step(model)            # None where the model or the machine does not suit it (`native_problem`)
+    logits = step(token, position, column, seen, cache.keys, cache.values)   # (1, V) float32
+
+`DecodeBatch(model, compile=True)` uses it for a batch of one row on a CPU (`minimind.infer.engine`): there it
+replaces the compiled one-row graph, which paid a dispatch and a fork and join of the thread pool for each of the
+step's ~60 products and ~100 other operations (benchmarks/generate.md has the rates).
+
+What it computes is the model's forward for one token, in fp32 around the products: a bf16 model's hidden states
+are not rounded to bf16 between operations as in its eager forward (closer to the fp32 model, not equal to the
+bf16 one), and an int8 model's products are the eager ones (the same kernel, the same rounding of x).
+"""
+
+import torch
+from torch import nn
+
+from ..quantize import Int8Linear
+from .cpu_kernels import vector_ops
+
+_NONE = torch.empty(0)  # the scale and row-sum of a layer that has none
+
+
+def native_problem(model) -> str | None:
+    """Why `model` cannot decode through `decode_step` on this machine, or None if it can."""
+    if any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers()]):
+        return "the model is not on the CPU"
+    if getattr(model.config, "use_moe", False):
+        return "a mixture-of-experts model"
+    ops = vector_ops()
+    if not ops:
+        return "minimind's CPU kernels are not available"
+    layers = model.model.layers
+    for i, block in enumerate(layers):
+        for name, layer in linears(block):
+            problem = layer_problem(layer, ops)
+            if problem:
+                return f"model.layers.{i}.{name}: {problem}"
+    problem = layer_problem(model.lm_head, ops)
+    if problem:
+        return f"lm_head: {problem}"
+    if model.model.embed_tokens.weight.dtype not in (torch.float32, torch.bfloat16):
+        return f"an embedding of {model.model.embed_tokens.weight.dtype}"
+    return None
+
+
+def linears(block) -> list[tuple[str, nn.Module]]:
+    """A block's seven products in the order `decode_step` takes them."""
+    a, f = block.self_attn, block.mlp
+    return [("self_attn.q_proj", a.q_proj), ("self_attn.k_proj", a.k_proj), ("self_attn.v_proj", a.v_proj),
+            ("self_attn.o_proj", a.o_proj), ("mlp.gate_proj", f.gate_proj), ("mlp.up_proj", f.up_proj),
+            ("mlp.down_proj", f.down_proj)]
+
+
+def layer_problem(layer: nn.Module, ops: frozenset[str]) -> str | None:
+    if type(layer) is Int8Linear:
+        return None if layer.q8 else "an int8 layer without minimind's int8 kernel"
+    if type(layer) is not nn.Linear:
+        return f"{type(layer).__name__} layers are not supported (plain linear or int8 layers only; merge a LoRA " \
+               "adapter first)"
+    if layer.bias is not None:
+        return "a linear layer with a bias"
+    kind = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(layer.weight.dtype)
+    if kind not in ops:
+        return f"{layer.weight.dtype} weights without a vector kernel for them on this CPU"
+    return None
+
+
+def native_step(model):
+    """The model's batch-1 decode step as one `decode_step` call, or None where `native_problem` says why not.
+    The model's tensors are gathered once here: build it again after changing the model (the engine does, through
+    `kept_on`)."""
+    if native_problem(model) is not None:
+        return None
+    weights, scales, rowsums = [], [], []
+    for layer in [m for block in model.model.layers for _, m in linears(block)] + [model.lm_head]:
+        int8 = type(layer) is Int8Linear
+        weights.append(layer.weight.detach().contiguous())
+        scales.append(layer.scale.float().contiguous() if int8 else _NONE)
+        rowsums.append(layer.rowsum if int8 else _NONE)
+    norms = []
+    for block in model.model.layers:
+        norms += [block.input_layernorm.weight, block.post_attention_layernorm.weight]
+        if block.self_attn.qk_norm:
+            norms += [block.self_attn.q_norm.weight, block.self_attn.k_norm.weight]
+    norms = [w.detach().float().contiguous() for w in [*norms, model.model.norm.weight]]
+    cos = model.model.freqs_cos.float().contiguous()
+    sin = model.model.freqs_sin.float().contiguous()
+    embed = model.model.embed_tokens.weight.detach().contiguous()
+    heads, eps = model.config.num_attention_heads, float(model.config.rms_norm_eps)
+    op = torch.ops.minimind.decode_step
+
+    def step(token: int, position: int, column: int, seen: torch.Tensor, keys: list[torch.Tensor],
+             values: list[torch.Tensor]) -> torch.Tensor:
+        """One token's forward at RoPE `position`: its key and value written at cache `column` of every layer's
+        (1, Hkv, capacity, D) buffers, attention over the columns <= `column` that `seen` (capacity,) bool keeps.
+        Returns its logits (1, V) float32."""
+        return op(token, embed, weights, scales, rowsums, norms, cos, sin, keys, values, seen, column, position,
+                  heads, eps)[None]
+    return step

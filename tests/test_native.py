@@ -1,0 +1,142 @@
+"""The whole batch-1 decode step as one C++ call (`minimind.infer.native`, `csrc/decode.cpp`): its logits and cache
+writes against the model's own forward, fp32, bf16 and int8, with and without q/k norms, a padded row; the engine
+using it; the models it refuses, and its errors."""
+
+import pytest
+import torch
+from torch import nn
+
+from minimind.infer.native import native_problem, native_step
+from minimind.kv_cache import KVCache
+from minimind.quantize import quantize_int4, quantize_int8
+
+from helpers import tiny_model
+
+native = native_step(tiny_model())
+pytestmark = pytest.mark.skipif(native is None, reason=f"no native decode step here: {native_problem(tiny_model())}")
+CAPACITY = 48
+
+
+def model_of(kind: str, qk_norm: bool = False):
+    model = tiny_model(hidden=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+                       qk_norm=qk_norm).eval()
+    if kind == "bf16":
+        return model.to(torch.bfloat16)
+    return quantize_int8(model) if kind == "int8" else model
+
+
+def next_logits(model, ids, mask=None):
+    """The model's own forward: prefill ids[:, :-1] into a cache, then the last token. Returns (logits (V,), cache
+    after the prefill only, for the native step to continue)."""
+    T = ids.shape[1] - 1
+    positions = None if mask is None else (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        ours = KVCache(model.config.num_hidden_layers, capacity=CAPACITY)
+        model(ids[:, :T], attention_mask=None if mask is None else mask[:, :T],
+              position_ids=None if mask is None else positions[:, :T], cache=ours, use_cache=True)
+        theirs = KVCache(model.config.num_hidden_layers, capacity=CAPACITY)
+        model(ids[:, :T], attention_mask=None if mask is None else mask[:, :T],
+              position_ids=None if mask is None else positions[:, :T], cache=theirs, use_cache=True)
+        logits = model(ids[:, T:], attention_mask=mask, position_ids=None if mask is None else positions[:, T:],
+                       cache=theirs, use_cache=True).logits[0, -1].float()
+    return logits, ours, theirs
+
+
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_the_step_equals_the_models_forward(kind, qk_norm):
+    model = model_of(kind, qk_norm)
+    ids = torch.randint(3, 6400, (1, 12), generator=torch.Generator().manual_seed(3))
+    want, cache, theirs = next_logits(model, ids)
+    step = native_step(model)
+    seen = torch.ones(CAPACITY, dtype=torch.bool)
+    got = step(int(ids[0, -1]), 11, 11, seen, cache.keys, cache.values)
+    assert got.shape == (1, 6400) and got.dtype == torch.float32
+    # fp32: the same arithmetic up to the order of sums; int8: the same products; bf16: fp32 activations where the
+    # eager forward rounds them to bf16 between operations
+    tolerance = {"fp32": 1e-5, "int8": 2e-3, "bf16": 3e-2}[kind]
+    assert (got[0] - want).abs().max() <= tolerance * want.abs().max(), (got[0] - want).abs().max()
+    assert int(got.argmax()) == int(want.argmax())
+    for layer in range(model.config.num_hidden_layers):  # this step's key and value written at column 11
+        for mine, eager in ((cache.keys[layer], theirs.keys[layer]), (cache.values[layer], theirs.values[layer])):
+            written = mine[:, :, 11].float()
+            assert (written - eager[:, :, 11].float()).abs().max() <= 2 * tolerance * eager.float().abs().max()
+            assert mine[:, :, 12:].abs().sum() == 0  # and nothing past it
+
+
+def test_a_padded_row_and_a_position_behind_its_column():
+    """A left-padded prompt: its padding columns are not attended, and RoPE counts positions from its first real
+    token, so the step's position is behind its cache column."""
+    model = model_of("fp32")
+    ids = torch.randint(3, 6400, (1, 12), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(1, 12, dtype=torch.long)
+    mask[0, :4] = 0
+    want, cache, _ = next_logits(model, ids, mask)
+    seen = torch.ones(CAPACITY, dtype=torch.bool)
+    seen[:4] = False
+    got = native_step(model)(int(ids[0, -1]), 7, 11, seen, cache.keys, cache.values)[0]
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+    unpadded, _, _ = next_logits(model, ids[:, 4:])  # and it is the unpadded prompt's answer
+    assert (got - unpadded).abs().max() <= 1e-5 * unpadded.abs().max()
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_compiled_batch_one_decoding_runs_it_and_gives_eagers_tokens(kind, monkeypatch):
+    from minimind.infer import engine
+    from minimind.infer.generate import generate_tokens
+
+    model = model_of(kind)
+    ids = torch.randint(3, 6400, (1, 9), generator=torch.Generator().manual_seed(1))
+
+    def decode(compile):
+        return torch.stack(list(generate_tokens(model, ids, max_new_tokens=12, compile=compile)), 1)
+    eager = decode(False)
+    calls = []
+
+    def counted(model):
+        step = native_step(model)
+
+        def counting(*args):
+            calls.append(1)
+            return step(*args)
+        return counting
+    monkeypatch.setattr(engine, "native_step", counted)
+    assert torch.equal(decode(True), eager)
+    assert len(calls) == 11  # every step after the prefill's first token
+
+
+def test_models_it_does_not_take():
+    from minimind.lora import apply_lora
+
+    assert "mixture-of-experts" in native_problem(tiny_model(use_moe=True))
+    int4 = quantize_int4(tiny_model(hidden=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96))
+    assert native_problem(int4) == "model.layers.0.self_attn.q_proj: Int4Linear layers are not supported (plain " \
+                                   "linear or int8 layers only; merge a LoRA adapter first)"
+    assert native_step(int4) is None
+    lora = tiny_model()
+    apply_lora(lora, rank=2)
+    assert "LoRALinear" in native_problem(lora)
+    biased = tiny_model()
+    biased.lm_head = nn.Linear(32, 6400, bias=True)
+    assert native_problem(biased) == "lm_head: a linear layer with a bias"
+    half = tiny_model().to(torch.float16)
+    assert "torch.float16 weights" in native_problem(half)
+
+
+def test_bad_arguments_are_refused_with_what_is_wrong():
+    model = model_of("fp32")
+    step = native_step(model)
+    cache = KVCache(model.config.num_hidden_layers, capacity=CAPACITY)
+    with torch.inference_mode():
+        model(torch.tensor([[5, 6, 7]]), cache=cache, use_cache=True)
+    seen = torch.ones(CAPACITY, dtype=torch.bool)
+    with pytest.raises(RuntimeError, match="token 6400 is outside the vocabulary"):
+        step(6400, 3, 3, seen, cache.keys, cache.values)
+    with pytest.raises(RuntimeError, match=f"column {CAPACITY} outside the cache"):
+        step(5, 3, CAPACITY, seen, cache.keys, cache.values)
+    with pytest.raises(RuntimeError, match="`seen` must be 48 contiguous booleans"):
+        step(5, 3, 3, seen[:10], cache.keys, cache.values)
+    with pytest.raises(RuntimeError, match="one key and one value buffer per layer"):
+        step(5, 3, 3, seen, cache.keys, cache.values[:1])
+    with pytest.raises(RuntimeError, match="covering position 128"):
+        step(5, 128, 3, seen, cache.keys, cache.values)
