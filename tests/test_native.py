@@ -138,5 +138,5 @@ def test_bad_arguments_are_refused_with_what_is_wrong():
         step(5, 3, 3, seen[:10], cache.keys, cache.values)
     with pytest.raises(RuntimeError, match="one key and one value buffer per layer"):
         step(5, 3, 3, seen, cache.keys, cache.values[:1])
-    with pytest.raises(RuntimeError, match="covering position 128"):
+    with pytest.raises(RuntimeError, match="position 128 outside the RoPE tables"):
         step(5, 128, 3, seen, cache.keys, cache.values)

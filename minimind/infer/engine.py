@@ -143,10 +143,9 @@ def kept_on(model, name: str, build):
     `copy.deepcopy` from another model, or the model's layers or tensors changed since it was built
     (`model_layout`): then it is built again."""
     owner, fn, built_for = getattr(model, name, (None, None, None))
-    layout = model_layout(model)
-    if owner != id(model) or layout != built_for:
+    if owner != id(model) or model_layout(model) != built_for:
         fn = build()
-        setattr(model, name, (id(model), fn, layout))
+        setattr(model, name, (id(model), fn, model_layout(model)))  # as built (a build may move the tensors)
     return fn
 
 
@@ -235,10 +234,11 @@ class DecodeBatch:
 
     def __init__(self, model, compile: bool = False, use_cache: bool = True):
         self.model = model
-        self.forward = compiled_forward(model) if compile else model
-        self.compiled_step = compiled_step(model) if compile and use_cache else None
+        # first: building it moves the weights into huge pages, which the compiled functions' layout check would see
         self.native_step = kept_on(model, "_minimind_native_step", lambda: native_step(model)) \
             if compile and use_cache else None  # one row on a CPU: the whole step as one C++ call, or None
+        self.forward = compiled_forward(model) if compile else model
+        self.compiled_step = compiled_step(model) if compile and use_cache else None
         self.use_cache = use_cache
         self.groups: list[Group] = []
         self.clear()

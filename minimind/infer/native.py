@@ -1,4 +1,4 @@
-"""Batch-1 decoding on a CPU as one C++ call a token: `torch.ops.minimind.decode_step` (`csrc/decode.cpp`) runs the
+"""Batch-1 decoding on a CPU as one C++ call a token: `minimind.DecodeModel` (`csrc/decode.cpp`) runs the
 whole step of a dense model (embedding, every block, the final norm and the head) in one OpenMP parallel region,
 with minimind's one-row product loops for fp32, bf16 and int8 weights (`csrc/rows.h`).
 
@@ -14,6 +14,9 @@ are not rounded to bf16 between operations as in its eager forward (closer to th
 bf16 one), and an int8 model's products are the eager ones (the same kernel, the same rounding of x).
 """
 
+import ctypes
+import sys
+
 import torch
 from torch import nn
 
@@ -24,7 +27,7 @@ _NONE = torch.empty(0)  # the scale and row-sum of a layer that has none
 
 
 def native_problem(model) -> str | None:
-    """Why `model` cannot decode through `decode_step` on this machine, or None if it can."""
+    """Why `model` cannot decode through `minimind.DecodeModel` on this machine, or None if it can."""
     if any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers()]):
         return "the model is not on the CPU"
     if getattr(model.config, "use_moe", False):
@@ -47,7 +50,7 @@ def native_problem(model) -> str | None:
 
 
 def linears(block) -> list[tuple[str, nn.Module]]:
-    """A block's seven products in the order `decode_step` takes them."""
+    """A block's seven products in the order `minimind.DecodeModel` takes them."""
     a, f = block.self_attn, block.mlp
     return [("self_attn.q_proj", a.q_proj), ("self_attn.k_proj", a.k_proj), ("self_attn.v_proj", a.v_proj),
             ("self_attn.o_proj", a.o_proj), ("mlp.gate_proj", f.gate_proj), ("mlp.up_proj", f.up_proj),
@@ -68,14 +71,50 @@ def layer_problem(layer: nn.Module, ops: frozenset[str]) -> str | None:
     return None
 
 
+HUGE_PAGE = 2 << 20
+MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25  # linux/mman.h
+
+
+def into_huge_pages(tensors: list[torch.Tensor]) -> bool:
+    """Move the tensors' data into one new buffer of 2 MiB pages (Linux transparent huge pages), in place: each
+    tensor object keeps its identity, shape, dtype and values, and its old storage is freed if nothing else holds it.
+    Returns whether the kernel was asked for the pages (False off Linux; the move is made either way).
+
+    Why: a decode step reads every weight once, and with 4 KiB pages each 4 KiB costs a TLB miss, which in a virtual
+    machine is a two-level page walk. Measured on a 2-vCPU Xeon VM, the small preset's fp32 products alone (103 MB):
+    7.5 -> 5.3 ms a step on one thread, 2.45 -> 2.17 ms on two."""
+    unique = list({t.data_ptr(): t for t in tensors if t.is_contiguous()}.values())
+    sizes = [-(-t.nbytes // 64) * 64 for t in unique]
+    total = -(-sum(sizes) // HUGE_PAGE) * HUGE_PAGE
+    with torch.inference_mode(False), torch.no_grad():
+        arena = torch.empty(total + HUGE_PAGE, dtype=torch.uint8)  # not touched yet: its pages come at the copy
+        start = -arena.data_ptr() % HUGE_PAGE
+        advised = sys.platform.startswith("linux")
+        if advised:
+            madvise = ctypes.CDLL(None, use_errno=True).madvise
+            madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+            advised = madvise(arena.data_ptr() + start, total, MADV_HUGEPAGE) == 0
+        offset = start
+        for t, size in zip(unique, sizes):
+            view = arena[offset:offset + t.nbytes].view(t.dtype).view(t.shape)
+            view.copy_(t)
+            t.data = view
+            offset += size
+        if advised:  # pages that the copy got as 4 KiB ones, collapsed now (Linux 6.1 and later; else no-op)
+            madvise(arena.data_ptr() + start, total, MADV_COLLAPSE)
+    return advised
+
+
 def native_step(model):
-    """The model's batch-1 decode step as one `decode_step` call, or None where `native_problem` says why not.
+    """The model's batch-1 decode step as one `minimind.DecodeModel.step` call, or None where `native_problem` says why not.
     The model's tensors are gathered once here: build it again after changing the model (the engine does, through
-    `kept_on`)."""
+    `kept_on`). Building it moves the weights of the products into 2 MiB pages (`into_huge_pages`)."""
     if native_problem(model) is not None:
         return None
+    layers = [m for block in model.model.layers for _, m in linears(block)] + [model.lm_head]
+    into_huge_pages([layer.weight for layer in layers])
     weights, scales, rowsums = [], [], []
-    for layer in [m for block in model.model.layers for _, m in linears(block)] + [model.lm_head]:
+    for layer in layers:
         int8 = type(layer) is Int8Linear
         weights.append(layer.weight.detach().contiguous())
         scales.append(layer.scale.float().contiguous() if int8 else _NONE)
@@ -86,17 +125,16 @@ def native_step(model):
         if block.self_attn.qk_norm:
             norms += [block.self_attn.q_norm.weight, block.self_attn.k_norm.weight]
     norms = [w.detach().float().contiguous() for w in [*norms, model.model.norm.weight]]
-    cos = model.model.freqs_cos.float().contiguous()
-    sin = model.model.freqs_sin.float().contiguous()
-    embed = model.model.embed_tokens.weight.detach().contiguous()
-    heads, eps = model.config.num_attention_heads, float(model.config.rms_norm_eps)
-    op = torch.ops.minimind.decode_step
+    config = model.config
+    decoder = torch.classes.minimind.DecodeModel(
+        model.model.embed_tokens.weight.detach().contiguous(), weights, scales, rowsums, norms,
+        model.model.freqs_cos.float().contiguous(), model.model.freqs_sin.float().contiguous(),
+        config.num_attention_heads, config.num_key_value_heads, config.head_dim, float(config.rms_norm_eps))
 
     def step(token: int, position: int, column: int, seen: torch.Tensor, keys: list[torch.Tensor],
              values: list[torch.Tensor]) -> torch.Tensor:
         """One token's forward at RoPE `position`: its key and value written at cache `column` of every layer's
         (1, Hkv, capacity, D) buffers, attention over the columns <= `column` that `seen` (capacity,) bool keeps.
         Returns its logits (1, V) float32."""
-        return op(token, embed, weights, scales, rowsums, norms, cos, sin, keys, values, seen, column, position,
-                  heads, eps)[None]
+        return decoder.step(token, keys, values, seen, column, position)[None]
     return step

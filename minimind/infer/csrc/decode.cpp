@@ -15,6 +15,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/custom_class.h>
 #include <torch/library.h>
 #include <omp.h>
 
@@ -131,8 +132,8 @@ inline float dot(const float* q, const uint16_t* k, int64_t D) {
 }
 
 #ifdef MM_AVX512
-// e^x for 16 floats, within ~2 ulp of std::exp over the range softmax uses (x <= 0): x = n ln2 + r with |r| <=
-// ln2 / 2, e^r by its degree-6 Taylor-like polynomial (Cephes' expf coefficients), times 2^n. Below -87.3, 0.
+// e^x for 16 floats, within ~2 ulp of std::exp: x = n ln2 + r with |r| <= ln2 / 2, e^r by a degree-6 polynomial
+// (Cephes' expf coefficients), times 2^n. Below -87.3, 0; above ~88.7, inf (as std::exp).
 inline __m512 exp16(__m512 x) {
   const __m512 tiny = _mm512_set1_ps(-87.3f);
   const __mmask16 zero = _mm512_cmp_ps_mask(x, tiny, _CMP_LT_OQ);
@@ -174,6 +175,20 @@ inline float exp_shifted(float* scores, int64_t n, float top) {
   return total;
 }
 
+// gate[i] <- silu(gate[i]) * up[i] = gate[i] / (1 + e^-gate[i]) * up[i]
+inline void swiglu(float* gate, const float* up, int64_t n) {
+  int64_t i = 0;
+#ifdef MM_AVX512
+  const __m512 one = _mm512_set1_ps(1.f);
+  for (; i + 16 <= n; i += 16) {
+    const __m512 g = _mm512_loadu_ps(gate + i);
+    const __m512 sig = _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
+    _mm512_storeu_ps(gate + i, _mm512_mul_ps(_mm512_mul_ps(g, sig), _mm512_loadu_ps(up + i)));
+  }
+#endif
+  for (; i < n; ++i) gate[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];
+}
+
 // One query head's attention over the cache columns c <= column that `seen` keeps: q (D,), keys and values
 // (capacity, D) of its key/value head; scores (capacity,) is scratch. out (D,).
 template <typename T>
@@ -198,7 +213,7 @@ void attend(const float* q, const T* keys, const T* values, const bool* seen, in
 
 Matrix matrix(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& rowsum, int64_t K, int64_t index) {
   TORCH_CHECK(w.device().is_cpu() && w.dim() == 2 && w.is_contiguous() && w.size(1) == K,
-              "minimind::decode_step: weight ", index, " must be a contiguous CPU matrix (out, ", K, "), got ",
+              "minimind.DecodeModel: weight ", index, " must be a contiguous CPU matrix (out, ", K, "), got ",
               w.sizes(), " on ", w.device());
   Matrix m{Kind::f32, w.data_ptr(), nullptr, nullptr, w.size(0), K};
   switch (w.scalar_type()) {
@@ -208,11 +223,11 @@ Matrix matrix(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& ro
       m.kind = Kind::q8;
       TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == m.N &&
                       rowsum.scalar_type() == at::kInt && rowsum.is_contiguous() && rowsum.numel() == m.N,
-                  "minimind::decode_step: int8 weight ", index, " needs ", m.N, " float32 scales and int32 row sums");
+                  "minimind.DecodeModel: int8 weight ", index, " needs ", m.N, " float32 scales and int32 row sums");
       m.scale = scale.data_ptr<float>();
       m.rowsum = rowsum.data_ptr<int32_t>();
       break;
-    default: TORCH_CHECK(false, "minimind::decode_step: weight ", index, " is ", w.scalar_type(),
+    default: TORCH_CHECK(false, "minimind.DecodeModel: weight ", index, " is ", w.scalar_type(),
                          "; float32, bfloat16 or int8 expected");
   }
   return m;
@@ -220,7 +235,7 @@ Matrix matrix(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& ro
 
 const float* vec(const at::Tensor& t, int64_t n, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() && t.numel() == n,
-              "minimind::decode_step: ", what, " must be ", n, " contiguous float32 values, got ", t.sizes(), " ",
+              "minimind.DecodeModel: ", what, " must be ", n, " contiguous float32 values, got ", t.sizes(), " ",
               t.scalar_type());
   return t.data_ptr<float>();
 }
@@ -324,7 +339,7 @@ void run(int64_t token, const at::Tensor& embed, const std::vector<Matrix>& ms, 
         const auto [b, e] = share(I, t, n);
         rows(m[4], in, act.data(), b, e);
         rows(m[5], in, up.data(), b, e);
-        for (int64_t i = b; i < e; ++i) act[i] = act[i] / (1.f + std::exp(-act[i])) * up[i];
+        swiglu(act.data() + b, up.data() + b, e - b);
       }
 #pragma omp barrier
       // h += down(act)
@@ -343,95 +358,116 @@ void run(int64_t token, const at::Tensor& embed, const std::vector<Matrix>& ms, 
   }
 }
 
-at::Tensor decode_step(int64_t token, const at::Tensor& embed, at::TensorList weights, at::TensorList scales,
-                       at::TensorList rowsums, at::TensorList norms, const at::Tensor& cos, const at::Tensor& sin,
-                       at::TensorList keys, at::TensorList values, const at::Tensor& seen, int64_t column,
-                       int64_t position, int64_t heads, double eps) {
-  const int64_t L = keys.size();
-  TORCH_CHECK(L > 0 && values.size() == size_t(L), "minimind::decode_step: one key and one value buffer per layer");
-  TORCH_CHECK(weights.size() == size_t(7 * L + 1) && scales.size() == weights.size() &&
-                  rowsums.size() == weights.size(),
-              "minimind::decode_step: 7 weights per layer (q, k, v, o, gate, up, down) and the head expected, with a "
-              "scale and a row-sum tensor each; got ", weights.size(), " for ", L, " layers");
-  TORCH_CHECK(norms.size() == size_t(2 * L + 1) || norms.size() == size_t(4 * L + 1),
-              "minimind::decode_step: 2 norms per layer (4 with q/k norms) and the final one expected, got ",
-              norms.size());
-  const bool qk_norm = norms.size() == size_t(4 * L + 1);
-  TORCH_CHECK(embed.device().is_cpu() && embed.dim() == 2 && embed.is_contiguous() &&
-                  (embed.scalar_type() == at::kFloat || embed.scalar_type() == at::kBFloat16),
-              "minimind::decode_step: the embedding must be a contiguous float32 or bfloat16 CPU matrix");
-  const int64_t H = embed.size(1);
-  TORCH_CHECK(token >= 0 && token < embed.size(0), "minimind::decode_step: token ", token, " is outside the vocabulary (",
-              embed.size(0), ")");
-  const at::Tensor& k0 = keys[0];
-  TORCH_CHECK(k0.dim() == 4 && k0.size(0) == 1, "minimind::decode_step: one row's cache (1, Hkv, capacity, D) expected, got ",
-              k0.sizes());
-  const int64_t kv_heads = k0.size(1), capacity = k0.size(2), D = k0.size(3);
-  TORCH_CHECK(heads > 0 && heads % kv_heads == 0, "minimind::decode_step: ", heads, " heads do not group over ",
-              kv_heads, " key/value heads");
-  TORCH_CHECK(column >= 0 && column < capacity, "minimind::decode_step: column ", column, " outside the cache (",
-              capacity, ")");
-  TORCH_CHECK(position >= 0 && position < cos.size(0) && cos.sizes() == sin.sizes() && cos.dim() == 2 &&
-                  cos.size(1) == D && cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
-                  cos.is_contiguous() && sin.is_contiguous(),
-              "minimind::decode_step: RoPE tables (positions, ", D, ") float32 covering position ", position,
-              " expected");
-  TORCH_CHECK(seen.scalar_type() == at::kBool && seen.is_contiguous() && seen.numel() == capacity,
-              "minimind::decode_step: `seen` must be ", capacity, " contiguous booleans");
-  for (int64_t l = 0; l < L; ++l)
-    for (const at::Tensor& c : {keys[l], values[l]})
-      TORCH_CHECK(c.sizes() == k0.sizes() && c.scalar_type() == k0.scalar_type() && c.is_contiguous() &&
-                      c.device().is_cpu(),
-                  "minimind::decode_step: layer ", l, "'s cache buffers must match layer 0's ", k0.sizes(), " ",
-                  k0.scalar_type(), ", contiguous");
+// A model's tensors for `run`, checked and gathered once (a call with ~200 tensor arguments cost ~100 us a token
+// in argument conversion and checks alone): the TorchScript class minimind.DecodeModel.
+struct DecodeModel : torch::CustomClassHolder {
+  std::vector<at::Tensor> held;  // every tensor the pointers below point into
+  at::Tensor embed, cos, sin;
   std::vector<Matrix> ms;
-  for (int64_t l = 0; l < L; ++l) {
-    const int64_t I = weights[7 * l + 4].size(0);
-    const int64_t in[7] = {H, H, H, heads * D, H, H, I};
-    for (int i = 0; i < 7; ++i) {
-      const int64_t w = 7 * l + i;
-      ms.push_back(matrix(weights[w], scales[w], rowsums[w], in[i], w));
-    }
-    TORCH_CHECK(ms[7 * l].N == heads * D && ms[7 * l + 1].N == kv_heads * D && ms[7 * l + 2].N == kv_heads * D &&
-                    ms[7 * l + 3].N == H && ms[7 * l + 5].N == I && ms[7 * l + 6].N == H,
-                "minimind::decode_step: layer ", l, "'s weights do not fit hidden ", H, ", ", heads, " heads of ", D,
-                ", ", kv_heads, " key/value heads");
-  }
-  ms.push_back(matrix(weights.back(), scales.back(), rowsums.back(), H, 7 * L));
-  std::vector<const float*> ns;
-  for (size_t i = 0; i < norms.size(); ++i)
-    ns.push_back(vec(norms[i], qk_norm && i + 1 < norms.size() && i % 4 >= 2 ? D : H, "a norm's weight"));
+  std::vector<const float*> norms;
+  int64_t L, H, heads, kv_heads, D;
+  bool qk_norm;
+  double eps;
 
-  at::Tensor logits = at::empty({ms.back().N}, embed.options().dtype(at::kFloat));
-  const float* c = cos.data_ptr<float>() + position * D;
-  const float* s = sin.data_ptr<float>() + position * D;
-  if (k0.scalar_type() == at::kFloat) {
-    std::vector<float*> k, v;
+  DecodeModel(at::Tensor embed_, std::vector<at::Tensor> weights, std::vector<at::Tensor> scales,
+              std::vector<at::Tensor> rowsums, std::vector<at::Tensor> norms_, at::Tensor cos_, at::Tensor sin_,
+              int64_t heads_, int64_t kv_heads_, int64_t head_dim, double eps_)
+      : embed(embed_), cos(cos_), sin(sin_), heads(heads_), kv_heads(kv_heads_), D(head_dim), eps(eps_) {
+    TORCH_CHECK(!weights.empty() && weights.size() % 7 == 1 && scales.size() == weights.size() &&
+                    rowsums.size() == weights.size(),
+                "minimind.DecodeModel: 7 weights per layer (q, k, v, o, gate, up, down) and the head expected, with "
+                "a scale and a row-sum tensor each; got ", weights.size(), " weights");
+    L = weights.size() / 7;
+    TORCH_CHECK(norms_.size() == size_t(2 * L + 1) || norms_.size() == size_t(4 * L + 1),
+                "minimind.DecodeModel: 2 norms per layer (4 with q/k norms) and the final one expected, got ",
+                norms_.size(), " for ", L, " layers");
+    qk_norm = norms_.size() == size_t(4 * L + 1);
+    TORCH_CHECK(embed.device().is_cpu() && embed.dim() == 2 && embed.is_contiguous() &&
+                    (embed.scalar_type() == at::kFloat || embed.scalar_type() == at::kBFloat16),
+                "minimind.DecodeModel: the embedding must be a contiguous float32 or bfloat16 CPU matrix");
+    H = embed.size(1);
+    TORCH_CHECK(heads > 0 && kv_heads > 0 && heads % kv_heads == 0 && D > 0 && D % 2 == 0,
+                "minimind.DecodeModel: ", heads, " heads of ", D, " do not group over ", kv_heads,
+                " key/value heads");
+    TORCH_CHECK(cos.dim() == 2 && cos.sizes() == sin.sizes() && cos.size(1) == D &&
+                    cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat && cos.is_contiguous() &&
+                    sin.is_contiguous(),
+                "minimind.DecodeModel: RoPE tables (positions, ", D, ") float32 expected, got ", cos.sizes());
     for (int64_t l = 0; l < L; ++l) {
-      k.push_back(keys[l].data_ptr<float>());
-      v.push_back(values[l].data_ptr<float>());
+      const int64_t I = weights[7 * l + 4].size(0);
+      const int64_t in[7] = {H, H, H, heads * D, H, H, I};
+      for (int i = 0; i < 7; ++i) {
+        const int64_t w = 7 * l + i;
+        ms.push_back(matrix(weights[w], scales[w], rowsums[w], in[i], w));
+      }
+      const Matrix* m = ms.data() + 7 * l;
+      TORCH_CHECK(m[0].N == heads * D && m[1].N == kv_heads * D && m[2].N == kv_heads * D && m[3].N == H &&
+                      m[5].N == I && m[6].N == H,
+                  "minimind.DecodeModel: layer ", l, "'s weights do not fit hidden ", H, ", ", heads, " heads of ",
+                  D, ", ", kv_heads, " key/value heads");
     }
-    run<float>(token, embed, ms, ns, qk_norm, c, s, k, v, seen.data_ptr<bool>(), column, capacity, heads, kv_heads, D,
-               float(eps), logits.data_ptr<float>());
-  } else {
-    TORCH_CHECK(k0.scalar_type() == at::kBFloat16, "minimind::decode_step: a float32 or bfloat16 cache expected");
-    std::vector<uint16_t*> k, v;
-    for (int64_t l = 0; l < L; ++l) {
-      k.push_back(reinterpret_cast<uint16_t*>(keys[l].data_ptr<at::BFloat16>()));
-      v.push_back(reinterpret_cast<uint16_t*>(values[l].data_ptr<at::BFloat16>()));
-    }
-    run<uint16_t>(token, embed, ms, ns, qk_norm, c, s, k, v, seen.data_ptr<bool>(), column, capacity, heads, kv_heads,
-                  D, float(eps), logits.data_ptr<float>());
+    ms.push_back(matrix(weights.back(), scales.back(), rowsums.back(), H, 7 * L));
+    for (size_t i = 0; i < norms_.size(); ++i)
+      norms.push_back(vec(norms_[i], qk_norm && i + 1 < norms_.size() && i % 4 >= 2 ? D : H, "a norm's weight"));
+    for (auto* list : {&weights, &scales, &rowsums, &norms_}) held.insert(held.end(), list->begin(), list->end());
   }
-  return logits;
-}
+
+  // One token's forward at RoPE `position`, its key and value written at cache `column` of every layer's
+  // (1, kv_heads, capacity, D) buffers, attending to the columns <= column that `seen` (capacity,) keeps.
+  at::Tensor step(int64_t token, std::vector<at::Tensor> keys, std::vector<at::Tensor> values, at::Tensor seen,
+                  int64_t column, int64_t position) {
+    TORCH_CHECK(keys.size() == size_t(L) && values.size() == size_t(L),
+                "minimind.DecodeModel.step: one key and one value buffer per layer (", L, ") expected, got ",
+                keys.size(), " and ", values.size());
+    TORCH_CHECK(token >= 0 && token < embed.size(0), "minimind.DecodeModel.step: token ", token,
+                " is outside the vocabulary (", embed.size(0), ")");
+    const at::Tensor& k0 = keys[0];
+    TORCH_CHECK(k0.dim() == 4 && k0.size(0) == 1 && k0.size(1) == kv_heads && k0.size(3) == D,
+                "minimind.DecodeModel.step: one row's cache (1, ", kv_heads, ", capacity, ", D, ") expected, got ",
+                k0.sizes());
+    const int64_t capacity = k0.size(2);
+    TORCH_CHECK(column >= 0 && column < capacity, "minimind.DecodeModel.step: column ", column,
+                " outside the cache (", capacity, ")");
+    TORCH_CHECK(position >= 0 && position < cos.size(0), "minimind.DecodeModel.step: position ", position,
+                " outside the RoPE tables (", cos.size(0), " positions)");
+    TORCH_CHECK(seen.scalar_type() == at::kBool && seen.is_contiguous() && seen.numel() == capacity,
+                "minimind.DecodeModel.step: `seen` must be ", capacity, " contiguous booleans");
+    for (int64_t l = 0; l < L; ++l)
+      for (const at::Tensor& c : {keys[l], values[l]})
+        TORCH_CHECK(c.sizes() == k0.sizes() && c.scalar_type() == k0.scalar_type() && c.is_contiguous() &&
+                        c.device().is_cpu(),
+                    "minimind.DecodeModel.step: layer ", l, "'s cache buffers must match layer 0's ", k0.sizes(), " ",
+                    k0.scalar_type(), ", contiguous");
+    at::Tensor logits = at::empty({ms.back().N}, embed.options().dtype(at::kFloat));
+    const float* c = cos.data_ptr<float>() + position * D;
+    const float* s = sin.data_ptr<float>() + position * D;
+    if (k0.scalar_type() == at::kFloat) {
+      std::vector<float*> k, v;
+      for (int64_t l = 0; l < L; ++l) {
+        k.push_back(keys[l].data_ptr<float>());
+        v.push_back(values[l].data_ptr<float>());
+      }
+      run<float>(token, embed, ms, norms, qk_norm, c, s, k, v, seen.data_ptr<bool>(), column, capacity, heads,
+                 kv_heads, D, float(eps), logits.data_ptr<float>());
+    } else {
+      TORCH_CHECK(k0.scalar_type() == at::kBFloat16, "minimind.DecodeModel.step: a float32 or bfloat16 cache expected");
+      std::vector<uint16_t*> k, v;
+      for (int64_t l = 0; l < L; ++l) {
+        k.push_back(reinterpret_cast<uint16_t*>(keys[l].data_ptr<at::BFloat16>()));
+        v.push_back(reinterpret_cast<uint16_t*>(values[l].data_ptr<at::BFloat16>()));
+      }
+      run<uint16_t>(token, embed, ms, norms, qk_norm, c, s, k, v, seen.data_ptr<bool>(), column, capacity, heads,
+                    kv_heads, D, float(eps), logits.data_ptr<float>());
+    }
+    return logits;
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(minimind, m) {
-  m.def("decode_step(int token, Tensor embed, Tensor[] weights, Tensor[] scales, Tensor[] rowsums, Tensor[] norms, "
-        "Tensor cos, Tensor sin, Tensor(a!)[] keys, Tensor(b!)[] values, Tensor seen, int column, int position, "
-        "int heads, float eps) -> Tensor");
+  m.class_<DecodeModel>("DecodeModel")
+      .def(torch::init<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
+                       std::vector<at::Tensor>, at::Tensor, at::Tensor, int64_t, int64_t, int64_t, double>())
+      .def("step", &DecodeModel::step);
 }
-
-TORCH_LIBRARY_IMPL(minimind, CPU, m) { m.impl("decode_step", decode_step); }
