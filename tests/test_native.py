@@ -140,3 +140,20 @@ def test_bad_arguments_are_refused_with_what_is_wrong():
         step(5, 3, 3, seen, cache.keys, cache.values[:1])
     with pytest.raises(RuntimeError, match="position 128 outside the RoPE tables"):
         step(5, 128, 3, seen, cache.keys, cache.values)
+
+
+def test_building_it_moves_the_weights_and_keeps_them_whole(tmp_path):
+    """`native_step` moves the products' weights into huge pages (`into_huge_pages`): the same values, the same
+    parameter objects (a tied head stays tied), a storage each, so that saving and loading the model still works."""
+    from minimind.model import MiniMindForCausalLM
+
+    model = model_of("fp32")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    native_step(model)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    parameters = list(model.parameters())
+    assert len({p.untyped_storage().data_ptr() for p in parameters}) == len(parameters)
+    model.save_pretrained(tmp_path)
+    loaded = MiniMindForCausalLM.from_pretrained(tmp_path)
+    assert loaded.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in loaded.state_dict().items())
