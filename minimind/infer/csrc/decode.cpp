@@ -290,6 +290,13 @@ void run(int64_t token, const at::Tensor& embed, const std::vector<Matrix>& ms, 
     const int t = omp_get_thread_num(), n = omp_get_num_threads();
     Scratch& s = scratch[t];
     Input in = s.input(need_b, need_q);
+    // h += W x (x (K,) shared), each thread over its rows of W
+    auto residual = [&](const Matrix& w, const float* x, int64_t K) {
+      in.prepare(x, K);
+      const auto [b, e] = share(H, t, n);
+      rows(w, in, s.x.data(), b, e);
+      for (int64_t i = b; i < e; ++i) h[i] += s.x[i];
+    };
     for (int64_t l = 0; l < L; ++l) {
       const Matrix* m = ms.data() + 7 * l;  // q, k, v, o, gate, up, down
       const float* const* norm = norms.data() + norms_per_layer * l;
@@ -324,13 +331,7 @@ void run(int64_t token, const at::Tensor& embed, const std::vector<Matrix>& ms, 
                s.scores.data(), attn.data() + j * D);
       }
 #pragma omp barrier
-      // h += o(attention)
-      {
-        in.prepare(attn.data(), Dq);
-        const auto [b, e] = share(H, t, n);
-        rows(m[3], in, s.x.data(), b, e);
-        for (int64_t i = b; i < e; ++i) h[i] += s.x[i];
-      }
+      residual(m[3], attn.data(), Dq);  // h += o(attention)
 #pragma omp barrier
       // act = silu(gate(norm(h))) * up(norm(h)), each thread over its rows of both
       {
@@ -342,13 +343,7 @@ void run(int64_t token, const at::Tensor& embed, const std::vector<Matrix>& ms, 
         swiglu(act.data() + b, up.data() + b, e - b);
       }
 #pragma omp barrier
-      // h += down(act)
-      {
-        in.prepare(act.data(), I);
-        const auto [b, e] = share(H, t, n);
-        rows(m[6], in, s.x.data(), b, e);
-        for (int64_t i = b; i < e; ++i) h[i] += s.x[i];
-      }
+      residual(m[6], act.data(), I);  // h += down(act)
 #pragma omp barrier
     }
     rms_norm(h.data(), norms.back(), s.x.data(), H, eps);
