@@ -101,6 +101,13 @@ def test_compiled_batch_one_decoding_runs_it_and_gives_eagers_tokens(kind, monke
             return step(*args)
         return counting
     monkeypatch.setattr(engine, "native_step", counted)
+    monkeypatch.setattr(engine, "compiled_forward", lambda model: model)  # the prefill uncompiled: a faster test
+
+    def no_graph(model):
+        def step(*args):
+            raise AssertionError("one row on a CPU ran the compiled graph, not the native step")
+        return step
+    monkeypatch.setattr(engine, "compiled_step", no_graph)
     assert torch.equal(decode(True), eager)
     assert len(calls) == 11  # every step after the prefill's first token
 

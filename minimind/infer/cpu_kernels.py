@@ -1,18 +1,20 @@
-"""minimind's own CPU kernels for batch-1 decoding (`csrc/matvec.cpp`): one-row matrix products on the CPU's dot-product
-instructions, as torch ops that run eagerly and inside a compiled graph.
+"""minimind's own CPU kernels for batch-1 decoding (`csrc/`): one-row matrix products on the CPU's dot-product
+instructions (`rows.h`), as torch ops that run eagerly and inside a compiled graph (`matvec.cpp`), and the whole
+decode step of a dense model as one call (`decode.cpp`, used through `minimind.infer.native`).
 
-    ops = vector_ops()                                     # frozenset({"bf16", "q8"}) or a part; empty: not available
+    ops = vector_ops()                               # frozenset({"f32", "bf16", "q8"}) or a part; empty: not available
     y = torch.ops.minimind.matvec_bf16(x, [wq, wk, wv])   # x (K,), w* (N_i, K) bf16 -> (N_q + N_k + N_v,) float32
     y = torch.ops.minimind.matvec_q8(x, [q], [scale], [rowsum])  # q (N, K) int8, scale (N,), rowsum (N,) int32
+    step = torch.classes.minimind.DecodeModel(...)   # see minimind.infer.native.native_step
 
-The source is compiled on first use with the C++ compiler torch.compile uses on a CPU (`$CXX`, else `c++`) for this
+The sources are compiled on first use with the C++ compiler torch.compile uses on a CPU (`$CXX`, else `c++`) for this
 machine's instruction set (`-march=native`), about 10 seconds, and kept in `$MINIMIND_CACHE/kernels` (default
-`~/.cache/minimind/kernels`) under a name that hashes the source, torch's version and the flags, so that a later
+`~/.cache/minimind/kernels`) under a name that hashes the sources, torch's version and the flags, so that a later
 process loads it at once. The file is written under a temporary name and renamed when complete, so an interrupted
 build leaves nothing half-written behind. Linux on x86-64 only. Where there is no compiler or the build fails,
-`vector_ops()` is empty and one warning says why; where the CPU lacks AVX512-BF16 or AVX512-VNNI, the op it would
-need is left out of `vector_ops()`. Either way callers keep PyTorch's own kernels. `MINIMIND_CPU_KERNELS=0` turns
-them off.
+`vector_ops()` is empty and one warning says why; where the CPU lacks AVX-512, AVX512-BF16 or AVX512-VNNI, the
+kind of weights that would need it is left out of `vector_ops()`. Either way callers keep PyTorch's own kernels.
+`MINIMIND_CPU_KERNELS=0` turns them off.
 """
 
 import hashlib
@@ -40,8 +42,8 @@ def cache_dir() -> Path:
 
 
 def vector_ops() -> frozenset[str]:
-    """The ops this machine runs on vector instructions ("bf16", "q8"), building and loading the kernels on the
-    first call; empty when they are off or unavailable."""
+    """The kinds of weights this machine's kernels run on vector instructions ("f32", "bf16", "q8"), building and
+    loading the kernels on the first call; empty when they are off or unavailable."""
     global _ops
     if _ops is None:
         with _lock:
