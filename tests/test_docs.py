@@ -61,8 +61,17 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
+@pytest.fixture(scope="module")
+def kernels_built():
+    """minimind's CPU kernels loaded before any block runs: a block that is the first in its process to use them
+    (an int8 layer, the native decode step) would otherwise pay their one-time build (~15 s) in its budget."""
+    from minimind.infer.cpu_kernels import vector_ops
+
+    return vector_ops()
+
+
 @pytest.mark.parametrize("doc, line, code", runnable_blocks())
-def test_runnable_block(doc, line, code, tmp_path, monkeypatch):
+def test_runnable_block(doc, line, code, tmp_path, monkeypatch, kernels_built):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MINIMIND_CACHE", str(tmp_path / "cache"))
     namespace = {"__name__": "__docs__"}

@@ -8,7 +8,7 @@ decode step of a dense model as one call (`decode.cpp`, used through `minimind.i
     step = torch.classes.minimind.DecodeModel(...)   # see minimind.infer.native.native_step
 
 The sources are compiled on first use with the C++ compiler torch.compile uses on a CPU (`$CXX`, else `c++`) for this
-machine's instruction set (`-march=native`), about 10 seconds, and kept in `$MINIMIND_CACHE/kernels` (default
+machine's instruction set (`-march=native`), about 15 seconds, and kept in `$MINIMIND_CACHE/kernels` (default
 `~/.cache/minimind/kernels`) under a name that hashes the sources, torch's version and the flags, so that a later
 process loads it at once. The file is written under a temporary name and renamed when complete, so an interrupted
 build leaves nothing half-written behind. Linux on x86-64 only. Where there is no compiler or the build fails,
@@ -75,28 +75,32 @@ def _build() -> Path:
     if shutil.which(compiler) is None:
         raise OSError(f"no C++ compiler {compiler!r} on PATH (set CXX)")
     torch_lib = Path(torch.__file__).parent / "lib"
-    flags = ["-O3", "-march=native", "-std=c++20", "-shared", "-fPIC", "-fopenmp", "-w",
+    flags = ["-O3", "-march=native", "-std=c++20", "-fPIC", "-fopenmp", "-w",
              f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
              *(f"-I{p}" for p in cpp_extension.include_paths())]
     libs = [f"-L{torch_lib}", "-lc10", "-ltorch", "-ltorch_cpu", f"-Wl,-rpath,{torch_lib}"]
     sources = sorted(CSRC.glob("*.cpp"))
     text = [p.read_text() for p in sorted([*sources, *CSRC.glob("*.h")])]
     key = hashlib.sha256("\0".join([*text, torch.__version__, compiler, *flags, *libs]).encode())
-    target = cache_dir() / f"matvec-{key.hexdigest()[:16]}.so"
+    target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=target.parent)
-    os.close(fd)
-    try:
-        done = subprocess.run([compiler, *flags, *map(str, sources), *libs, "-o", partial], capture_output=True, text=True,
-                              timeout=600, check=False)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        # each source compiled at once in a process of its own (~12 s each, mostly torch's headers), then linked
+        objects = [os.path.join(scratch, f"{p.stem}.o") for p in sources]
+        jobs = [subprocess.Popen([compiler, *flags, "-c", str(p), "-o", o], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True) for p, o in zip(sources, objects)]
+        partial = os.path.join(scratch, "kernels.so")
+        link = [compiler, "-shared", "-fopenmp", *objects, *libs, "-o", partial]
+        for p, job in zip(sources, jobs):
+            _, errors = job.communicate(timeout=600)
+            if job.returncode != 0:
+                raise OSError(f"{compiler} failed to build {p.name}: {errors.strip()[-2000:]}")
+        done = subprocess.run(link, capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
-            raise OSError(f"{compiler} failed to build {', '.join(p.name for p in sources)}: {done.stderr.strip()[-2000:]}")
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
+            raise OSError(f"{compiler} failed to link minimind's kernels: {done.stderr.strip()[-2000:]}")
+        os.replace(partial, target)  # whole or not at all
     return target
 
 
