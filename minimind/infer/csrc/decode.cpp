@@ -1,8 +1,8 @@
-// One whole decode step of a dense MiniMind model for one row on the CPU, as one torch op: the token's embedding,
+// One whole decode step of a dense MiniMind model for one row on the CPU, as one call: the token's embedding,
 // every block (RMSNorm, q/k/v, per-head q/k norm where the model has it, RoPE, the step's keys and values written
 // into the cache, one-query attention over the cache, o, RMSNorm, SwiGLU), the final norm and the output head.
 //
-// Why one op: a step is ~60 matrix products of one row and ~100 small operations around them. As graph nodes (even
+// Why one call: a step is ~60 matrix products of one row and ~100 small operations around them. As graph nodes (even
 // compiled, even with minimind's own product kernels) each pays a dispatch and a fork and join of the thread pool,
 // a few microseconds that add up to a third of an int8 step on two cores (benchmarks/generate.md). Here the step
 // opens one OpenMP parallel region, every thread runs the same sequence of phases on its share of the rows (or
@@ -255,105 +255,7 @@ struct Scratch {
   }
 };
 
-template <typename T>
-void run(int64_t token, const at::Tensor& embed, const std::vector<Matrix>& ms, const std::vector<const float*>& norms,
-         bool qk_norm, const float* cos, const float* sin, std::vector<T*>& keys, std::vector<T*>& values,
-         const bool* seen, int64_t column, int64_t capacity, int64_t heads, int64_t kv_heads, int64_t D, float eps,
-         float* logits) {
-  const int64_t L = keys.size(), H = embed.size(1), Dq = heads * D, Dkv = kv_heads * D, G = heads / kv_heads;
-  const int64_t I = ms[4].N, V = ms.back().N, width = std::max({H, Dq, I});
-  bool need_b = false, need_q = false;
-  for (const Matrix& m : ms) {
-    need_b |= m.kind == Kind::bf16;
-    need_q |= m.kind == Kind::q8;
-  }
-  std::vector<float> h(H), qkv(Dq + 2 * Dkv), attn(Dq), act(I), up(I);
-  if (embed.scalar_type() == at::kFloat) {
-    const float* e = embed.data_ptr<float>() + token * H;
-    std::copy(e, e + H, h.begin());
-  } else {
-    const uint16_t* e = reinterpret_cast<const uint16_t*>(embed.data_ptr<at::BFloat16>()) + token * H;
-    for (int64_t i = 0; i < H; ++i) h[i] = bf16_to_float(e[i]);
-  }
-  const int nt = std::max(1, at::get_num_threads());
-  std::vector<Scratch> scratch(nt);
-  for (Scratch& s : scratch) {
-    s.x.resize(width);
-    s.scores.resize(capacity);
-    s.b.resize(need_b ? width : 0);
-    s.q.resize(need_q ? width + 64 : 0);
-  }
-  const int norms_per_layer = qk_norm ? 4 : 2;
-
-#pragma omp parallel num_threads(nt)
-  {
-    const int t = omp_get_thread_num(), n = omp_get_num_threads();
-    Scratch& s = scratch[t];
-    Input in = s.input(need_b, need_q);
-    // h += W x (x (K,) shared), each thread over its rows of W
-    auto residual = [&](const Matrix& w, const float* x, int64_t K) {
-      in.prepare(x, K);
-      const auto [b, e] = share(H, t, n);
-      rows(w, in, s.x.data(), b, e);
-      for (int64_t i = b; i < e; ++i) h[i] += s.x[i];
-    };
-    for (int64_t l = 0; l < L; ++l) {
-      const Matrix* m = ms.data() + 7 * l;  // q, k, v, o, gate, up, down
-      const float* const* norm = norms.data() + norms_per_layer * l;
-      // q, k, v of norm(h)
-      rms_norm(h.data(), norm[0], s.x.data(), H, eps);
-      in.prepare(s.x.data(), H);
-      products(m, 3, in, qkv.data(), t, n);
-#pragma omp barrier
-      // q/k norm and RoPE; this step's key and value into the cache at `column`
-      for (int64_t j = t; j < heads + kv_heads; j += n) {
-        float* x = qkv.data() + j * D;  // query heads, then key heads
-        if (qk_norm) {
-          rms_norm(x, norm[j < heads ? 2 : 3], s.x.data(), D, eps);
-          std::copy(s.x.data(), s.x.data() + D, x);
-        }
-        rope(x, cos, sin, D);
-        if (j >= heads) {
-          const int64_t kv = j - heads;
-          T* k = keys[l] + (kv * capacity + column) * D;
-          T* v = values[l] + (kv * capacity + column) * D;
-          const float* vx = qkv.data() + Dq + Dkv + kv * D;
-          for (int64_t d = 0; d < D; ++d) {
-            store(k, d, x[d]);
-            store(v, d, vx[d]);
-          }
-        }
-      }
-#pragma omp barrier
-      for (int64_t j = t; j < heads; j += n) {
-        const int64_t kv = j / G;
-        attend(qkv.data() + j * D, keys[l] + kv * capacity * D, values[l] + kv * capacity * D, seen, column, D,
-               s.scores.data(), attn.data() + j * D);
-      }
-#pragma omp barrier
-      residual(m[3], attn.data(), Dq);  // h += o(attention)
-#pragma omp barrier
-      // act = silu(gate(norm(h))) * up(norm(h)), each thread over its rows of both
-      {
-        rms_norm(h.data(), norm[1], s.x.data(), H, eps);
-        in.prepare(s.x.data(), H);
-        const auto [b, e] = share(I, t, n);
-        rows(m[4], in, act.data(), b, e);
-        rows(m[5], in, up.data(), b, e);
-        swiglu(act.data() + b, up.data() + b, e - b);
-      }
-#pragma omp barrier
-      residual(m[6], act.data(), I);  // h += down(act)
-#pragma omp barrier
-    }
-    rms_norm(h.data(), norms.back(), s.x.data(), H, eps);
-    in.prepare(s.x.data(), H);
-    const auto [b, e] = share(V, t, n);
-    rows(ms.back(), in, logits, b, e);
-  }
-}
-
-// A model's tensors for `run`, checked and gathered once (a call with ~200 tensor arguments cost ~100 us a token
+// A model's tensors, checked and gathered once (a call with ~200 tensor arguments cost ~100 us a token
 // in argument conversion and checks alone): the TorchScript class minimind.DecodeModel.
 struct DecodeModel : torch::CustomClassHolder {
   std::vector<at::Tensor> held;  // every tensor the pointers below point into
@@ -362,12 +264,13 @@ struct DecodeModel : torch::CustomClassHolder {
   std::vector<const float*> norms;
   int64_t L, H, heads, kv_heads, D;
   bool qk_norm;
-  double eps;
+  bool need_b = false, need_q = false;  // whether some product reads x as bf16, as int8
+  float eps;
 
   DecodeModel(at::Tensor embed_, std::vector<at::Tensor> weights, std::vector<at::Tensor> scales,
               std::vector<at::Tensor> rowsums, std::vector<at::Tensor> norms_, at::Tensor cos_, at::Tensor sin_,
               int64_t heads_, int64_t kv_heads_, int64_t head_dim, double eps_)
-      : embed(embed_), cos(cos_), sin(sin_), heads(heads_), kv_heads(kv_heads_), D(head_dim), eps(eps_) {
+      : embed(embed_), cos(cos_), sin(sin_), heads(heads_), kv_heads(kv_heads_), D(head_dim), eps(float(eps_)) {
     TORCH_CHECK(!weights.empty() && weights.size() % 7 == 1 && scales.size() == weights.size() &&
                     rowsums.size() == weights.size(),
                 "minimind.DecodeModel: 7 weights per layer (q, k, v, o, gate, up, down) and the head expected, with "
@@ -402,9 +305,105 @@ struct DecodeModel : torch::CustomClassHolder {
                   D, ", ", kv_heads, " key/value heads");
     }
     ms.push_back(matrix(weights.back(), scales.back(), rowsums.back(), H, 7 * L));
+    for (const Matrix& m : ms) {
+      need_b |= m.kind == Kind::bf16;
+      need_q |= m.kind == Kind::q8;
+    }
     for (size_t i = 0; i < norms_.size(); ++i)
       norms.push_back(vec(norms_[i], qk_norm && i + 1 < norms_.size() && i % 4 >= 2 ? D : H, "a norm's weight"));
     for (auto* list : {&weights, &scales, &rowsums, &norms_}) held.insert(held.end(), list->begin(), list->end());
+  }
+
+  // The step itself (see `step`): every pointer checked by the caller; keys and values (capacity, D) per kv head.
+  template <typename T>
+  void run(int64_t token, T* const* keys, T* const* values, const bool* seen, int64_t column, int64_t capacity,
+           const float* cos, const float* sin, float* logits) const {
+    const int64_t Dq = heads * D, Dkv = kv_heads * D, G = heads / kv_heads;
+    const int64_t I = ms[4].N, V = ms.back().N, width = std::max({H, Dq, I});
+    std::vector<float> h(H), qkv(Dq + 2 * Dkv), attn(Dq), act(I), up(I);
+    if (embed.scalar_type() == at::kFloat) {
+      const float* e = embed.data_ptr<float>() + token * H;
+      std::copy(e, e + H, h.begin());
+    } else {
+      const uint16_t* e = reinterpret_cast<const uint16_t*>(embed.data_ptr<at::BFloat16>()) + token * H;
+      for (int64_t i = 0; i < H; ++i) h[i] = bf16_to_float(e[i]);
+    }
+    const int nt = std::max(1, at::get_num_threads());
+    std::vector<Scratch> scratch(nt);
+    for (Scratch& s : scratch) {
+      s.x.resize(width);
+      s.scores.resize(capacity);
+      s.b.resize(need_b ? width : 0);
+      s.q.resize(need_q ? width + 64 : 0);
+    }
+    const int norms_per_layer = qk_norm ? 4 : 2;
+
+#pragma omp parallel num_threads(nt)
+    {
+      const int t = omp_get_thread_num(), n = omp_get_num_threads();
+      Scratch& s = scratch[t];
+      Input in = s.input(need_b, need_q);
+      // h += W x (x (K,) shared), each thread over its rows of W
+      auto residual = [&](const Matrix& w, const float* x, int64_t K) {
+        in.prepare(x, K);
+        const auto [b, e] = share(H, t, n);
+        rows(w, in, s.x.data(), b, e);
+        for (int64_t i = b; i < e; ++i) h[i] += s.x[i];
+      };
+      for (int64_t l = 0; l < L; ++l) {
+        const Matrix* m = ms.data() + 7 * l;  // q, k, v, o, gate, up, down
+        const float* const* norm = norms.data() + norms_per_layer * l;
+        // q, k, v of norm(h)
+        rms_norm(h.data(), norm[0], s.x.data(), H, eps);
+        in.prepare(s.x.data(), H);
+        products(m, 3, in, qkv.data(), t, n);
+#pragma omp barrier
+        // q/k norm and RoPE; this step's key and value into the cache at `column`
+        for (int64_t j = t; j < heads + kv_heads; j += n) {
+          float* x = qkv.data() + j * D;  // query heads, then key heads
+          if (qk_norm) {
+            rms_norm(x, norm[j < heads ? 2 : 3], s.x.data(), D, eps);
+            std::copy(s.x.data(), s.x.data() + D, x);
+          }
+          rope(x, cos, sin, D);
+          if (j >= heads) {
+            const int64_t kv = j - heads;
+            T* k = keys[l] + (kv * capacity + column) * D;
+            T* v = values[l] + (kv * capacity + column) * D;
+            const float* vx = qkv.data() + Dq + Dkv + kv * D;
+            for (int64_t d = 0; d < D; ++d) {
+              store(k, d, x[d]);
+              store(v, d, vx[d]);
+            }
+          }
+        }
+#pragma omp barrier
+        for (int64_t j = t; j < heads; j += n) {
+          const int64_t kv = j / G;
+          attend(qkv.data() + j * D, keys[l] + kv * capacity * D, values[l] + kv * capacity * D, seen, column, D,
+                 s.scores.data(), attn.data() + j * D);
+        }
+#pragma omp barrier
+        residual(m[3], attn.data(), Dq);  // h += o(attention)
+#pragma omp barrier
+        // act = silu(gate(norm(h))) * up(norm(h)), each thread over its rows of both
+        {
+          rms_norm(h.data(), norm[1], s.x.data(), H, eps);
+          in.prepare(s.x.data(), H);
+          const auto [b, e] = share(I, t, n);
+          rows(m[4], in, act.data(), b, e);
+          rows(m[5], in, up.data(), b, e);
+          swiglu(act.data() + b, up.data() + b, e - b);
+        }
+#pragma omp barrier
+        residual(m[6], act.data(), I);  // h += down(act)
+#pragma omp barrier
+      }
+      rms_norm(h.data(), norms.back(), s.x.data(), H, eps);
+      in.prepare(s.x.data(), H);
+      const auto [b, e] = share(V, t, n);
+      rows(ms.back(), in, logits, b, e);
+    }
   }
 
   // One token's forward at RoPE `position`, its key and value written at cache `column` of every layer's
@@ -442,8 +441,7 @@ struct DecodeModel : torch::CustomClassHolder {
         k.push_back(keys[l].data_ptr<float>());
         v.push_back(values[l].data_ptr<float>());
       }
-      run<float>(token, embed, ms, norms, qk_norm, c, s, k, v, seen.data_ptr<bool>(), column, capacity, heads,
-                 kv_heads, D, float(eps), logits.data_ptr<float>());
+      run<float>(token, k.data(), v.data(), seen.data_ptr<bool>(), column, capacity, c, s, logits.data_ptr<float>());
     } else {
       TORCH_CHECK(k0.scalar_type() == at::kBFloat16, "minimind.DecodeModel.step: a float32 or bfloat16 cache expected");
       std::vector<uint16_t*> k, v;
@@ -451,8 +449,8 @@ struct DecodeModel : torch::CustomClassHolder {
         k.push_back(reinterpret_cast<uint16_t*>(keys[l].data_ptr<at::BFloat16>()));
         v.push_back(reinterpret_cast<uint16_t*>(values[l].data_ptr<at::BFloat16>()));
       }
-      run<uint16_t>(token, embed, ms, norms, qk_norm, c, s, k, v, seen.data_ptr<bool>(), column, capacity, heads,
-                    kv_heads, D, float(eps), logits.data_ptr<float>());
+      run<uint16_t>(token, k.data(), v.data(), seen.data_ptr<bool>(), column, capacity, c, s,
+                    logits.data_ptr<float>());
     }
     return logits;
   }
