@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
 from minimind import KVCache, MiniMindConfig, MiniMindForCausalLM, preset
 from minimind.export.hf import llama_config
-from minimind.model import MiniMindModel, MoEFeedForward, rope_frequencies
+from minimind.model import CausalAttention, MiniMindModel, MoEFeedForward, rope_frequencies, use_hand_backward
 
 
 def tiny(**overrides):
@@ -75,6 +75,53 @@ def test_explicit_attention_matches_sdpa():
         assert (fast(ids).logits - slow(ids).logits).abs().max() < 1e-5
         a, b = fast(ids, attention_mask=mask).logits, slow(ids, attention_mask=mask).logits
     assert (a[mask.bool()] - b[mask.bool()]).abs().max() < 1e-5
+
+
+def attention_grads(attend, q, k, v, dy):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    y = attend(q, k, v)
+    y.backward(dy)
+    return [y.detach().float()] + [t.grad.float() for t in (q, k, v)]
+
+
+def sdpa(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+
+
+@pytest.mark.parametrize("heads", [(4, 2), (4, 4), (6, 1)])
+def test_hand_backward_attention_matches_sdpa(heads):
+    H, Hkv = heads
+    torch.manual_seed(0)
+    q, k, v, dy = (torch.randn(2, h, 24, 16) for h in (H, Hkv, Hkv, H))
+    q = q.transpose(1, 2).contiguous().transpose(1, 2)  # (B, T, H, D) in memory, as the projections leave it
+    for ours, ref, name in zip(attention_grads(CausalAttention.apply, q, k, v, dy), attention_grads(sdpa, q, k, v, dy),
+                               ["y", "dq", "dk", "dv"]):
+        assert (ours - ref).abs().max() < 1e-5, name
+    # bf16: within a few bf16 roundings (2^-8 relative) of float32's result, as SDPA's own bf16 backward
+    low = [t.bfloat16() for t in (q, k, v, dy)]
+    for ours, ref, name in zip(attention_grads(CausalAttention.apply, *low), attention_grads(sdpa, q, k, v, dy),
+                               ["y", "dq", "dk", "dv"]):
+        assert (ours - ref).abs().max() <= 0.02 * ref.abs().max(), name
+
+
+def test_hand_backward_only_for_compiled_bf16_cpu_training_at_small_sizes():
+    q = torch.randn(8, 8, 256, 64, dtype=torch.bfloat16, requires_grad=True)
+    fits = dict(is_causal=True, mask=None, cache=None, dropout=0.0)
+    assert not use_hand_backward(q, **fits)  # eager: SDPA's backward, unfused ours is no faster
+    calls = []
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def probe(q, **kw):
+        calls.append(use_hand_backward(q, **kw))
+        return q
+
+    probe(q, **fits)
+    probe(q.detach(), **fits)  # no gradient: inference
+    probe(q.float().detach().requires_grad_(), **fits)  # float32: SDPA's backward is the faster there
+    probe(torch.randn(8, 8, 512, 64, dtype=torch.bfloat16, requires_grad=True), **fits)  # beyond 2^22 scores
+    probe(q, **{**fits, "is_causal": False})
+    probe(q, **{**fits, "dropout": 0.1})
+    assert calls == [True, False, False, False, False, False]
 
 
 # --- KV cache ----------------------------------------------------------------------------------------

@@ -87,3 +87,21 @@ def test_compiled_lora_trains_only_the_adapters(tmp_path):
     for k in runs[True]:
         assert (runs[True][k] - runs[False][k]).abs().max() <= 1e-3, k
     assert any(v.abs().max() > 0 for k, v in runs[True].items() if "lora_B" in k)  # B starts at zero: it trained
+
+
+def test_compiled_bf16_training_takes_the_hand_written_attention_backward(tmp_path, monkeypatch):
+    from minimind.model import CausalAttention
+
+    traced = []
+    backward = CausalAttention.backward
+    monkeypatch.setattr(CausalAttention, "backward", staticmethod(lambda ctx, dy: traced.append(dy.shape) or
+                                                                  backward(ctx, dy)))
+    eager, compiled = tiny_model(vocab=200, hidden=64, num_attention_heads=4, num_key_value_heads=2), \
+        tiny_model(vocab=200, hidden=64, num_attention_heads=4, num_key_value_heads=2)
+    Trainer(eager, config(tmp_path / "eager", dtype="bf16", max_steps=4), RandomTokens()).fit()
+    assert not traced  # eager: SDPA's backward
+    Trainer(compiled, config(tmp_path / "compiled", dtype="bf16", max_steps=4, compile=True), RandomTokens()).fit()
+    assert traced and traced[0] == (4, 4, 16, 16)  # (batch, heads, tokens, head_dim), traced once per layer
+    a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert len(a) == len(b) == 4 and a == pytest.approx(b, abs=2e-2)  # bf16 rounding, not another model
+    weights_close(eager, compiled, 2e-2)
