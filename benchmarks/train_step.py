@@ -5,8 +5,9 @@ Both models get the same config and the same weights, and the same optimizer (Ad
 Rounds rotate the order of the variants, so that machine noise hits all alike; each variant's median round counts.
 Reports tokens/s per variant and the ratios that matter: ours / HF eager, ours compiled / HF eager and ours compiled
 / HF compiled. `--floor` also times the library kernels that any implementation of this model's step must run,
-alone: every matrix product (forward, and the two of backward) at the step's shapes and SDPA's attention (forward
-and backward), in `--dtypes`' precision; their sum bounds what fusing or removing everything else can win.
+alone: every matrix product (forward, and the two of backward) at the step's shapes and the attention (SDPA's forward
+and backward, or on a CPU, where cheaper, SDPA's forward and the five products of `CausalAttention`'s hand-written
+backward), in `--dtypes`' precision; their sum bounds what fusing or removing everything else can win.
 
     python benchmarks/train_step.py                              # small preset, batch 8 x 256, CPU, bf16 autocast
     python benchmarks/train_step.py --compile --rounds 7         # also both under torch.compile
@@ -48,8 +49,9 @@ def make_step(model, ids, dtype, device, compile):
 
 def kernel_floor(config, batch: int, seq: int, dtype, device, rounds: int) -> float:
     """Tokens/s of a training step that ran only its library kernels: for every Linear (the tied head once), the
-    forward product x W^T and backward's dY W and dY^T x, at M = batch * seq rows; and per layer SDPA's causal
-    attention forward and backward. The best of `rounds` rounds each."""
+    forward product x W^T and backward's dY W and dY^T x, at M = batch * seq rows; and per layer the causal
+    attention's forward and backward (SDPA's, or on a CPU its forward and the products of `CausalAttention`'s
+    backward, whichever is cheaper). The best of `rounds` rounds each."""
     import torch.nn.functional as F
 
     def best(fn) -> float:
@@ -70,7 +72,15 @@ def kernel_floor(config, batch: int, seq: int, dtype, device, rounds: int) -> fl
 
     def attention():
         F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != Hkv).backward(dy)
-    total += config.num_hidden_layers * best(attention)
+    attention_cost = best(attention)
+    if device.type == "cpu":  # or SDPA's forward and the five products of the hand-written backward (CausalAttention)
+        qg, p = q.detach().reshape(batch, Hkv, -1, D), torch.randn(batch, Hkv, H // Hkv * seq, seq, dtype=dtype)
+        products = [partial(F.scaled_dot_product_attention, q.detach(), k.detach(), v.detach(), is_causal=True,
+                            enable_gqa=H != Hkv), partial(torch.matmul, qg, k.detach().transpose(-2, -1)),
+                    partial(torch.matmul, qg, v.detach().transpose(-2, -1)), partial(torch.matmul, p, k.detach()),
+                    partial(torch.matmul, p.transpose(-2, -1), qg), partial(torch.matmul, p.transpose(-2, -1), qg)]
+        attention_cost = min(attention_cost, sum(best(product) for product in products))
+    total += config.num_hidden_layers * attention_cost
     return M / total
 
 

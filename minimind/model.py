@@ -116,7 +116,7 @@ class CausalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v):
         G = q.shape[1] // k.shape[1]
-        # The kernel takes grouped heads natively only in recent torch (torch 2.7 returns NaN), so it gets them repeated.
+        # The kernel takes grouped heads natively only in recent torch (2.7 returns NaN): it gets them repeated.
         y, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
             q, k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1), is_causal=True)
         ctx.save_for_backward(q, k, v, y, lse)
