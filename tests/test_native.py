@@ -64,6 +64,27 @@ def test_the_step_equals_the_models_forward(kind, qk_norm):
             assert mine[:, :, 12:].abs().sum() == 0  # and nothing past it
 
 
+@pytest.mark.parametrize("kv_heads", [1, 2, 4])
+def test_thread_counts_that_divide_the_key_value_heads_or_not(kv_heads):
+    """Threads that divide the key/value heads own whole groups (q, k, v rows to attention, no barrier between);
+    otherwise the rows are shared evenly with barriers. Both give the model's logits and cache writes."""
+    model = tiny_model(hidden=64, num_attention_heads=4, num_key_value_heads=kv_heads, intermediate_size=96).eval()
+    ids = torch.randint(3, 6400, (1, 12), generator=torch.Generator().manual_seed(5))
+    want, _, theirs = next_logits(model, ids)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            cache = next_logits(model, ids)[1]
+            got = native_step(model)(int(ids[0, -1]), 11, 11, torch.ones(CAPACITY, dtype=torch.bool), cache.keys,
+                                     cache.values)[0]
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (n, (got - want).abs().max())
+            for mine, eager in zip(cache.keys + cache.values, theirs.keys + theirs.values):
+                assert (mine[:, :, 11] - eager[:, :, 11]).abs().max() <= 1e-5 * eager.abs().max()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_a_padded_row_and_a_position_behind_its_column():
     """A left-padded prompt: its padding columns are not attended, and RoPE counts positions from its first real
     token, so the step's position is behind its cache column."""

@@ -6,7 +6,9 @@
 // compiled, even with minimind's own product kernels) each pays a dispatch and a fork and join of the thread pool,
 // a few microseconds that add up to a third of an int8 step on two cores (benchmarks/generate.md). Here the step
 // opens one OpenMP parallel region, every thread runs the same sequence of phases on its share of the rows (or
-// heads), and threads meet at a barrier between phases: ~6 barriers a block, as llama.cpp's graph runner does.
+// heads), and threads meet at a barrier between phases, as llama.cpp's graph runner does: 4 barriers a block when the
+// threads divide the key/value heads (each thread owns whole groups, from their q, k, v rows to their attention), 6
+// otherwise.
 //
 // The residual stream and everything around the products stay fp32 (a bf16 model's activations are therefore more
 // exact here than in its eager forward, which rounds them to bf16). Each product reads x as its weights' kind asks
@@ -353,14 +355,10 @@ struct DecodeModel : torch::CustomClassHolder {
       for (int64_t l = 0; l < L; ++l) {
         const Matrix* m = ms.data() + 7 * l;  // q, k, v, o, gate, up, down
         const float* const* norm = norms.data() + norms_per_layer * l;
-        // q, k, v of norm(h)
-        rms_norm(h.data(), norm[0], s.x.data(), H, eps);
-        in.prepare(s.x.data(), H);
-        products(m, 3, in, qkv.data(), t, n);
-#pragma omp barrier
-        // q/k norm and RoPE; this step's key and value into the cache at `column`
-        for (int64_t j = t; j < heads + kv_heads; j += n) {
-          float* x = qkv.data() + j * D;  // query heads, then key heads
+        // q/k norm and RoPE of head j of qkv (query heads, then key heads); a key head's key and value go into the
+        // cache at `column`
+        auto place = [&](int64_t j) {
+          float* x = qkv.data() + j * D;
           if (qk_norm) {
             rms_norm(x, norm[j < heads ? 2 : 3], s.x.data(), D, eps);
             std::copy(s.x.data(), s.x.data() + D, x);
@@ -376,12 +374,33 @@ struct DecodeModel : torch::CustomClassHolder {
               store(v, d, vx[d]);
             }
           }
-        }
-#pragma omp barrier
-        for (int64_t j = t; j < heads; j += n) {
+        };
+        auto attend_head = [&](int64_t j) {
           const int64_t kv = j / G;
           attend(qkv.data() + j * D, keys[l] + kv * capacity * D, values[l] + kv * capacity * D, seen, column, D,
                  s.scores.data(), attn.data() + j * D);
+        };
+        rms_norm(h.data(), norm[0], s.x.data(), H, eps);
+        in.prepare(s.x.data(), H);
+        if (kv_heads % n == 0) {
+          // Each thread owns whole key/value groups: its rows of q, k and v, then their attention, no barrier
+          // between (two fewer a block than sharing the rows evenly)
+          for (int64_t kv = t; kv < kv_heads; kv += n) {
+            rows(m[0], in, qkv.data(), kv * G * D, (kv + 1) * G * D);
+            rows(m[1], in, qkv.data() + Dq, kv * D, (kv + 1) * D);
+            rows(m[2], in, qkv.data() + Dq + Dkv, kv * D, (kv + 1) * D);
+            place(heads + kv);
+            for (int64_t j = kv * G; j < (kv + 1) * G; ++j) {
+              place(j);
+              attend_head(j);
+            }
+          }
+        } else {
+          products(m, 3, in, qkv.data(), t, n);
+#pragma omp barrier
+          for (int64_t j = t; j < heads + kv_heads; j += n) place(j);
+#pragma omp barrier
+          for (int64_t j = t; j < heads; j += n) attend_head(j);
         }
 #pragma omp barrier
         residual(m[3], attn.data(), Dq);  // h += o(attention)
