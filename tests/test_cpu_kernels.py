@@ -31,7 +31,7 @@ def test_the_kernels_build_here():
     flags = cpuinfo.read_text() if cpuinfo.exists() else ""
     if " avx512_bf16" not in flags or " avx512_vnni" not in flags:
         pytest.skip("this CPU lacks AVX512-BF16 or AVX512-VNNI")
-    assert OPS == {"f32", "bf16", "q8"}
+    assert OPS == {"f32", "bf16", "q8", "q4"}
 
 
 @needs["q8"]

@@ -17,8 +17,11 @@ pytestmark = pytest.mark.skipif(native is None, reason=f"no native decode step h
 CAPACITY = 48
 
 
-def model_of(kind: str, qk_norm: bool = False):
-    model = tiny_model(hidden=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
+def model_of(kind: str, qk_norm: bool = False, kv_heads: int = 2):
+    if kind == "int4":  # the step reads int4 rows 64 at a time: every layer's outputs a multiple of 64
+        return quantize_int4(tiny_model(hidden=128, num_attention_heads=2, num_key_value_heads=kv_heads,
+                                        intermediate_size=192, qk_norm=qk_norm).eval())
+    model = tiny_model(hidden=64, num_attention_heads=4, num_key_value_heads=kv_heads, intermediate_size=96,
                        qk_norm=qk_norm).eval()
     if kind == "bf16":
         return model.to(torch.bfloat16)
@@ -42,7 +45,7 @@ def next_logits(model, ids, mask=None):
     return logits, ours, theirs
 
 
-@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8"])
+@pytest.mark.parametrize("kind", ["fp32", "bf16", "int8", "int4"])
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_the_step_equals_the_models_forward(kind, qk_norm):
     model = model_of(kind, qk_norm)
@@ -53,8 +56,8 @@ def test_the_step_equals_the_models_forward(kind, qk_norm):
     got = step(int(ids[0, -1]), 11, 11, seen, cache.keys, cache.values)
     assert got.shape == (1, 6400) and got.dtype == torch.float32
     # fp32: the same arithmetic up to the order of sums; int8: the same products; bf16: fp32 activations where the
-    # eager forward rounds them to bf16 between operations
-    tolerance = {"fp32": 1e-5, "int8": 2e-3, "bf16": 3e-2}[kind]
+    # eager forward rounds them to bf16 between operations; int4: the same weights, x in fp32 where eager's is bf16
+    tolerance = {"fp32": 1e-5, "int8": 2e-3, "bf16": 3e-2, "int4": 1e-2}[kind]
     assert (got[0] - want).abs().max() <= tolerance * want.abs().max(), (got[0] - want).abs().max()
     assert int(got.argmax()) == int(want.argmax())
     for layer in range(model.config.num_hidden_layers):  # this step's key and value written at column 11
@@ -64,11 +67,13 @@ def test_the_step_equals_the_models_forward(kind, qk_norm):
             assert mine[:, :, 12:].abs().sum() == 0  # and nothing past it
 
 
-@pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_thread_counts_that_divide_the_key_value_heads_or_not(kv_heads):
+@pytest.mark.parametrize("kind,kv_heads", [("fp32", 1), ("fp32", 2), ("fp32", 4), ("int4", 1), ("int4", 2)])
+def test_thread_counts_that_divide_the_key_value_heads_or_not(kind, kv_heads):
     """Threads that divide the key/value heads own whole groups (q, k, v rows to attention, no barrier between);
-    otherwise the rows are shared evenly with barriers. Both give the model's logits and cache writes."""
-    model = tiny_model(hidden=64, num_attention_heads=4, num_key_value_heads=kv_heads, intermediate_size=96).eval()
+    otherwise the rows are shared evenly with barriers (int4: in blocks of 64 rows). Both give the same logits and
+    cache writes, the model's up to the order of sums (int4: up to eager's bf16 x)."""
+    model = model_of(kind, kv_heads=kv_heads)
+    tolerance = {"fp32": 1e-5, "int4": 1e-2}[kind]
     ids = torch.randint(3, 6400, (1, 12), generator=torch.Generator().manual_seed(5))
     want, _, theirs = next_logits(model, ids)
     threads = torch.get_num_threads()
@@ -78,9 +83,12 @@ def test_thread_counts_that_divide_the_key_value_heads_or_not(kv_heads):
             cache = next_logits(model, ids)[1]
             got = native_step(model)(int(ids[0, -1]), 11, 11, torch.ones(CAPACITY, dtype=torch.bool), cache.keys,
                                      cache.values)[0]
-            assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (n, (got - want).abs().max())
+            assert (got - want).abs().max() <= tolerance * want.abs().max(), (n, (got - want).abs().max())
             for mine, eager in zip(cache.keys + cache.values, theirs.keys + theirs.values):
-                assert (mine[:, :, 11] - eager[:, :, 11]).abs().max() <= 1e-5 * eager.abs().max()
+                assert (mine[:, :, 11] - eager[:, :, 11]).abs().max() <= tolerance * eager.abs().max()
+            if n == 1:
+                first = got
+            assert torch.equal(got, first)  # each row and head summed by one thread, in one order
     finally:
         torch.set_num_threads(threads)
 
@@ -138,8 +146,8 @@ def test_models_it_does_not_take():
 
     assert "mixture-of-experts" in native_problem(tiny_model(use_moe=True))
     int4 = quantize_int4(tiny_model(hidden=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96))
-    assert native_problem(int4) == "model.layers.0.self_attn.q_proj: Int4Linear layers are not supported (plain " \
-                                   "linear or int8 layers only; merge a LoRA adapter first)"
+    assert native_problem(int4) == "model.layers.0.self_attn.k_proj: an int4 layer of 32 outputs (the step reads " \
+                                   "int4 rows 64 at a time)"
     assert native_step(int4) is None
     lora = tiny_model()
     apply_lora(lora, rank=2)

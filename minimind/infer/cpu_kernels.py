@@ -2,7 +2,7 @@
 instructions (`rows.h`), as torch ops that run eagerly and inside a compiled graph (`matvec.cpp`), and the whole
 decode step of a dense model as one call (`decode.cpp`, used through `minimind.infer.native`).
 
-    ops = vector_ops()                               # frozenset({"f32", "bf16", "q8"}) or a part; empty: not available
+    ops = vector_ops()                               # frozenset({"f32", "bf16", "q8", "q4"}) or a part; empty: none
     y = torch.ops.minimind.matvec_bf16(x, [wq, wk, wv])   # x (K,), w* (N_i, K) bf16 -> (N_q + N_k + N_v,) float32
     y = torch.ops.minimind.matvec_q8(x, [q], [scale], [rowsum])  # q (N, K) int8, scale (N,), rowsum (N,) int32
     step = torch.classes.minimind.DecodeModel(...)   # see minimind.infer.native.native_step
@@ -42,7 +42,7 @@ def cache_dir() -> Path:
 
 
 def vector_ops() -> frozenset[str]:
-    """The kinds of weights this machine's kernels run on vector instructions ("f32", "bf16", "q8"), building and
+    """The kinds of weights this machine's kernels run on vector instructions ("f32", "bf16", "q8", "q4"), building and
     loading the kernels on the first call; empty when they are off or unavailable."""
     global _ops
     if _ops is None:

@@ -1,6 +1,6 @@
 """Batch-1 decoding on a CPU as one C++ call a token: `minimind.DecodeModel` (`csrc/decode.cpp`) runs the
 whole step of a dense model (embedding, every block, the final norm and the head) in one OpenMP parallel region,
-with minimind's one-row product loops for fp32, bf16 and int8 weights (`csrc/rows.h`).
+with minimind's one-row product loops for fp32, bf16, int8 and int4 weights (`csrc/rows.h`).
 
     step = native_step(model)            # None where the model or the machine does not suit it (`native_problem`)
     logits = step(token, position, column, seen, cache.keys, cache.values)   # (1, V) float32
@@ -11,7 +11,8 @@ step's ~60 products and ~100 other operations (benchmarks/generate.md has the ra
 
 What it computes is the model's forward for one token, in fp32 around the products: a bf16 model's hidden states
 are not rounded to bf16 between operations as in its eager forward (closer to the fp32 model, not equal to the
-bf16 one), and an int8 model's products are the eager ones (the same kernel, the same rounding of x).
+bf16 one), an int8 model's products are the eager ones (the same kernel, the same rounding of x), and an int4
+model's read PyTorch's packed int4 weights in place with x in fp32 (its eager kernel rounds x to bf16).
 """
 
 import ctypes
@@ -20,7 +21,9 @@ import mmap
 import torch
 from torch import nn
 
-from ..quantize import Int8Linear
+import functools
+
+from ..quantize import Int4Linear, Int8Linear
 from .cpu_kernels import vector_ops
 
 _NONE = torch.empty(0)  # the scale and row-sum of a layer that has none
@@ -60,8 +63,16 @@ def linears(block) -> list[tuple[str, nn.Module]]:
 def layer_problem(layer: nn.Module, ops: frozenset[str]) -> str | None:
     if type(layer) is Int8Linear:
         return None if layer.q8 else "an int8 layer without minimind's int8 kernel"
+    if type(layer) is Int4Linear:
+        if "q4" not in ops:
+            return "int4 weights without a vector kernel for them on this CPU"
+        if layer.out_features % 64:
+            return f"an int4 layer of {layer.out_features} outputs (the step reads int4 rows 64 at a time)"
+        if not int4_layout_known():
+            return f"torch {torch.__version__} packs int4 weights in a layout the step does not read"
+        return None
     if type(layer) is not nn.Linear:
-        return f"{type(layer).__name__} layers are not supported (plain linear or int8 layers only; merge a LoRA " \
+        return f"{type(layer).__name__} layers are not supported (plain linear, int8 or int4 layers only; merge a LoRA " \
                "adapter first)"
     if layer.bias is not None:
         return "a linear layer with a bias"
@@ -69,6 +80,21 @@ def layer_problem(layer: nn.Module, ops: frozenset[str]) -> str | None:
     if kind not in ops:
         return f"{layer.weight.dtype} weights without a vector kernel for them on this CPU"
     return None
+
+
+@functools.cache
+def int4_layout_known() -> bool:
+    """Whether this torch's `_convert_weight_to_int4pack_for_cpu` lays out weights as `csrc/rows.h: q4_rows` reads
+    them (blocks of 64 rows; per input, 32 bytes, byte j = row j's value | row j + 32's << 4): a private layout, so
+    checked on a probe rather than assumed."""
+    q = torch.randint(0, 16, (128, 64), dtype=torch.int32, generator=torch.Generator().manual_seed(0))
+    try:
+        packed = torch._convert_weight_to_int4pack_for_cpu(q, 1).to(torch.int32)
+    except (AttributeError, RuntimeError):
+        return False
+    blocks = packed.reshape(2, 64, 32)  # (row block, input, byte)
+    unpacked = torch.cat([blocks & 15, blocks >> 4], dim=2).permute(0, 2, 1).reshape(128, 64)
+    return packed.numel() == 128 * 32 and torch.equal(unpacked, q)
 
 
 HUGE_PAGE = 2 << 20
@@ -124,9 +150,9 @@ def native_step(model):
     into_huge_pages([layer.weight for layer in layers])
     weights, scales, rowsums = [], [], []
     for layer in layers:
-        int8 = type(layer) is Int8Linear
+        int8, int4 = type(layer) is Int8Linear, type(layer) is Int4Linear
         weights.append(layer.weight.detach().contiguous())
-        scales.append(layer.scale.float().contiguous() if int8 else _NONE)
+        scales.append(layer.scale.float().contiguous() if int8 else layer.scale_zeros if int4 else _NONE)
         rowsums.append(layer.rowsum if int8 else _NONE)
     norms = []
     for block in model.model.layers:

@@ -32,15 +32,16 @@ namespace {
 
 using namespace minimind;
 
-enum class Kind { f32, bf16, q8 };
+enum class Kind { f32, bf16, q8, q4 };
 
 // One weight matrix (N, K) of the step, with what its kind needs.
 struct Matrix {
-  Kind kind;
-  const void* w;
+  Kind kind = Kind::f32;
+  const void* w = nullptr;
   const float* scale = nullptr;    // q8: one per row
   const int32_t* rowsum = nullptr; // q8: one per row
-  int64_t N, K;
+  const uint16_t* scale_zeros = nullptr;  // q4: (K / group, N, 2) bf16
+  int64_t N = 0, K = 0, group = 0;
 };
 
 // x (K,) as each kind of product reads it, made once per thread per x.
@@ -63,17 +64,23 @@ void rows(const Matrix& m, const Input& x, float* y, int64_t begin, int64_t end)
     case Kind::f32: f32_rows(x.f, static_cast<const float*>(m.w), y, m.K, begin, end); break;
     case Kind::bf16: bf16_rows(x.b, static_cast<const uint16_t*>(m.w), y, m.K, begin, end); break;
     case Kind::q8: q8_rows(x.q, static_cast<const int8_t*>(m.w), m.rowsum, x.dq, m.scale, y, m.K, begin, end); break;
+    case Kind::q4:
+      q4_rows(x.f, static_cast<const uint8_t*>(m.w), m.scale_zeros, y, m.N, m.K, m.group, begin, end);
+      break;
   }
 }
 
-// This thread's share [begin, end) of n items.
-inline std::pair<int64_t, int64_t> share(int64_t n, int t, int nt) { return {n * t / nt, n * (t + 1) / nt}; }
+// This thread's share [begin, end) of n items, its bounds multiples of `align` (int4 products run 64 rows at a time).
+inline std::pair<int64_t, int64_t> share(int64_t n, int t, int nt, int64_t align = 1) {
+  const int64_t b = n * t / nt / align * align, e = t + 1 == nt ? n : n * (t + 1) / nt / align * align;
+  return {b, e};
+}
 
 // Matrices that read the same x, their outputs concatenated into y: this thread's share of all their rows.
-void products(const Matrix* ms, int count, const Input& x, float* y, int t, int nt) {
+void products(const Matrix* ms, int count, const Input& x, float* y, int t, int nt, int64_t align) {
   int64_t total = 0;
   for (int i = 0; i < count; ++i) total += ms[i].N;
-  const auto [b, e] = share(total, t, nt);
+  const auto [b, e] = share(total, t, nt, align);
   int64_t start = 0;
   for (int i = 0; i < count; ++i) {
     const int64_t lo = std::max(b, start), hi = std::min(e, start + ms[i].N);
@@ -214,10 +221,15 @@ void attend(const float* q, const T* keys, const T* values, const bool* seen, in
 }
 
 Matrix matrix(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& rowsum, int64_t K, int64_t index) {
-  TORCH_CHECK(w.device().is_cpu() && w.dim() == 2 && w.is_contiguous() && w.size(1) == K,
-              "minimind.DecodeModel: weight ", index, " must be a contiguous CPU matrix (out, ", K, "), got ",
+  const int64_t columns = w.scalar_type() == at::kByte ? K / 2 : K;  // packed int4: two to a byte
+  TORCH_CHECK(w.device().is_cpu() && w.dim() == 2 && w.is_contiguous() && w.size(1) == columns,
+              "minimind.DecodeModel: weight ", index, " must be a contiguous CPU matrix (out, ", columns, "), got ",
               w.sizes(), " on ", w.device());
-  Matrix m{Kind::f32, w.data_ptr(), nullptr, nullptr, w.size(0), K};
+  Matrix m;
+  m.kind = Kind::f32;
+  m.w = w.data_ptr();
+  m.N = w.size(0);
+  m.K = K;
   switch (w.scalar_type()) {
     case at::kFloat: break;
     case at::kBFloat16: m.kind = Kind::bf16; break;
@@ -229,8 +241,18 @@ Matrix matrix(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& ro
       m.scale = scale.data_ptr<float>();
       m.rowsum = rowsum.data_ptr<int32_t>();
       break;
+    case at::kByte:  // int4 packed two to a byte: (N, K / 2); `scale` holds the (K / group, N, 2) bf16 scale_zeros
+      m.kind = Kind::q4;
+      TORCH_CHECK(m.N % 64 == 0 && scale.scalar_type() == at::kBFloat16 && scale.is_contiguous() &&
+                      scale.dim() == 3 && scale.size(0) > 0 && K % scale.size(0) == 0 && scale.size(1) == m.N &&
+                      scale.size(2) == 2,
+                  "minimind.DecodeModel: int4 weight ", index, " needs a multiple of 64 rows (", m.N,
+                  ") and (groups, ", m.N, ", 2) bf16 scale_zeros, got ", scale.sizes());
+      m.scale_zeros = reinterpret_cast<const uint16_t*>(scale.data_ptr<at::BFloat16>());
+      m.group = K / scale.size(0);
+      break;
     default: TORCH_CHECK(false, "minimind.DecodeModel: weight ", index, " is ", w.scalar_type(),
-                         "; float32, bfloat16 or int8 expected");
+                         "; float32, bfloat16, int8 or packed int4 expected");
   }
   return m;
 }
@@ -267,6 +289,7 @@ struct DecodeModel : torch::CustomClassHolder {
   int64_t L, H, heads, kv_heads, D;
   bool qk_norm;
   bool need_b = false, need_q = false;  // whether some product reads x as bf16, as int8
+  int64_t align = 1;  // the row granularity of the products: 64 with int4 ones
   float eps;
 
   DecodeModel(at::Tensor embed_, std::vector<at::Tensor> weights, std::vector<at::Tensor> scales,
@@ -310,6 +333,7 @@ struct DecodeModel : torch::CustomClassHolder {
     for (const Matrix& m : ms) {
       need_b |= m.kind == Kind::bf16;
       need_q |= m.kind == Kind::q8;
+      if (m.kind == Kind::q4) align = 64;
     }
     for (size_t i = 0; i < norms_.size(); ++i)
       norms.push_back(vec(norms_[i], qk_norm && i + 1 < norms_.size() && i % 4 >= 2 ? D : H, "a norm's weight"));
@@ -348,7 +372,7 @@ struct DecodeModel : torch::CustomClassHolder {
       // h += W x (x (K,) shared), each thread over its rows of W
       auto residual = [&](const Matrix& w, const float* x, int64_t K) {
         in.prepare(x, K);
-        const auto [b, e] = share(H, t, n);
+        const auto [b, e] = share(H, t, n, align);
         rows(w, in, s.x.data(), b, e);
         for (int64_t i = b; i < e; ++i) h[i] += s.x[i];
       };
@@ -382,7 +406,7 @@ struct DecodeModel : torch::CustomClassHolder {
         };
         rms_norm(h.data(), norm[0], s.x.data(), H, eps);
         in.prepare(s.x.data(), H);
-        if (kv_heads % n == 0) {
+        if (kv_heads % n == 0 && D % align == 0) {
           // Each thread owns whole key/value groups: its rows of q, k and v, then their attention, no barrier
           // between (two fewer a block than sharing the rows evenly)
           for (int64_t kv = t; kv < kv_heads; kv += n) {
@@ -396,7 +420,7 @@ struct DecodeModel : torch::CustomClassHolder {
             }
           }
         } else {
-          products(m, 3, in, qkv.data(), t, n);
+          products(m, 3, in, qkv.data(), t, n, align);
 #pragma omp barrier
           for (int64_t j = t; j < heads + kv_heads; j += n) place(j);
 #pragma omp barrier
@@ -409,7 +433,7 @@ struct DecodeModel : torch::CustomClassHolder {
         {
           rms_norm(h.data(), norm[1], s.x.data(), H, eps);
           in.prepare(s.x.data(), H);
-          const auto [b, e] = share(I, t, n);
+          const auto [b, e] = share(I, t, n, align);
           rows(m[4], in, act.data(), b, e);
           rows(m[5], in, up.data(), b, e);
           swiglu(act.data() + b, up.data() + b, e - b);
@@ -420,7 +444,7 @@ struct DecodeModel : torch::CustomClassHolder {
       }
       rms_norm(h.data(), norms.back(), s.x.data(), H, eps);
       in.prepare(s.x.data(), H);
-      const auto [b, e] = share(V, t, n);
+      const auto [b, e] = share(V, t, n, align);
       rows(ms.back(), in, logits, b, e);
     }
   }

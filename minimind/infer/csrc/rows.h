@@ -4,7 +4,8 @@
 //   fp32: 64 fused multiply-adds per iteration, four accumulators;
 //   bf16: x rounded to bf16, vdpbf16ps (32 products of bf16 pairs into fp32 per instruction, AVX512-BF16);
 //   int8: x quantized to int8 (one scale for the row: its largest |x| / 127), then vpdpbusd (64 products of bytes
-//         into int32 per instruction, AVX512-VNNI), scaled back to fp32 once per output.
+//         into int32 per instruction, AVX512-VNNI), scaled back to fp32 once per output;
+//   int4: PyTorch's packed int4 layout read in place, 64 rows at a time (q4_rows below), x in fp32.
 // One row at a time, read front to back (several rows interleaved streamed the weights ~2x slower from L3). Each loop
 // ends in plain C++ (the same arithmetic), which is all of it where the CPU or compiler lacks the instructions.
 #pragma once
@@ -147,8 +148,65 @@ inline void q8_rows(const uint8_t* xq, const int8_t* w, const int32_t* rowsum, f
   }
 }
 
-// Which row loops run on the CPU's vector instructions in this build ("f32" on AVX-512, "bf16" with AVX512-BF16,
-// "q8" with AVX512-VNNI, comma-separated): the others run their plain loops, slower than the library paths they
+// ---- int4 (PyTorch's CPU int4 pack, as minimind's Int4Linear holds it) ----
+
+// `torch._convert_weight_to_int4pack_for_cpu` lays rows out in blocks of 64: for block b and input k, 32 bytes, byte
+// j holding q[64 b + j, k] in its low nibble and q[64 b + j + 32, k] in its high one. scale_zeros (K / group, N, 2)
+// bf16 gives w = (q - 8) * scale + zero per group of `group` inputs. A block is computed vertically: for each k its 64
+// weights times x[k] into 64 accumulators, and at the end of each group y += scale * (acc - 8 sum x) + zero * sum x.
+// Rows [begin, end) must be whole blocks (N a multiple of 64; native.py checks the layout once per process).
+inline void q4_rows(const float* x, const uint8_t* w, const uint16_t* scale_zeros, float* y, int64_t N, int64_t K,
+                    int64_t group, int64_t begin, int64_t end) {
+  for (int64_t blk = begin / 64; blk < end / 64; ++blk) {
+    const uint8_t* p = w + blk * K * 32;
+#ifdef MM_AVX512
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m512i high_half = _mm512_set1_epi32(int32_t(0xFFFF0000u));
+    __m512 out[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t g0 = 0; g0 < K; g0 += group) {
+      __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+      float sx = 0.f;
+      for (int64_t k = g0; k < g0 + group; ++k) {
+        const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + k * 32));
+        const __m256i lo = _mm256_and_si256(bytes, low), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
+        const __m512 xk = _mm512_set1_ps(x[k]);
+        sx += x[k];
+        acc[0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(lo))), xk, acc[0]);
+        acc[1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(lo, 1))), xk, acc[1]);
+        acc[2] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_castsi256_si128(hi))), xk, acc[2]);
+        acc[3] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm256_extracti128_si256(hi, 1))), xk, acc[3]);
+      }
+      const uint16_t* sz = scale_zeros + ((g0 / group) * N + blk * 64) * 2;
+      const __m512 sum = _mm512_set1_ps(sx), eight_sum = _mm512_set1_ps(8.f * sx);
+      for (int a = 0; a < 4; ++a) {  // 16 (scale, zero) bf16 pairs: scale in each 32-bit lane's low half
+        const __m512i pair = _mm512_loadu_si512(sz + 32 * a);
+        const __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(pair, 16));
+        const __m512 zero = _mm512_castsi512_ps(_mm512_and_si512(pair, high_half));
+        out[a] = _mm512_fmadd_ps(scale, _mm512_sub_ps(acc[a], eight_sum), _mm512_fmadd_ps(zero, sum, out[a]));
+      }
+    }
+    for (int a = 0; a < 4; ++a) _mm512_storeu_ps(y + blk * 64 + 16 * a, out[a]);
+#else
+    for (int64_t j = 0; j < 64; ++j) {
+      float total = 0.f;
+      for (int64_t g0 = 0; g0 < K; g0 += group) {
+        float acc = 0.f, sx = 0.f;
+        for (int64_t k = g0; k < g0 + group; ++k) {
+          const uint8_t byte = p[k * 32 + (j & 31)];
+          acc += float(j < 32 ? byte & 15 : byte >> 4) * x[k];
+          sx += x[k];
+        }
+        const uint16_t* sz = scale_zeros + ((g0 / group) * N + blk * 64 + j) * 2;
+        total += bf16_to_float(sz[0]) * (acc - 8.f * sx) + bf16_to_float(sz[1]) * sx;
+      }
+      y[blk * 64 + j] = total;
+    }
+#endif
+  }
+}
+
+// Which row loops run on the CPU's vector instructions in this build ("f32" and "q4" on AVX-512, "bf16" with
+// AVX512-BF16, "q8" with AVX512-VNNI, comma-separated): the others run their plain loops, slower than the library paths they
 // would replace.
 inline std::string vector_ops() {
   std::string ops;
@@ -160,6 +218,7 @@ inline std::string vector_ops() {
 #ifdef __AVX512VNNI__
   ops += "q8,";
 #endif
+  ops += "q4,";
 #endif
   return ops;
 }
