@@ -58,8 +58,8 @@ from .sampling import (
 )
 
 
-def compiled_forward(model):
-    """`model.forward` under `torch.compile`, compiled once per model and kept on it.
+def compiled_forward(model, freezing: bool = True):
+    """`model.forward` under `torch.compile`, compiled once per model (and `freezing`) and kept on it.
 
     dynamic=True: the KV length grows every step, so one graph serves every length (the prompt and the one-token
     steps get a graph each). Inductor options: `freezing` folds the weights into the graph as constants, which lets
@@ -67,7 +67,9 @@ def compiled_forward(model):
     kernels from C++ rather than Python (less overhead per step). The price of freezing: weights changed after the
     first call are not seen. The first call compiles: tens of seconds. A model whose layers or tensors changed
     since (cast, moved, quantized, a layer replaced: `model_layout`) gets a new compile, whatever dynamo's guards
-    would have caught (torch 2.7's missed a replaced output head)."""
+    would have caught (torch 2.7's missed a replaced output head). `freezing=False` compiles without it, for a prefill
+    between native decodes (`DecodeBatch`): those stream the model's own weights, and a frozen copy read after them
+    comes from memory as well (the small preset's 32-token fp32 prefill: 30-80 ms after a decode, 21-44 unfrozen)."""
     def build():
         import torch._inductor.config as inductor_config
 
@@ -76,10 +78,10 @@ def compiled_forward(model):
         def fn(*args, **kwargs):
             # Graphs compile lazily, at a call, and part of Inductor reads its global config then (passing these as
             # torch.compile(options=...) loses freezing): so the options are set around every call.
-            with inductor_config.patch(freezing=True, cpp_wrapper=True):
+            with inductor_config.patch(freezing=freezing, cpp_wrapper=True):
                 return compiled(*args, **kwargs)
         return fn
-    return kept_on(model, "_minimind_compiled_forward", build)
+    return kept_on(model, "_minimind_compiled_forward" + ("" if freezing else "_unfrozen"), build)
 
 
 def decode_step(model):
@@ -237,7 +239,7 @@ class DecodeBatch:
         # first: building it moves the weights into huge pages, which the compiled functions' layout check would see
         self.native_step = kept_on(model, "_minimind_native_step", lambda: native_step(model)) \
             if compile and use_cache else None  # one row on a CPU: the whole step as one C++ call, or None
-        self.forward = compiled_forward(model) if compile else model
+        self.forward = compiled_forward(model, freezing=self.native_step is None) if compile else model
         self.compiled_step = compiled_step(model) if compile and use_cache else None
         self.use_cache = use_cache
         self.groups: list[Group] = []
