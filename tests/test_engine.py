@@ -137,7 +137,7 @@ def test_fixed_shape_step_equals_the_general_one(model, monkeypatch):
     def counted(m):
         step = engine.decode_step(m)
         return lambda *args: calls.append(1) or step(*args)
-    monkeypatch.setattr(engine, "compiled_forward", lambda m: m)
+    monkeypatch.setattr(engine, "compiled_forward", lambda m, **_: m)
     monkeypatch.setattr(engine, "compiled_step", counted)
     rows = [prompt(9, 1), prompt(4, 2)]
     T = max(len(r) for r in rows)

@@ -130,7 +130,7 @@ def test_compiled_batch_one_decoding_runs_it_and_gives_eagers_tokens(kind, monke
             return step(*args)
         return counting
     monkeypatch.setattr(engine, "native_step", counted)
-    monkeypatch.setattr(engine, "compiled_forward", lambda model: model)  # the prefill uncompiled: a faster test
+    monkeypatch.setattr(engine, "compiled_forward", lambda model, **_: model)  # the prefill uncompiled: a faster test
 
     def no_graph(model):
         def step(*args):

@@ -140,7 +140,7 @@ def test_compile_decodes_through_the_compiled_forward(model, tokenizer, monkeypa
     import minimind.infer.engine
 
     compiled = []
-    monkeypatch.setattr(minimind.infer.engine, "compiled_forward", lambda m: compiled.append(m) or m)
+    monkeypatch.setattr(minimind.infer.engine, "compiled_forward", lambda m, **_: compiled.append(m) or m)
     server, thread, url = start_server(create_app(model, tokenizer, model_name="tiny", compile=True))
     try:
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=60)
