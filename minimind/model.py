@@ -142,12 +142,16 @@ class CausalAttention(torch.autograd.Function):
         return dq, dk, dv
 
 
+# The CPU flash kernel is a private op of PyTorch's (there in torch 2.7 and 2.13): where it is gone, SDPA.
+FLASH_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+
+
 def use_hand_backward(q, is_causal: bool, mask, cache, dropout: float) -> bool:
     """Whether `CausalAttention` runs instead of SDPA: causal attention without mask, cache or dropout, bf16 on a
     CPU, being trained under torch.compile (eager, its unfused backward only matches SDPA's), with the backward's
     (B, H, T, T) scores at most 2^22 elements (batch 8 x 8 heads x 256 tokens; beyond, SDPA's is faster)."""
     B, H, T, _ = q.shape
-    return (is_causal and mask is None and cache is None and dropout == 0.0 and q.device.type == "cpu"
+    return (FLASH_CPU and is_causal and mask is None and cache is None and dropout == 0.0 and q.device.type == "cpu"
             and q.dtype == torch.bfloat16 and q.requires_grad and torch.compiler.is_compiling()
             and B * H * T * T <= 1 << 22)
 
