@@ -74,11 +74,14 @@ def kernel_floor(config, batch: int, seq: int, dtype, device, rounds: int) -> fl
         F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=H != Hkv).backward(dy)
     attention_cost = best(attention)
     if device.type == "cpu":  # or SDPA's forward and the five products of the hand-written backward (CausalAttention)
-        qg, p = q.detach().reshape(batch, Hkv, -1, D), torch.randn(batch, Hkv, H // Hkv * seq, seq, dtype=dtype)
-        products = [partial(F.scaled_dot_product_attention, q.detach(), k.detach(), v.detach(), is_causal=True,
-                            enable_gqa=H != Hkv), partial(torch.matmul, qg, k.detach().transpose(-2, -1)),
-                    partial(torch.matmul, qg, v.detach().transpose(-2, -1)), partial(torch.matmul, p, k.detach()),
-                    partial(torch.matmul, p.transpose(-2, -1), qg), partial(torch.matmul, p.transpose(-2, -1), qg)]
+        qg = q.detach().reshape(batch, Hkv, -1, D)  # a key/value head's query rows (dY has their shape)
+        p = torch.randn(batch, Hkv, H // Hkv * seq, seq, dtype=dtype)  # P, and dS alike
+        kd, vd = k.detach(), v.detach()
+        products = [partial(F.scaled_dot_product_attention, q.detach(), kd, vd, is_causal=True, enable_gqa=H != Hkv),
+                    partial(torch.matmul, qg, kd.transpose(-2, -1)),  # the scores again
+                    partial(torch.matmul, qg, vd.transpose(-2, -1)),  # dP = dY V^T
+                    partial(torch.matmul, p, kd),  # dQ = dS K
+                    *[partial(torch.matmul, p.transpose(-2, -1), qg)] * 2]  # dK = dS^T Q, dV = P^T dY
         attention_cost = min(attention_cost, sum(best(product) for product in products))
     total += config.num_hidden_layers * attention_cost
     return M / total

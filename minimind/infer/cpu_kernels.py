@@ -93,10 +93,16 @@ def _build() -> Path:
                                  stderr=subprocess.PIPE, text=True) for p, o in zip(sources, objects)]
         partial = os.path.join(scratch, "kernels.so")
         link = [compiler, "-shared", "-fopenmp", *objects, *libs, "-o", partial]
-        for p, job in zip(sources, jobs):
-            _, errors = job.communicate(timeout=600)
-            if job.returncode != 0:
-                raise OSError(f"{compiler} failed to build {p.name}: {errors.strip()[-2000:]}")
+        try:
+            for p, job in zip(sources, jobs):
+                _, errors = job.communicate(timeout=600)
+                if job.returncode != 0:
+                    raise OSError(f"{compiler} failed to build {p.name}: {errors.strip()[-2000:]}")
+        finally:  # a failed source: the others stop too, before their scratch directory goes
+            for job in jobs:
+                if job.poll() is None:
+                    job.kill()
+                    job.wait()
         done = subprocess.run(link, capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
             raise OSError(f"{compiler} failed to link minimind's kernels: {done.stderr.strip()[-2000:]}")

@@ -16,12 +16,11 @@ model's read PyTorch's packed int4 weights in place with x in fp32 (its eager ke
 """
 
 import ctypes
+import functools
 import mmap
 
 import torch
 from torch import nn
-
-import functools
 
 from ..quantize import Int4Linear, Int8Linear
 from .cpu_kernels import vector_ops
@@ -72,8 +71,8 @@ def layer_problem(layer: nn.Module, ops: frozenset[str]) -> str | None:
             return f"torch {torch.__version__} packs int4 weights in a layout the step does not read"
         return None
     if type(layer) is not nn.Linear:
-        return f"{type(layer).__name__} layers are not supported (plain linear, int8 or int4 layers only; merge a LoRA " \
-               "adapter first)"
+        return f"{type(layer).__name__} layers are not supported (plain linear, int8 or int4 layers only; merge a " \
+               "LoRA adapter first)"
     if layer.bias is not None:
         return "a linear layer with a bias"
     kind = {torch.float32: "f32", torch.bfloat16: "bf16"}.get(layer.weight.dtype)
@@ -92,9 +91,11 @@ def int4_layout_known() -> bool:
         packed = torch._convert_weight_to_int4pack_for_cpu(q, 1).to(torch.int32)
     except (AttributeError, RuntimeError):
         return False
+    if packed.numel() != 128 * 32:
+        return False
     blocks = packed.reshape(2, 64, 32)  # (row block, input, byte)
     unpacked = torch.cat([blocks & 15, blocks >> 4], dim=2).permute(0, 2, 1).reshape(128, 64)
-    return packed.numel() == 128 * 32 and torch.equal(unpacked, q)
+    return torch.equal(unpacked, q)
 
 
 HUGE_PAGE = 2 << 20
