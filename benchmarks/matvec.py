@@ -1,12 +1,12 @@
 """A batch-1 decode step's matrix products alone: library kernels against the fused reductions of
-`minimind.infer.matvec` under torch.compile, on the shapes of a preset (every Linear once, one row).
+`minimind.kernels.matvec` under torch.compile, on the shapes of a preset (every Linear once, one row).
 
     python benchmarks/matvec.py --threads 1
     python benchmarks/matvec.py --threads 2 --preset small
 
 Rows: fp32 and bf16 weights through `F.linear`, and through `MatVec` compiled (one graph for the whole step);
 int8 weights through `torch._weight_int8pack_mm` (what `Int8Linear` runs for several rows) and through `MatVec`'s
-reduction; bf16 and int8 through minimind's own one-row kernels (`minimind.infer.cpu_kernels`: what the compiled
+reduction; bf16 and int8 through minimind's own one-row kernels (`minimind.kernels.build`: what the compiled
 decode step runs where the CPU has them, and eager int8 for one row); int4 through
 `torch._weight_int4pack_mm_for_cpu` (what `Int4Linear` runs, eagerly and compiled). Time per step: the best
 of `--rounds` rounds of 50 steps, and the rate at which it streams the weights' bytes (scales included). The memory
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from minimind import MiniMindForCausalLM, preset
-from minimind.infer.cpu_kernels import vector_ops
-from minimind.infer.matvec import MatVec
+from minimind.kernels.build import vector_ops
+from minimind.kernels.matvec import MatVec, use_row_kernels
 from minimind.quantize import Int4Linear, Int8Linear
 
 
@@ -82,15 +82,13 @@ def main():
                 rows.append(("bf16 minimind kernel (`matvec_bf16`, compiled)", size(layers),
                              best_ms(fused(layers, dtype, vector_ops()), args.rounds)))
         int8 = [Int8Linear(m) for m in linears]
-        kernel = [m.q8 for m in int8]
-        for m in int8:
-            m.q8 = False  # PyTorch's kernel and the reduction first
+        kernel = "q8" in vector_ops()  # PyTorch's kernel and the reduction first
         rows.append(("int8 `_weight_int8pack_mm` (Int8Linear)", size(int8),
                      best_ms(library(int8, torch.float32), args.rounds)))
         rows.append(("int8 fused (`MatVec`, compiled)", size(int8), best_ms(fused(int8, torch.float32), args.rounds)))
-        if all(kernel):
+        if kernel:
             for m in int8:
-                m.q8 = True
+                use_row_kernels(m)
             rows.append(("int8 minimind kernel (`matvec_q8`, compiled)", size(int8),
                          best_ms(fused(int8, torch.float32), args.rounds)))
         int4 = [Int4Linear(m) for m in linears]

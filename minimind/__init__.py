@@ -2,8 +2,8 @@
 
 The names below load on first use (PEP 562), so that `import minimind` and the command line's `--help` do not
 wait for torch and transformers. Loading the model registers MiniMind with transformers' Auto classes
-(`AutoConfig`, `AutoModelForCausalLM`): `from minimind import MiniMindConfig` (or any other name but PRESETS)
-does it.
+(`AutoConfig`, `AutoModelForCausalLM`) and gives it the decode engine's `generate` (`minimind.infer`):
+`from minimind import MiniMindConfig` (or any other name but PRESETS) does both.
 """
 
 import importlib
@@ -28,7 +28,8 @@ def __getattr__(name):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'minimind' has no attribute {name!r}")
     if _EXPORTS[name] != "presets":
-        importlib.import_module(".model", __name__)  # the model, and with it the Auto classes' registration
+        # the model, with the Auto classes' registration and the decode engine's `generate`
+        importlib.import_module(".infer", __name__)
     value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value  # later reads skip this function
     return value

@@ -7,9 +7,9 @@ Face Llama's (`model.layers.0.self_attn.q_proj` ...), so a dense state dict load
 `transformers.LlamaForCausalLM` and back, and the public MiniMind checkpoints load here.
 
 Notable choices:
-- GQA is left to SDPA (`enable_gqa=True`); K/V are never materialised per query head. One exception:
-  compiled bf16 training on a CPU, where SDPA's backward is slow, runs `CausalAttention` (flash forward,
-  hand-written backward).
+- GQA is left to SDPA (`enable_gqa=True`); K/V are never materialised per query head. A layer can be given a
+  faster attention for some shapes (`Attention.fast_attention`; `minimind.kernels` has the CPU ones); none is
+  installed here.
 - The KV cache is preallocated and written in place; it grows by doubling, never by a `cat` per token.
 - MoE dispatch sorts token slots by expert and runs each expert once on its contiguous group, the
   same path in training and inference (no Python loop over tokens).
@@ -81,81 +81,6 @@ def apply_rope(q, k, cos, sin):
     return q_out.to(q.dtype), k_out.to(k.dtype)
 
 
-def one_query_attention(q, k, v, mask=None):
-    """Attention of one query per row, written as broadcast products and sums: q (B, H, 1, D), k and v (B, Hkv, S, D),
-    mask (B, 1, 1, S) bool or None -> (B, H, 1, D). The heads that share a key/value head are grouped rather than
-    the keys repeated, and scores and softmax are in float32. Under torch.compile Inductor fuses this into a few
-    loops over the cache; for one query that is several times faster on a CPU than SDPA's kernel, whose fixed cost
-    per call dominates at this size (benchmarks/generate.md)."""
-    B, H, _, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
-    q = q.reshape(B, Hkv, H // Hkv, 1, D).float()
-    scores = (q * k[:, :, None].float()).sum(-1) / math.sqrt(D)  # (B, Hkv, G, S)
-    if mask is not None:
-        scores = scores.masked_fill(~mask.reshape(B, 1, 1, S), float("-inf"))
-    p = scores.softmax(-1)
-    y = (p[..., None] * v[:, :, None].float()).sum(-2)  # (B, Hkv, G, D)
-    return y.reshape(B, H, 1, D).to(v.dtype)
-
-
-class CausalAttention(torch.autograd.Function):
-    """Causal self-attention with PyTorch's CPU flash kernel forward and a hand-written backward.
-
-    q (B, H, T, D), k and v (B, Hkv, T, D) -> (B, H, T, D). On a CPU, SDPA's backward takes about ten times its
-    forward (small preset, bf16: 22 vs 2 ms a layer); compiled, this backward takes a third of that. It recomputes
-    the probabilities from the saved q, k and the forward's logsumexp, P = exp(q k^T / sqrt(D) - lse) under the
-    causal mask, then, with D_i = sum_d dy_id y_id:
-        dV = P^T dY,   dP = dY V^T,   dS = P * (dP - D) / sqrt(D),   dQ = dS K,   dK = dS^T Q
-    as batched matrix products, the G = H / Hkv query heads of a key/value head stacked into one product's rows
-    (K and V are not repeated). It holds (B, H, T, T) scores during backward, so `Attention` uses it only for
-    compiled bf16 training on a CPU, and only while those are small (`use_hand_backward`): at batch 8 x 8 heads x 256
-    tokens (2^22 scores a layer) it takes 11-12 ms a layer against SDPA's 18-22; at 4x that (batch 32, or 512 tokens)
-    it takes 75-90 ms against 60-80.
-    """
-
-    @staticmethod
-    def forward(ctx, q, k, v):
-        G = q.shape[1] // k.shape[1]
-        # The kernel takes grouped heads natively only in recent torch (2.7 returns NaN): it gets them repeated.
-        y, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1), is_causal=True)
-        ctx.save_for_backward(q, k, v, y, lse)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        q, k, v, y, lse = ctx.saved_tensors
-        B, H, T, D = q.shape
-        Hkv = k.shape[1]
-        G, scale = H // Hkv, D ** -0.5
-        qg, dyg = q.reshape(B, Hkv, G * T, D), dy.reshape(B, Hkv, G * T, D)  # rows (g, t) of key/value head
-        scores = (qg @ k.transpose(-2, -1)).view(B, Hkv, G, T, T).float()
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        p = torch.where(causal, torch.exp(scores * scale - lse.view(B, Hkv, G, T, 1)), 0.0)
-        dp = (dyg @ v.transpose(-2, -1)).view(B, Hkv, G, T, T).float()
-        delta = (dy.float() * y.float()).sum(-1).view(B, Hkv, G, T, 1)
-        ds = (p * (dp - delta) * scale).to(q.dtype).view(B, Hkv, G * T, T)
-        p = p.to(q.dtype).view(B, Hkv, G * T, T)
-        dq = (ds @ k).view(B, H, T, D)
-        dk = ds.transpose(-2, -1) @ qg  # (B, Hkv, T, D): summed over the group's rows by the product
-        dv = p.transpose(-2, -1) @ dyg
-        return dq, dk, dv
-
-
-# The CPU flash kernel is a private op of PyTorch's (there in torch 2.7 and 2.13): where it is gone, SDPA.
-FLASH_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
-
-
-def use_hand_backward(q, is_causal: bool, mask, cache, dropout: float) -> bool:
-    """Whether `CausalAttention` runs instead of SDPA: causal attention without mask, cache or dropout, bf16 on a
-    CPU, being trained under torch.compile (eager, its unfused backward only matches SDPA's), with the backward's
-    (B, H, T, T) scores at most 2^22 elements (batch 8 x 8 heads x 256 tokens; beyond, SDPA's is faster)."""
-    B, H, T, _ = q.shape
-    return (FLASH_CPU and is_causal and mask is None and cache is None and dropout == 0.0 and q.device.type == "cpu"
-            and q.dtype == torch.bfloat16 and q.requires_grad and torch.compiler.is_compiling()
-            and B * H * T * T <= 1 << 22)
-
-
 class Attention(nn.Module):
     def __init__(self, config: MiniMindConfig):
         super().__init__()
@@ -174,6 +99,9 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.flash = config.flash_attn
         self.layer_idx = 0  # set by the model
+        # An optional faster attention for some shapes and devices, installed by `minimind.kernels.use_fast_attention`:
+        # fast_attention(self, q, k, v, mask, is_causal, cache) -> y, or None where it does not apply.
+        self.fast_attention = None
 
     def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None):
         B, T, _ = x.shape
@@ -185,25 +113,28 @@ class Attention(nn.Module):
         q, k = apply_rope(q, k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # (B, Hkv, S, D), S = past + T
-        dropout = self.dropout if self.training else 0.0
-        if T == 1 and not is_causal and not self.training and torch.compiler.is_compiling():
-            y = one_query_attention(q, k, v, mask)  # decoding under torch.compile: fused, where SDPA is a library call
-        elif self.flash and use_hand_backward(q, is_causal, mask, cache, dropout):
-            y = CausalAttention.apply(q, k, v)
-        elif self.flash:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
-                                               enable_gqa=self.n_kv_heads != self.n_heads)
-        else:  # explicit attention, for reading and for checking SDPA
-            rep = self.n_heads // self.n_kv_heads
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, H, S, D)
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
-            if is_causal:
-                mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - T)
-            if mask is not None:
-                scores = scores.masked_fill(~mask, float("-inf"))
-            y = F.dropout(scores.float().softmax(-1).type_as(q), dropout, self.training) @ v
+        y = self.fast_attention(self, q, k, v, mask, is_causal, cache) if self.fast_attention is not None else None
+        if y is None:
+            y = self.attend(q, k, v, mask, is_causal)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*D)
         return self.resid_dropout(self.o_proj(y))
+
+    def attend(self, q, k, v, mask=None, is_causal=False):
+        """softmax(q k^T / sqrt(D) + mask) v: q (B, H, T, D), k and v (B, Hkv, S, D) -> (B, H, T, D)."""
+        dropout = self.dropout if self.training else 0.0
+        if self.flash:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal,
+                                                  enable_gqa=self.n_kv_heads != self.n_heads)
+        # explicit attention, for reading and for checking SDPA
+        T, S = q.shape[2], k.shape[2]
+        rep = self.n_heads // self.n_kv_heads
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)  # (B, H, S, D)
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)  # (B, H, T, S)
+        if is_causal:
+            mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return F.dropout(scores.float().softmax(-1).type_as(q), dropout, self.training) @ v
 
 
 class FeedForward(nn.Module):
@@ -472,6 +403,11 @@ class MiniMindModel(MiniMindPreTrainedModel):
 
 
 class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
+    """The model with its output head (tied to the embedding): `forward` returns logits, and the shifted next-token
+    loss when given labels. Its `generate` is minimind's decode engine's (`minimind.infer.hf_generate`, attached when
+    `minimind.infer` loads, as any `from minimind import ...` of the model does); Hugging Face's own loop stays
+    reachable as `transformers.GenerationMixin.generate(model, ...)`."""
+
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
 
     def __init__(self, config: MiniMindConfig):
@@ -516,15 +452,6 @@ class MiniMindForCausalLM(MiniMindPreTrainedModel, GenerationMixin):
             targets = F.pad(labels[:, 1:], (0, 1), value=-100)  # (B, T): token t predicts labels[t + 1]
             loss = cross_entropy(logits.flatten(0, 1), targets.flatten())
         return MiniMindOutput(loss=loss, aux_loss=aux_loss, logits=logits, cache=cache, hidden_states=hidden)
-
-    def generate(self, inputs=None, generation_config=None, streamer=None, **kwargs):
-        """Hugging Face's calling convention (input_ids, attention_mask, max_new_tokens, do_sample, temperature,
-        top_k, top_p, repetition_penalty, eos_token_id, stop_strings + tokenizer, ...) plus `seed`, run by minimind's
-        own decode loop (`minimind.infer.generate`). Returns a LongTensor (B, T + n): the prompts, then the new tokens;
-        with `stream=True` and `tokenizer=`, an iterator of text pieces of one prompt's continuation instead."""
-        from .infer.hf import hf_generate
-
-        return hf_generate(self, inputs, generation_config, streamer=streamer, **kwargs)
 
 
 def register_auto_classes():

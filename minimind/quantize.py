@@ -8,29 +8,21 @@ The error of a weight is at most s_i / 2, half a step of its row's grid. What st
 lookup, not a product), the norms, and an MoE router (it is tiny, and a flipped routing decision costs more than
 the bytes saved). A tied output head gets its own int8 copy; the embedding keeps full precision.
 
-Why it is faster: decoding one token multiplies a vector by every weight matrix, so each step streams all the
-weights from memory and the time goes into bytes, not arithmetic (benchmarks/generate.md). int8 weights are a quarter
-of fp32's bytes. On a CPU the product of several rows (a prompt, a batch) runs in PyTorch's int8-weight kernel
+On a CPU the product of several rows (a prompt, a batch) runs in PyTorch's int8-weight kernel
 (`torch._weight_int8pack_mm`, bf16 activations in, converted back to the model's dtype out). That kernel is exact
-only when `in` is a multiple of 16 (it gives wrong numbers otherwise), and it is CPU-only here; anywhere else the
-row is dequantized per call (`F.linear(x, Q * s)`), which keeps the memory saving but not the speed.
-
-One row (a decode step) runs minimind's own kernel instead where the CPU has AVX512-VNNI
-(`minimind.infer.cpu_kernels`, `matvec_q8`): x rounded to int8 too, with one scale for the row (max |x| / 127),
-integer dot products, then both scales. That rounding of x costs the main job's model +0.04% held-out perplexity
-(75.22 -> 75.25, simulated with the same arithmetic), and the small preset's 57 products take 1.04 ms a step
-against 2.14 through `_weight_int8pack_mm` (two threads; benchmarks/generate.md). Quantize after loading, for inference: a
-quantized model is not for training or `save_pretrained`.
+only when `in` is a multiple of 16, and it is CPU-only; anywhere else the weights are dequantized per call
+(`F.linear(x, Q * s)`), which keeps the memory saving but not the speed. A faster one-row product (a decode step)
+can be installed on each layer (`row_product`; `minimind.kernels.use_row_kernels` does it where the CPU has
+AVX512-VNNI). Quantize after loading, for inference: a quantized model is not for training or `save_pretrained`.
 
     model = quantize_int8(model)      # in place; minimind generate / chat / serve / eval --quantize int8
 
 int4 (`quantize_int4`, `--quantize int4`, CPU only) follows llama.cpp's q4_1: every 32 consecutive weights of a row
 share a scale d and an offset m, the group's smallest weight: d = (max - min) / 15, q = round((W - m) / d) in
 [0, 15], W ~= q d + m, so the group's smallest and largest weights are exact and every other one is within d / 2;
-5 bits a weight with the scales, against int8's 8 and fp32's 32. (q4_0's symmetric grid, d = extreme / -8 with no
-offset, cost the main job's model 1.2% held-out perplexity where this costs 0.8%: benchmarks/generate.md.) The
-product runs in PyTorch's int4 CPU kernel (`torch._weight_int4pack_mm_for_cpu`, bf16 activations), which takes a
-layer only when its `in` is a multiple of 32 and its `out` of 16 (every preset's are).
+5 bits a weight with the scales, against int8's 8 and fp32's 32. The product runs in PyTorch's int4 CPU kernel
+(`torch._weight_int4pack_mm_for_cpu`, bf16 activations), which takes a layer only when its `in` is a multiple of 32
+and its `out` of 16 (every preset's are).
 
     model = quantize_int4(model)      # in place; --quantize int4
 """
@@ -62,11 +54,9 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", q)
         self.register_buffer("scale", scale)
         self.register_buffer("kernel_scale", scale.to(torch.bfloat16), persistent=False)  # what the kernel takes
-        from .infer.cpu_kernels import vector_ops
-
-        self.q8 = q.device.type == "cpu" and "q8" in vector_ops()  # minimind's one-row kernel for decoding
-        if self.q8:
-            self.register_buffer("rowsum", q.sum(1, dtype=torch.int32), persistent=False)
+        # A faster product for one row (a decode step), installed by `minimind.kernels.use_row_kernels`:
+        # row_product(self, x) -> y, as `forward` would give it.
+        self.row_product = None
 
     def dequantize(self, dtype=torch.float32) -> torch.Tensor:
         return (self.weight.float() * self.scale[:, None]).to(dtype)
@@ -76,9 +66,8 @@ class Int8Linear(nn.Module):
         return x.device.type == "cpu" and self.in_features % KERNEL_MULTIPLE == 0
 
     def forward(self, x):
-        if self.q8 and x.device.type == "cpu" and x.shape[:-1].numel() == 1:
-            y = torch.ops.minimind.matvec_q8(x.reshape(-1), [self.weight], [self.scale], [self.rowsum])
-            return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        if self.row_product is not None and x.shape[:-1].numel() == 1:
+            return self.row_product(self, x)
         if self.uses_kernel(x):
             rows = x.reshape(-1, self.in_features).to(torch.bfloat16)
             y = torch._weight_int8pack_mm(rows, self.weight, self.kernel_scale)

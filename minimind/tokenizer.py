@@ -26,7 +26,7 @@ SPECIAL_TOKENS = [PAD, BOS, EOS]  # ids 0, 1, 2
 
 # The markers of thinking and tool use (Qwen3's, as the public MiniMind uses them). The shipped tokenizer and the
 # ones `train_tokenizer` makes hold each as one token, at the last ids of the vocabulary; they are not "special"
-# (decoding keeps them, so the text a model writes can be parsed: `minimind.infer.parse`). A tokenizer without
+# (decoding keeps them, so the text a model writes can be parsed: `minimind.data.parse`). A tokenizer without
 # them (older models) spells them with ordinary tokens and works the same.
 MARKERS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
 

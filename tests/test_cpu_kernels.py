@@ -1,4 +1,4 @@
-"""minimind's one-row CPU kernels (`minimind.infer.cpu_kernels`, `csrc/matvec.cpp`): their numbers against the same
+"""minimind's one-row CPU kernels (`minimind.kernels.build`, `csrc/matvec.cpp`): their numbers against the same
 arithmetic written in torch, their errors, where they are used, and the fallback when they cannot be built."""
 
 import os
@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from minimind.infer.cpu_kernels import vector_ops
+from minimind.kernels.build import vector_ops
+from minimind.kernels.matvec import q8_row, use_row_kernels
 from minimind.quantize import Int8Linear, int8_rows
 
 OPS = vector_ops()
@@ -93,7 +94,9 @@ def test_int8_layers_use_the_kernel_for_one_row_only(monkeypatch):
     """One row (a decode step), eager: the q8 kernel; several rows (a prompt, a batch): PyTorch's int8 kernel."""
     torch.manual_seed(0)
     layer = Int8Linear(nn.Linear(64, 96, bias=False))
-    assert layer.q8 and torch.equal(layer.rowsum, layer.weight.sum(1, dtype=torch.int32))
+    assert layer.row_product is None  # quantizing alone installs no kernel
+    use_row_kernels(layer)
+    assert layer.row_product is q8_row and torch.equal(layer.rowsum, layer.weight.sum(1, dtype=torch.int32))
     x = torch.randn(1, 1, 64)
     y = layer(x)
     assert y.shape == (1, 1, 96)
@@ -140,9 +143,11 @@ def test_turned_off_or_unbuildable_they_fall_back(tmp_path):
     and int8 layers keep PyTorch's kernel."""
     code = ("import warnings; warnings.simplefilter('always')\n"
             "import torch; from torch import nn\n"
-            "from minimind.infer.cpu_kernels import vector_ops\n"
+            "from minimind.kernels.build import vector_ops\n"
+            "from minimind.kernels.matvec import use_row_kernels\n"
             "from minimind.quantize import Int8Linear\n"
-            "print(sorted(vector_ops()), Int8Linear(nn.Linear(32, 8, bias=False)).q8)")
+            "layer = use_row_kernels(Int8Linear(nn.Linear(32, 8, bias=False)))\n"
+            "print(sorted(vector_ops()), layer.row_product is not None)")
     off = run_python(code, MINIMIND_CPU_KERNELS="0", MINIMIND_CACHE=str(tmp_path / "off"))
     assert off.returncode == 0 and off.stdout.strip() == "[] False", off.stderr
     assert not (tmp_path / "off").exists()

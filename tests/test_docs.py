@@ -65,7 +65,7 @@ def _alarm(signum, frame):
 def kernels_built():
     """minimind's CPU kernels loaded before any block runs: a block that is the first in its process to use them
     (an int8 layer, the native decode step) would otherwise pay their one-time build (~15 s) in its budget."""
-    from minimind.infer.cpu_kernels import vector_ops
+    from minimind.kernels.build import vector_ops
 
     return vector_ops()
 

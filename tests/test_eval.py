@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from helpers import tiny_model
 
 from minimind.cli import main
-from minimind.infer.evaluate import document_windows, evaluate
+from minimind.eval.perplexity import document_windows, evaluate
 from minimind.tokenizer import load_tokenizer, save_tokenizer
 
 TEXTS = ["In the beginning God created the heaven and the earth.", "你好，世界 🙂", "x",

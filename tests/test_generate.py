@@ -340,7 +340,7 @@ def test_compiled_decode_equals_eager(int8):
     """`compile=True` (torch.compile: the prefill, then every step as one fixed-shape graph)
     gives eager's greedy tokens, for fp32 and int8 weights, on a padded batch. The slowest test here (two compiles
     per case, ~15-20 s each on a CPU)."""
-    from minimind.infer.native import native_step
+    from minimind.kernels.native import native_step
     from minimind.quantize import quantize_int8
 
     threads = torch.get_num_threads()

@@ -12,7 +12,7 @@ from test_serve import start_server
 
 from minimind.checkpoint import load_model
 from minimind.cli import main
-from minimind.infer.harness import run_tasks
+from minimind.eval.harness import run_tasks
 from minimind.serve.app import create_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")

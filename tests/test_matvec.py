@@ -1,5 +1,5 @@
-"""The batch-1 compiled decode step's own kernels: matrix products as fused reductions (`minimind.infer.matvec`)
-and one-query attention written out (`minimind.model.one_query_attention`), each against the library call it
+"""The batch-1 compiled decode step's own kernels: matrix products as fused reductions (`minimind.kernels.matvec`)
+and one-query attention written out (`minimind.kernels.attention.one_query_attention`), each against the library call it
 replaces."""
 
 import pytest
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minimind.infer.matvec import MatVec, with_matvecs
-from minimind.model import one_query_attention
+from minimind.kernels.matvec import MatVec, with_matvecs
+from minimind.kernels.attention import one_query_attention
 from minimind.quantize import Int8Linear, quantize_int4, quantize_int8
 
 from helpers import tiny_model

@@ -159,7 +159,7 @@ def test_a_malformed_tool_call_in_data_is_refused_with_file_and_line(tmp_path):
 def test_a_tokenizer_without_the_markers_and_with_plain_chatml_still_renders_tools(tmp_path):
     """Older models: their tokenizer spells the markers with ordinary tokens and carries the plain ChatML template."""
     from minimind.data.messages import encode_chat
-    from minimind.infer.parse import parse_output
+    from minimind.data.parse import parse_output
     from minimind.tokenizer import CHATML_TEMPLATE, MARKERS, SHIPPED
 
     spec = json.loads((SHIPPED / "tokenizer.json").read_text(encoding="utf-8"))

@@ -8,7 +8,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
 from minimind import KVCache, MiniMindConfig, MiniMindForCausalLM, preset
 from minimind.export.hf import llama_config
-from minimind.model import CausalAttention, MiniMindModel, MoEFeedForward, rope_frequencies, use_hand_backward
+from minimind.kernels.attention import CausalAttention, use_hand_backward
+from minimind.model import MiniMindModel, MoEFeedForward, rope_frequencies
 
 
 def tiny(**overrides):

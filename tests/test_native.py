@@ -1,4 +1,4 @@
-"""The whole batch-1 decode step as one C++ call (`minimind.infer.native`, `csrc/decode.cpp`): its logits and cache
+"""The whole batch-1 decode step as one C++ call (`minimind.kernels.native`, `csrc/decode.cpp`): its logits and cache
 writes against the model's own forward, fp32, bf16 and int8, with and without q/k norms, a padded row; the engine
 using it; the models it refuses, and its errors."""
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from minimind.infer.native import native_problem, native_step
+from minimind.kernels.native import native_problem, native_step
 from minimind.kv_cache import KVCache
 from minimind.quantize import quantize_int4, quantize_int8
 

@@ -1,10 +1,10 @@
-"""The output parser (minimind/infer/parse.py) and the built-in tools (minimind/tools.py)."""
+"""The output parser (minimind/data/parse.py) and the built-in tools (minimind/tools.py)."""
 
 import random
 
 import pytest
 
-from minimind.infer.parse import Parsed, StreamParser, parse_output
+from minimind.data.parse import Parsed, StreamParser, parse_output
 from minimind.tools import TOOLS, run_tool, tool_schemas
 
 FULL = ('<think>\nadd them\n</think>\n\nLet me compute.\n<tool_call>\n{"name": "calculator", "arguments": '

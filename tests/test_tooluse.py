@@ -48,9 +48,26 @@ def test_call_rate_reads_what_the_model_writes(one_thread):
     """A random model writes no call; the rate is measured on the held-out questions, greedily."""
     from helpers import tiny_model
 
-    from minimind.data.tooluse import calculator_call_rate
+    from minimind.eval.tooluse import calculator_call_rate
     from minimind.tokenizer import load_tokenizer
 
     rate = calculator_call_rate(tiny_model(max_position_embeddings=512).eval(), load_tokenizer(), n=4,
                                 max_new_tokens=4)
     assert rate == {"questions": 4, "well_formed": 0.0, "correct": 0.0}
+
+
+def test_eval_tasks_tooluse_prints_the_rate(tmp_path, capsys, one_thread):
+    """`minimind eval MODEL --tasks tooluse` loads the model and prints its held-out calculator-call rate."""
+    import json as json_module
+
+    from helpers import tiny_model
+
+    from minimind.cli import main
+    from minimind.tokenizer import load_tokenizer, save_tokenizer
+
+    model = tiny_model(max_position_embeddings=512)
+    model.save_pretrained(tmp_path)
+    save_tokenizer(load_tokenizer(), tmp_path)
+    main(["eval", str(tmp_path), "--tasks", "tooluse", "--limit", "3", "--json"])
+    out = json_module.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["tooluse"]["questions"] == 3 and 0.0 <= out["tooluse"]["correct"] <= out["tooluse"]["well_formed"]

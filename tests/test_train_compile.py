@@ -90,7 +90,7 @@ def test_compiled_lora_trains_only_the_adapters(tmp_path):
 
 
 def test_compiled_bf16_training_takes_the_hand_written_attention_backward(tmp_path, monkeypatch):
-    from minimind.model import CausalAttention
+    from minimind.kernels.attention import CausalAttention
 
     traced = []
     backward = CausalAttention.backward

@@ -1,10 +1,11 @@
 """`minimind eval MODEL`: loss, perplexity, bits per byte on held-out text (the description is
-minimind/infer/evaluate.py's), or lm-evaluation-harness tasks with --tasks (minimind/infer/harness.py)."""
+minimind/eval/perplexity.py's), lm-evaluation-harness tasks with --tasks (minimind/eval/harness.py), or the
+held-out calculator-call rate with --tasks tooluse (minimind/eval/tooluse.py)."""
 
 from . import docstring_of
 from .options import add_model_flags, load_for_inference
 
-DESCRIPTION = docstring_of("minimind.infer.evaluate")
+DESCRIPTION = docstring_of("minimind.eval.perplexity")
 
 
 def add_arguments(p):
@@ -19,7 +20,8 @@ def add_arguments(p):
     p.add_argument("--skip_bad_records", action="store_true", help="warn about bad records instead of stopping")
     g = p.add_argument_group("lm-evaluation-harness (pip install -e \".[eval]\")")
     g.add_argument("--tasks", default=None, help="run these lm-eval tasks instead of --data, comma-separated (e.g. "
-                                                 "arc_easy,hellaswag,ceval-valid,cmmlu); --limit: examples per task")
+                                                 "arc_easy,hellaswag,ceval-valid,cmmlu); --limit: examples per task. "
+                                                 "tooluse: minimind's held-out calculator-call rate (no lm-eval)")
     g.add_argument("--include_path", default=None, help="a folder of your own lm-eval task YAML files")
     g.add_argument("--num_fewshot", type=int, default=None, help="examples in the prompt (default: each task's)")
     g.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass (default: %(default)s)")
@@ -33,8 +35,10 @@ def main(args):
     from ..checkpoint import training_args
     from ..data import corpus
     from ..data.files import read_texts
-    from ..infer.evaluate import evaluate
+    from ..eval.perplexity import evaluate
 
+    if args.tasks is not None and args.tasks.strip() == "tooluse":
+        return run_tooluse(args)
     if args.tasks is not None:
         return run_harness(args)
     model, tokenizer = load_for_inference(args)
@@ -54,12 +58,12 @@ def main(args):
 
 
 def run_harness(args):
-    """--tasks: lm-evaluation-harness in-process (minimind.infer.harness); prints its table (or, with --json, its
+    """--tasks: lm-evaluation-harness in-process (minimind.eval.harness); prints its table (or, with --json, its
     results) and writes its JSON to --output_path."""
     import importlib.util
     import json
 
-    from ..infer.harness import INSTALL, results_table, run_tasks
+    from ..eval.harness import INSTALL, results_table, run_tasks
 
     if importlib.util.find_spec("lm_eval") is None:
         raise ValueError(INSTALL)
@@ -76,3 +80,23 @@ def run_harness(args):
     else:
         print(results_table(results))
     return results
+
+
+def run_tooluse(args):
+    """--tasks tooluse: the held-out calculator-call rate (minimind.eval.tooluse) of --limit questions (default 100)."""
+    import json
+    import time
+
+    from ..eval.tooluse import calculator_call_rate
+
+    if args.data is not None:
+        raise ValueError("give --data (loss and perplexity on your texts) or --tasks tooluse, not both")
+    start = time.perf_counter()
+    model, tokenizer = load_for_inference(args)
+    rate = calculator_call_rate(model, tokenizer, args.limit or 100)
+    if args.json:
+        print(json.dumps({"model": args.model, "tooluse": rate}))
+    else:
+        print(f"{args.model}: {rate['questions']} held-out questions, well-formed calculator call "
+              f"{rate['well_formed']:.0%}, right result {rate['correct']:.0%} ({time.perf_counter() - start:.0f} s)")
+    return rate

@@ -37,7 +37,7 @@ turn is cut.
 
 import json
 
-from ..infer.parse import THINK_CLOSE, THINK_OPEN
+from .parse import THINK_CLOSE, THINK_OPEN
 from .files import _error
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",

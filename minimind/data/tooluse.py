@@ -3,7 +3,7 @@ the assistant's call (exact arguments), the tool's real result, and the final an
 learns from it, on a CPU in minutes, to write a well-formed `<tool_call>` and to answer from the result.
 
     minimind data tooluse --out tooluse.jsonl --n 3000      # then: minimind train --stage sft --data tooluse.jsonl
-    python -m minimind.data.tooluse out/tool --n 100        # a trained model's held-out calculator-call rate
+    minimind eval out/tool --tasks tooluse --limit 100      # a trained model's held-out calculator-call rate
 
 A record is an SFT conversation in OpenAI's format, `{"tools": [...], "messages": [user, assistant with
 tool_calls, tool, assistant]}`; the tools offered are the one needed and one other, in random order, so the model
@@ -12,9 +12,8 @@ to a date, weekdays; English and Chinese questions. A quarter of the assistants 
 and some records need no tool (a greeting) so the model learns to answer plainly too.
 
 `tool_conversations(split, n)` is deterministic. The split is fixed by the question's text (`in_val`, ~10% held
-out): a held-out question never appears in the train split, which is what `calculator_call_rate` measures a model
-on: the share of held-out arithmetic questions answered with a well-formed calculator call, and with one whose
-result is right.
+out): a held-out question never appears in the train split; `calculator_questions` gives held-out arithmetic questions
+for `minimind.eval.tooluse` to measure a model on.
 """
 
 import datetime
@@ -142,49 +141,3 @@ def calculator_questions(n: int = 100, seed: int = SEED) -> list[tuple[str, str,
             out.append((question, rng.choice([t for t in TOOLS if t != "calculator"]),
                         run_tool("calculator", {"expression": e})))
     return out
-
-
-def calculator_call_rate(model, tokenizer, n: int = 100, max_new_tokens: int = 48, seed: int = SEED) -> dict:
-    """Greedy answers of `model` to `n` held-out arithmetic questions (calculator and one other tool offered):
-    `well_formed` is the share whose output parses to a calculator call (`minimind.infer.parse`), `correct` the
-    share whose call's result is the right number."""
-    from ..infer.generate import generate_text
-    from ..infer.parse import parse_output
-    from .messages import prompt_ids
-
-    well_formed = correct = 0
-    questions = calculator_questions(n, seed)
-    prompts = [prompt_ids(tokenizer, [{"role": "user", "content": q}], tool_schemas(["calculator", other]))
-               for q, other, _ in questions]
-    texts = []
-    for i in range(0, len(prompts), 16):  # greedy, 16 prompts at a time
-        texts += generate_text(model, tokenizer, prompts[i:i + 16], max_new_tokens)
-    for (question, other, expected), text in zip(questions, texts):
-        calls = parse_output(text).tool_calls
-        if calls and calls[0]["name"] == "calculator":
-            well_formed += 1
-            correct += run_tool("calculator", calls[0]["arguments"]) == expected
-    return {"questions": len(questions), "well_formed": well_formed / len(questions),
-            "correct": correct / len(questions)}
-
-
-def main(argv=None):
-    """`python -m minimind.data.tooluse MODEL [--n N]`: print MODEL's held-out calculator-call rate."""
-    import argparse
-    import time
-
-    from ..checkpoint import load_model
-
-    p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("model", help="a model directory (with its tokenizer)")
-    p.add_argument("--n", type=int, default=100, help="held-out questions (default: %(default)s)")
-    args = p.parse_args(argv)
-    start = time.perf_counter()
-    model, tokenizer = load_model(args.model)
-    rate = calculator_call_rate(model, tokenizer, args.n)
-    print(f"{args.model}: {rate['questions']} held-out questions, well-formed calculator call "
-          f"{rate['well_formed']:.0%}, right result {rate['correct']:.0%} ({time.perf_counter() - start:.0f} s)")
-
-
-if __name__ == "__main__":
-    main()

@@ -35,7 +35,7 @@ from pathlib import Path
 from ..checkpoint import training_args
 from ..data.messages import prompt_ids
 from .generate import GenerationStats, encode_prompts, stream
-from .parse import StreamParser
+from ..data.parse import StreamParser
 
 COMMANDS = "/reset, /system TEXT, /speed, /think, /help, /exit"
 
@@ -64,7 +64,7 @@ def completion_reason(spec, tokenizer=None) -> str | None:
 class ChatSession:
     """A conversation with a model: the system prompt, the turns so far, and the sampling settings.
 
-    `events(text)` streams what the model writes, read (`minimind.infer.parse`): ("reasoning", text),
+    `events(text)` streams what the model writes, read (`minimind.data.parse`): ("reasoning", text),
     ("content", text), ("tool_call", {"name", "arguments"}) and ("tool_result", text) after a call it ran; then the
     turn joins the history. `reply(text)` streams the answer's text alone. With `chat=False` (plain completion)
     every text is a fresh prompt to continue and no history is kept. `context`: the window the prompt plus the

@@ -47,7 +47,9 @@ import torch
 import torch.nn.functional as F
 
 from ..kv_cache import ColumnWrite, KVCache
-from .native import native_step
+from ..kernels.attention import use_fast_attention
+from ..kernels.matvec import use_row_kernels, with_matvecs
+from ..kernels.native import native_step
 from .sampling import (
     apply_repetition_penalty,
     as_id_list,
@@ -73,6 +75,7 @@ def compiled_forward(model, freezing: bool = True):
     def build():
         import torch._inductor.config as inductor_config
 
+        use_fast_attention(model)
         compiled = torch.compile(own_code(model.forward), dynamic=True)
 
         def fn(*args, **kwargs):
@@ -106,7 +109,7 @@ def compiled_step(model):
     `compile=True`).
 
     One row (batch-1 decoding) runs `with_matvecs(model)`: every matrix product a fused reduction over the weights
-    (`minimind.infer.matvec`), and attention written out (`model.one_query_attention`), so that Inductor compiles
+    (`minimind.kernels.matvec`), and attention written out (`minimind.kernels.attention.one_query_attention`), so that Inductor compiles
     the whole step into a few loops; there `freezing` is off, since it would fold a bf16 or int8 weight's conversion
     to float32 into a float32 copy. Several rows run the model's own layers with `compiled_forward`'s options
     (freezing: the weights are constants, prepacked for the CPU matmul kernels). The one-row graph takes its
@@ -123,11 +126,9 @@ def compiled_step(model):
     def build():
         import torch._inductor.config as inductor_config
 
-        from .matvec import with_matvecs
-
         skip_guards = getattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe", None)
         guards = {"guard_filter_fn": skip_guards} if skip_guards else {}
-        step = decode_step(with_matvecs(model))
+        step = decode_step(with_matvecs(use_fast_attention(model)))
         one_row = torch.compile(own_code(step), options={**guards, "cpp_wrapper": True, "memory_planning": True})
         rows = torch.compile(own_code(step), options=guards or None)
 
@@ -235,7 +236,7 @@ class DecodeBatch:
     `remove` / `keep` drop rows. Not thread-safe: one thread drives it."""
 
     def __init__(self, model, compile: bool = False, use_cache: bool = True):
-        self.model = model
+        self.model = use_row_kernels(model)  # one-row int8 products through minimind's kernel, where it has one
         # first: building it moves the weights into huge pages, which the compiled functions' layout check would see
         self.native_step = kept_on(model, "_minimind_native_step", lambda: native_step(model)) \
             if compile and use_cache else None  # one row on a CPU: the whole step as one C++ call, or None

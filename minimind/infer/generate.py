@@ -11,7 +11,7 @@ streaming text that never splits a UTF-8 character.
         print(piece, end="", flush=True)
 
 `model.generate(input_ids, attention_mask=..., max_new_tokens=..., do_sample=..., ...)` (Hugging Face's calling
-convention) lands in `minimind.infer.hf.hf_generate` and returns prompt + new tokens as a LongTensor (B, T + n).
+convention) lands in `minimind.infer.hf_generate.hf_generate` and returns prompt + new tokens as a LongTensor (B, T + n).
 
 Layers, bottom up:
 - `generate_tokens`: the decode loop. Yields the next token of every row, step by step, from one

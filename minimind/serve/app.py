@@ -203,10 +203,10 @@ class Endpoints:
     # log-probabilities (OpenAI's `logprobs`, `echo`; what lm-evaluation-harness's local-completions reads)
 
     def score(self, sequences: list[list[int]], top: int) -> list[dict]:
-        """`minimind.infer.evaluate.score_tokens` of the sequences, run while the worker waits between steps."""
+        """`minimind.eval.perplexity.score_tokens` of the sequences, run while the worker waits between steps."""
         import torch
 
-        from ..infer.evaluate import score_tokens
+        from ..eval.perplexity import score_tokens
 
         with self.engine.paused(), torch.inference_mode():
             return score_tokens(self.model, sequences, top)

@@ -1,5 +1,5 @@
 """A chat answer read as OpenAI returns it: the model's text split into `reasoning_content`, `content` and
-`tool_calls` (`minimind.infer.parse`), row by row, for a whole message or for streamed deltas.
+`tool_calls` (`minimind.data.parse`), row by row, for a whole message or for streamed deltas.
 
 Deltas follow OpenAI's (and vLLM's) shapes: `{"reasoning_content": ...}` and `{"content": ...}` pieces as the text
 comes; a tool call as one delta that opens it (`index`, `id`, `type`, `function.name`, empty `arguments`) and one
@@ -10,7 +10,7 @@ that carries its arguments (JSON text), sent once its closing tag has come. A ro
 import json
 import uuid
 
-from ..infer.parse import StreamParser
+from ..data.parse import StreamParser
 
 
 class ChatReader:

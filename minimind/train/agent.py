@@ -3,7 +3,7 @@
 The prompts offer tools (`--tools`, default: the built-in calculator; schemas from `minimind.tools`) in the chat
 template's system block. A rollout turn samples every still-running row at once through the decode engine (each
 row's whole context re-prefilled: prompt, its earlier turns and tool results); the text is read with
-`minimind.infer.parse.parse_output`; a turn that ends with `<|im_end|>` and holds tool calls has them run
+`minimind.data.parse.parse_output`; a turn that ends with `<|im_end|>` and holds tool calls has them run
 (`minimind.tools.run_tool`, or the `tool_runner` given), and the results are appended as the chat template renders
 them (a `<tool_response>` user turn, then the assistant's turn opened again); a turn with no call, or the
 `--max_turns`-th, ends the row. The row's tokens are then: prompt, turn 1, tool results, turn 2, ...; only the
@@ -18,7 +18,7 @@ The loss, advantages, logging and resume are GRPO's (`rl.py`).
 import torch
 
 from ..data.messages import render
-from ..infer.parse import parse_output
+from ..data.parse import parse_output
 from .config import TrainConfig
 from .rl import RolloutSteps, grpo_loss_fn, rl_parts
 from .rollout import Rollout, generate_rollouts

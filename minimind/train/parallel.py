@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..kernels.attention import use_fast_attention
+
 
 @dataclass
 class Dist:
@@ -47,7 +49,10 @@ def wrap(model, dist_info: Dist, device: torch.device, sharded: bool, compile: b
         wrapped = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
     else:
         wrapped = model
-    return torch.compile(wrapped) if compile else wrapped
+    if not compile:
+        return wrapped
+    use_fast_attention(model)  # e.g. a hand-written attention backward for bf16 on a CPU, where it is faster
+    return torch.compile(wrapped)
 
 
 def all_reduce_sum(tensor: torch.Tensor, dist_info: Dist) -> torch.Tensor:

@@ -7,6 +7,7 @@ does not have (beam search, ...) are refused with a clear error; `transformers.G
 
 import torch
 
+from ..model import MiniMindForCausalLM
 from .generate import generate, stream
 
 # --- Hugging Face's calling convention -----------------------------------------------------------------------------
@@ -112,3 +113,14 @@ def hf_generate(model, inputs=None, generation_config=None, streamer=None, **kwa
                     eos_token_id=settings.get("eos_token_id"), pad_token_id=settings.get("pad_token_id"),
                     stop_strings=settings.get("stop_strings"), streamer=streamer,
                     use_cache=settings["use_cache"], **own)
+
+
+def generate_method(self, inputs=None, generation_config=None, streamer=None, **kwargs):
+    """Hugging Face's calling convention (input_ids, attention_mask, max_new_tokens, do_sample, temperature,
+    top_k, top_p, repetition_penalty, eos_token_id, stop_strings + tokenizer, ...) plus `seed`, run by minimind's
+    own decode loop. Returns a LongTensor (B, T + n): the prompts, then the new tokens; with `stream=True` and
+    `tokenizer=`, an iterator of text pieces of one prompt's continuation instead."""
+    return hf_generate(self, inputs, generation_config, streamer=streamer, **kwargs)
+
+
+MiniMindForCausalLM.generate = generate_method

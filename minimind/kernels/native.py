@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ..quantize import Int4Linear, Int8Linear
-from .cpu_kernels import vector_ops
+from .build import vector_ops
+from .matvec import use_row_kernels
 
 _NONE = torch.empty(0)  # the scale and row-sum of a layer that has none
 
@@ -61,7 +62,7 @@ def linears(block) -> list[tuple[str, nn.Module]]:
 
 def layer_problem(layer: nn.Module, ops: frozenset[str]) -> str | None:
     if type(layer) is Int8Linear:
-        return None if layer.q8 else "an int8 layer without minimind's int8 kernel"
+        return None if "q8" in ops else "an int8 layer without minimind's int8 kernel"
     if type(layer) is Int4Linear:
         if "q4" not in ops:
             return "int4 weights without a vector kernel for them on this CPU"
@@ -147,6 +148,7 @@ def native_step(model):
     `kept_on`). Building it moves the weights of the products into 2 MiB pages (`into_huge_pages`)."""
     if native_problem(model) is not None:
         return None
+    use_row_kernels(model)  # the int8 layers' row sums
     layers = [m for block in model.model.layers for _, m in linears(block)] + [model.lm_head]
     into_huge_pages([layer.weight for layer in layers])
     weights, scales, rowsums = [], [], []

@@ -10,7 +10,7 @@ generation (`generate_until`, greedy through the decode engine). Text is tokeniz
 do: no bos token added, a context's trailing spaces moved to the continuation, an empty context replaced by the
 bos token. The same tokens go to `minimind serve` when lm-eval's `local-completions` model is pointed at it with
 this model's tokenizer (`tokenizer_backend=huggingface,tokenizer=MODEL`), and both score them with
-`minimind.infer.evaluate.score_tokens`, so the two routes give the same numbers.
+`minimind.eval.perplexity.score_tokens`, so the two routes give the same numbers.
 """
 
 import json
@@ -54,7 +54,7 @@ class MiniMindLM(TemplateLM):
         import torch
         from tqdm import tqdm
 
-        from .evaluate import score_tokens
+        from .perplexity import score_tokens
 
         out = []
         bar = tqdm(total=len(requests), desc="loglikelihood", disable=disable_tqdm or None)

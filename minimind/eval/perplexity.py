@@ -2,7 +2,7 @@
 
     minimind eval out/                          # the built-in corpus' held-out split
     minimind eval out/ --data notes.jsonl --json
-    minimind eval out/ --tasks arc_easy,hellaswag   # lm-evaluation-harness tasks instead (minimind/infer/harness.py)
+    minimind eval out/ --tasks arc_easy,hellaswag   # lm-evaluation-harness tasks instead (minimind/eval/harness.py)
 
 How it is scored:
 - Documents are scored one by one, not packed: each is tokenized as in pretraining, `<|im_start|> text <|im_end|>`,

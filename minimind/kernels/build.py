@@ -1,11 +1,11 @@
 """minimind's own CPU kernels for batch-1 decoding (`csrc/`): one-row matrix products on the CPU's dot-product
 instructions (`rows.h`), as torch ops that run eagerly and inside a compiled graph (`matvec.cpp`), and the whole
-decode step of a dense model as one call (`decode.cpp`, used through `minimind.infer.native`).
+decode step of a dense model as one call (`decode.cpp`, used through `minimind.kernels.native`).
 
     ops = vector_ops()                               # frozenset({"f32", "bf16", "q8", "q4"}) or a part; empty: none
     y = torch.ops.minimind.matvec_bf16(x, [wq, wk, wv])   # x (K,), w* (N_i, K) bf16 -> (N_q + N_k + N_v,) float32
     y = torch.ops.minimind.matvec_q8(x, [q], [scale], [rowsum])  # q (N, K) int8, scale (N,), rowsum (N,) int32
-    step = torch.classes.minimind.DecodeModel(...)   # see minimind.infer.native.native_step
+    step = torch.classes.minimind.DecodeModel(...)   # see minimind.kernels.native.native_step
 
 The sources are compiled on first use with the C++ compiler torch.compile uses on a CPU (`$CXX`, else `c++`) for this
 machine's instruction set (`-march=native`), about 15 seconds, and kept in `$MINIMIND_CACHE/kernels` (default

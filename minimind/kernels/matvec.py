@@ -11,7 +11,7 @@ scale) and fusing it with the norm, activation or residual around it. Measured o
 
 The reduction converts every bf16 or int8 weight to fp32 before its multiply-add, which bounds it once the weights
 sit in cache. Where the CPU has dot-product instructions for them (AVX512-BF16, AVX512-VNNI), bf16 and int8 layers
-call minimind's own kernels instead (`minimind.infer.cpu_kernels`): one op call per layer, opaque to Inductor.
+call minimind's own kernels instead (`minimind.kernels.build`): one op call per layer, opaque to Inductor.
 fp32 layers keep the reduction, which already streams them at the memory's rate.
 
     step_model = with_matvecs(model)   # shares every tensor; what `minimind.infer.engine.compiled_step` compiles
@@ -27,17 +27,37 @@ import torch
 from torch import nn
 
 from ..quantize import Int8Linear
+from .build import vector_ops
 
 
 def kernel_kind(layer: nn.Module, ops: frozenset[str]) -> str | None:
-    """Which of minimind's CPU kernels (`cpu_kernels`) computes `layer` for one row: "q8" (an `Int8Linear` that
+    """Which of minimind's CPU kernels (`build`) computes `layer` for one row: "q8" (an `Int8Linear` that
     uses it), "bf16" (a bf16 `nn.Linear`), or None (a compiled reduction, below). fp32 weights stay with the
     reduction: it streams them as fast as the kernel does and fuses the norms and activations around them."""
-    if type(layer) is Int8Linear and layer.q8:
+    if type(layer) is Int8Linear and layer.row_product is q8_row:
         return "q8"
     if "bf16" in ops and type(layer) is nn.Linear and layer.weight.dtype == torch.bfloat16:
         return "bf16"
     return None
+
+
+def q8_row(layer: Int8Linear, x) -> torch.Tensor:
+    """`Int8Linear.row_product` through minimind's int8 kernel: x rounded to int8 with one scale for the row
+    (max |x| / 127), integer dot products, then both scales; x (..., in) with one row -> (..., out) in x's dtype."""
+    y = torch.ops.minimind.matvec_q8(x.reshape(-1), [layer.weight], [layer.scale], [layer.rowsum])
+    return y.reshape(*x.shape[:-1], layer.out_features).to(x.dtype)
+
+
+def use_row_kernels(model: nn.Module) -> nn.Module:
+    """Give every `Int8Linear` of `model` on a CPU minimind's one-row int8 product (`q8_row`) where this machine's
+    kernels have it (AVX512-VNNI; `vector_ops`), in place; idempotent. Returns the model."""
+    layers = [m for m in model.modules() if type(m) is Int8Linear and m.weight.device.type == "cpu"]
+    if layers and "q8" in vector_ops():
+        for layer in layers:
+            if layer.row_product is not q8_row:
+                layer.register_buffer("rowsum", layer.weight.sum(1, dtype=torch.int32), persistent=False)
+                layer.row_product = q8_row
+    return model
 
 
 def kernel_call(kind: str, x, layers) -> torch.Tensor:
@@ -79,8 +99,6 @@ def with_matvecs(model: nn.Module) -> nn.Module:
     """A copy of `model` whose bias-free `nn.Linear` and `Int8Linear` layers are wrapped in `MatVec`. The copy
     shares every parameter and buffer with `model` (no weight is copied), so it sees in-place weight updates; the
     module tree is its own. Other layers (an unmerged LoRA layer, a biased linear) stay as they are."""
-    from .cpu_kernels import vector_ops
-
     tensors = [*model.parameters(), *model.buffers()]
     ops = vector_ops() if any(t.device.type == "cpu" for t in tensors) else frozenset()
     shared = {id(t): t for t in tensors}
