@@ -16,7 +16,7 @@ model's 25.8M, and a 2.3 MB adapter file.
 
 `LoRALinear` keeps the base weight under its old name (`...q_proj.weight`) and adds `...q_proj.lora_A` /
 `...q_proj.lora_B`, so the base weights load into an adapted model unchanged and the adapter file holds only the
-`lora_` tensors. Command line: `minimind lora --pretrained_path BASE ...` (see `minimind.train.lora`).
+`lora_` tensors. Command line: `minimind lora --pretrained_path BASE ...` (see `minimind.train.lora_finetune`).
 
 The files are PEFT's: tensors named `base_model.model.<module>.lora_A.weight` / `.lora_B.weight` and a LoraConfig
 (`peft_type`, `r`, `lora_alpha`, `target_modules`), so `peft.PeftModel.from_pretrained` puts a minimind adapter on

@@ -105,7 +105,7 @@ def kill_once_saved(argv, out, metric_lines=3, timeout=120):
     import sys
     import time
 
-    from minimind.train.checkpointing import STATE_FILE
+    from minimind.train.resume import STATE_FILE
 
     proc = subprocess.Popen([sys.executable, "-m", "minimind", *argv, "--output_dir", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -21,7 +21,7 @@ from minimind.lora import (
     merge_lora,
     save_adapter,
 )
-from minimind.train.lora import run_lora
+from minimind.train.lora_finetune import run_lora
 
 
 def stage_args(stage, argv):

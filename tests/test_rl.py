@@ -12,7 +12,7 @@ from helpers import kill_once_saved, save_model_dir, tiny_model
 from minimind.cli.train import parse_args
 from minimind.data.tasks import PromptDataset, arithmetic_problems, builtin_tasks
 from minimind.tokenizer import load_tokenizer
-from minimind.train.checkpointing import STATE_FILE
+from minimind.train.resume import STATE_FILE
 from minimind.train.ppo import gae, ppo_loss, value_loss
 from minimind.train.rewards import RewardError, Rewards, load_reward
 from minimind.train.rl import group_advantages, grpo_loss, kl_k3, run_grpo

@@ -16,7 +16,7 @@ import torch
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.cli.train import parse_args
-from minimind.train.checkpointing import STATE_FILE
+from minimind.train.resume import STATE_FILE
 from minimind.train.config import TrainConfig
 from minimind.train.pretrain import run
 from minimind.train.trainer import Trainer, TrainingError, lr_at

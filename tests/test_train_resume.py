@@ -10,10 +10,10 @@ import torch
 from helpers import kill_once_saved, tiny_model
 
 from minimind.cli.train import parse_args
-from minimind.train.checkpointing import STATE_FILE
+from minimind.train.resume import STATE_FILE
 from minimind.train.distill import run_distill
 from minimind.train.dpo import run_dpo
-from minimind.train.lora import run_lora
+from minimind.train.lora_finetune import run_lora
 
 RUN = ["--max_seq_len", "32", "--batch_size", "4", "--log_interval", "2", "--eval_interval", "0", "--eval_batches", "1",
        "--dtype", "fp32", "--max_steps", "40", "--save_steps", "4", "--learning_rate", "3e-3"]

@@ -27,6 +27,6 @@ def add_arguments(p):
 
 
 def main(args):
-    from ..train.lora import run_lora
+    from ..train.lora_finetune import run_lora
 
     run_lora(training_config(args, "lora"))

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset
 
 from ..tokenizer import tokenizer_hash
-from .files import TEXT_SUFFIXES, _error, read_records, read_texts, resolve_files
+from .files import TEXT_SUFFIXES, data_error, read_records, read_texts, resolve_files
 from .messages import encode_chat, parse_conversation, parse_pair
 from .tokens import (
     SPLITS,
@@ -73,7 +73,7 @@ class PretrainDataset(Dataset):
             n = len(self.stream) // seq_len
             self.index = split_sequences(n, split)
             if n == 0:
-                raise _error(data, f"only {len(self.stream)} tokens, less than one sequence of {seq_len}",
+                raise data_error(data, f"only {len(self.stream)} tokens, less than one sequence of {seq_len}",
                              "more text, or a smaller seq_len")
         self.num_tokens = len(self.index) * seq_len
         self.summary = (f"{name}: {counts['documents']:,} documents, {counts['characters']:,} characters, "
@@ -140,7 +140,8 @@ class StreamingPretrainDataset(IterableDataset):
             buffer = buffer[n * self.seq_len:]
 
 
-def _user_split(items: list, split: str) -> list:
+def split_items(items: list, split: str) -> list:
+    """The items of a user's dataset in `split` ("train" or "val"), by the fixed held-out split of `split_sequences`."""
     return [items[i] for i in split_sequences(len(items), split)]
 
 
@@ -157,7 +158,7 @@ class SFTDataset(Dataset):
             self.records = [parse_conversation(r, f"built-in:{i}")
                             for i, r in enumerate(corpus.sft_conversations(split))]
         else:
-            self.records = _user_split(read_records(data, parse_conversation, skip_bad_records), split)
+            self.records = split_items(read_records(data, parse_conversation, skip_bad_records), split)
         self.tokenizer, self.seq_len = tokenizer, seq_len
 
     def __len__(self):
@@ -178,7 +179,7 @@ class DPODataset(Dataset):
 
             self.pairs = [parse_pair(r, f"built-in:{i}") for i, r in enumerate(corpus.dpo_pairs(split))]
         else:
-            self.pairs = _user_split(read_records(data, parse_pair, skip_bad_records), split)
+            self.pairs = split_items(read_records(data, parse_pair, skip_bad_records), split)
         self.tokenizer, self.seq_len = tokenizer, seq_len
 
     def __len__(self):

@@ -27,7 +27,8 @@ class DataError(ValueError):
     """Bad input data. The message is one line: `path:line: what is wrong; what was expected`."""
 
 
-def _error(where, problem: str, expected: str | None = None) -> DataError:
+def data_error(where, problem: str, expected: str | None = None) -> DataError:
+    """A `DataError` that says where (a file, `file:line`, a field), what is wrong, and what was expected."""
     return DataError(f"{where}: {problem}" + (f"; expected {expected}" if expected else ""))
 
 
@@ -40,22 +41,22 @@ def resolve_files(data: str | os.PathLike, suffixes=TEXT_SUFFIXES) -> list[Path]
     if any(c in spec for c in "*?["):
         matches = sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).is_file())
         if not matches:
-            raise _error(spec, "the pattern matches no files")
+            raise data_error(spec, "the pattern matches no files")
         files = [p for p in matches if p.suffix.lower() in suffixes]
         if not files:
-            raise _error(spec, "the pattern matches no data files", f"files ending in {wanted}")
+            raise data_error(spec, "the pattern matches no data files", f"files ending in {wanted}")
         return files
     path = Path(spec)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
                        and not any(part.startswith(".") for part in p.relative_to(path).parts))
         if not files:
-            raise _error(path, "no data files in this folder", f"files ending in {wanted}")
+            raise data_error(path, "no data files in this folder", f"files ending in {wanted}")
         return files
     if not path.exists():
-        raise _error(path, "no such file or directory")
+        raise data_error(path, "no such file or directory")
     if path.suffix.lower() not in suffixes:
-        raise _error(path, f"unsupported file type '{path.suffix}'", f"a file ending in {wanted}")
+        raise data_error(path, f"unsupported file type '{path.suffix}'", f"a file ending in {wanted}")
     return [path]
 
 
@@ -84,9 +85,9 @@ def _open_text(path: Path):
     with open(path, "rb") as f:
         head = f.read(8192)
     if not head.strip():
-        raise _error(path, "the file is empty", "one record per line" if path.suffix != ".txt" else "text")
+        raise data_error(path, "the file is empty", "one record per line" if path.suffix != ".txt" else "text")
     if b"\0" in head:
-        raise _error(path, "not a text file (it holds binary data)", "UTF-8 text")
+        raise data_error(path, "not a text file (it holds binary data)", "UTF-8 text")
     return open(path, "rb")
 
 
@@ -99,13 +100,13 @@ def _jsonl_records(path: Path, bad: _BadRecords) -> Iterator[tuple[int, dict]]:
             try:
                 record = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError:
-                bad(_error(f"{path}:{n}", "not valid UTF-8", "UTF-8 text"))
+                bad(data_error(f"{path}:{n}", "not valid UTF-8", "UTF-8 text"))
                 continue
             except json.JSONDecodeError as e:
-                bad(_error(f"{path}:{n}", f"malformed JSON ({e.msg} at column {e.colno})", "one JSON object per line"))
+                bad(data_error(f"{path}:{n}", f"malformed JSON ({e.msg} at column {e.colno})", "one JSON object per line"))
                 continue
             if not isinstance(record, dict):
-                bad(_error(f"{path}:{n}", f"a JSON {type(record).__name__}, not an object", "one JSON object per line"))
+                bad(data_error(f"{path}:{n}", f"a JSON {type(record).__name__}, not an object", "one JSON object per line"))
                 continue
             yield n, record
 
@@ -118,7 +119,7 @@ def _txt_documents(path: Path, bad: _BadRecords) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                bad(_error(f"{path}:{n}", "not valid UTF-8", "UTF-8 text"))
+                bad(data_error(f"{path}:{n}", "not valid UTF-8", "UTF-8 text"))
                 continue
             if line.strip():
                 start = start or n
@@ -138,21 +139,21 @@ def _parquet_documents(path: Path, bad: _BadRecords, column: str = "text") -> It
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        raise _error(path, f"not a Parquet file ({str(e).splitlines()[0]})", "a .parquet file") from None
+        raise data_error(path, f"not a Parquet file ({str(e).splitlines()[0]})", "a .parquet file") from None
     names = pf.schema_arrow.names
     if column not in names:
-        raise _error(path, f"no '{column}' column (columns: {', '.join(names)})", f"a string column named {column}")
+        raise data_error(path, f"no '{column}' column (columns: {', '.join(names)})", f"a string column named {column}")
     kind = pf.schema_arrow.field(column).type
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-        raise _error(path, f"column '{column}' holds {kind}", "strings")
+        raise data_error(path, f"column '{column}' holds {kind}", "strings")
     if pf.metadata.num_rows == 0:
-        raise _error(path, "the file is empty", "rows with a text column")
+        raise data_error(path, "the file is empty", "rows with a text column")
     row = 0
     for batch in pf.iter_batches(columns=[column], batch_size=4096):
         for text in batch.column(0).to_pylist():
             row += 1
             if text is None:
-                bad(_error(f"{path}:{row}", f"'{column}' is null", "a string"))
+                bad(data_error(f"{path}:{row}", f"'{column}' is null", "a string"))
                 continue
             yield row, text
 
@@ -160,10 +161,10 @@ def _parquet_documents(path: Path, bad: _BadRecords, column: str = "text") -> It
 def _jsonl_texts(path: Path, bad: _BadRecords) -> Iterator[tuple[int, str]]:
     for n, record in _jsonl_records(path, bad):
         if "text" not in record:
-            bad(_error(f"{path}:{n}", f'no "text" field (keys: {", ".join(record) or "none"})',
+            bad(data_error(f"{path}:{n}", f'no "text" field (keys: {", ".join(record) or "none"})',
                        '{"text": "..."}'))
         elif not isinstance(record["text"], str):
-            bad(_error(f"{path}:{n}", f'"text" is a {type(record["text"]).__name__}', "a string"))
+            bad(data_error(f"{path}:{n}", f'"text" is a {type(record["text"]).__name__}', "a string"))
         else:
             yield n, record["text"]
 
@@ -190,5 +191,5 @@ def read_records(data, parse, skip_bad_records: bool = False) -> list:
                 bad(e)
         bad.report()
     if not out:
-        raise _error(data, "no usable records")
+        raise data_error(data, "no usable records")
     return out

@@ -38,7 +38,7 @@ turn is cut.
 import json
 
 from .parse import THINK_CLOSE, THINK_OPEN
-from .files import _error
+from .files import data_error
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
          "tool": "tool"}  # read -> rendered
@@ -222,7 +222,7 @@ def _messages(value, where: str, field: str) -> list[dict]:
     try:
         return parse_messages(value)
     except MessageError as e:
-        raise _error(where, f"{field}{e.at} {e.problem}", e.expected) from None
+        raise data_error(where, f"{field}{e.at} {e.problem}", e.expected) from None
 
 
 def parse_conversation(record: dict, where: str) -> list[dict]:
@@ -230,22 +230,22 @@ def parse_conversation(record: dict, where: str) -> list[dict]:
     `Conversation`; DataError if invalid."""
     field = "conversations" if "conversations" in record else "messages" if "messages" in record else None
     if field is None:
-        raise _error(where, f'no "conversations" or "messages" field (keys: {", ".join(record) or "none"})',
+        raise data_error(where, f'no "conversations" or "messages" field (keys: {", ".join(record) or "none"})',
                      '{"conversations": [{"role": ..., "content": ...}, ...]}')
     messages = _messages(record[field], where, field)
     if not any(m["role"] == "assistant" for m in messages):
-        raise _error(where, "no assistant message, nothing to learn", 'at least one {"role": "assistant", ...}')
+        raise data_error(where, "no assistant message, nothing to learn", 'at least one {"role": "assistant", ...}')
     try:
         tools = parse_tools(record.get("tools"))
     except MessageError as e:
-        raise _error(where, f"{e.at} {e.problem}", e.expected) from None
+        raise data_error(where, f"{e.at} {e.problem}", e.expected) from None
     return Conversation(messages, tools)
 
 
 def parse_pair(record: dict, where: str) -> tuple[list[dict], list[dict]]:
     """(chosen messages, rejected messages) of a DPO record, each ending with the assistant response."""
     if "chosen" not in record or "rejected" not in record:
-        raise _error(where, f'no "chosen" and "rejected" fields (keys: {", ".join(record) or "none"})',
+        raise data_error(where, f'no "chosen" and "rejected" fields (keys: {", ".join(record) or "none"})',
                      '{"chosen": [messages], "rejected": [messages]} or {"prompt", "chosen", "rejected"}')
     prompt = record.get("prompt")
     if isinstance(prompt, str):
@@ -257,13 +257,13 @@ def parse_pair(record: dict, where: str) -> tuple[list[dict], list[dict]]:
         value = record[field]
         if isinstance(value, str):
             if prompt is None:
-                raise _error(where, f'"{field}" is a string but there is no "prompt"',
+                raise data_error(where, f'"{field}" is a string but there is no "prompt"',
                              '{"prompt": "...", "chosen": "...", "rejected": "..."}')
             messages = prompt + [{"role": "assistant", "content": value}]
         else:
             messages = (prompt or []) + _messages(value, where, field)
         if messages[-1]["role"] != "assistant":
-            raise _error(where, f'"{field}" does not end with an assistant message', "the response last")
+            raise data_error(where, f'"{field}" does not end with an assistant message', "the response last")
         sides.append(messages)
     return sides[0], sides[1]
 

@@ -18,7 +18,7 @@ import random
 
 from torch.utils.data import Dataset
 
-from .files import _error, read_records
+from .files import data_error, read_records
 from .messages import _messages, prompt_ids
 
 TRAIN_SIZE, VAL_SIZE = 4000, 200
@@ -76,21 +76,21 @@ def builtin_tasks(split: str = "train") -> list[dict]:
 def parse_prompt_record(record: dict, where: str) -> dict:
     """A prompt record checked: {"messages": [...ending in a user turn], "prompt": the last user text, **fields}."""
     if not isinstance(record, dict):
-        raise _error(where, f"a record must be a JSON object, got {type(record).__name__}",
+        raise data_error(where, f"a record must be a JSON object, got {type(record).__name__}",
                      '{"prompt": "..."} or {"messages": [...]}')
     fields = dict(record)
     if "prompt" in fields:
         if not isinstance(fields["prompt"], str) or not fields["prompt"].strip():
-            raise _error(where, "field 'prompt' must be a non-empty string", '{"prompt": "What is 2 plus 3?"}')
+            raise data_error(where, "field 'prompt' must be a non-empty string", '{"prompt": "What is 2 plus 3?"}')
         messages = [{"role": "user", "content": fields["prompt"]}]
     else:
         key = "messages" if "messages" in fields else "conversations" if "conversations" in fields else None
         if key is None:
-            raise _error(where, "no 'prompt', 'messages' or 'conversations' field",
+            raise data_error(where, "no 'prompt', 'messages' or 'conversations' field",
                          '{"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}')
         messages = _messages(fields.pop(key), where, key)
         if not messages or messages[-1]["role"] != "user":
-            raise _error(where, "the conversation must end with a user message (the model answers it)",
+            raise data_error(where, "the conversation must end with a user message (the model answers it)",
                          '[..., {"role": "user", "content": "..."}]')
         fields["prompt"] = messages[-1]["content"]
     return {**fields, "messages": messages}
@@ -108,9 +108,9 @@ class PromptDataset(Dataset):
             raw = [(f"built-in:{i}", r) for i, r in enumerate(builtin_tasks(split))]
             records = [parse_prompt_record(r, where) for where, r in raw]
         else:
-            from .datasets import _user_split
+            from .datasets import split_items
 
-            records = _user_split(read_records(data, parse_prompt_record, skip_bad_records), split)
+            records = split_items(read_records(data, parse_prompt_record, skip_bad_records), split)
         self.records, self.ids = records, []
         for i, r in enumerate(records):
             ids = prompt_ids(tokenizer, r["messages"], tools)

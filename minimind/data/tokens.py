@@ -20,7 +20,7 @@ import numpy as np
 
 from ..io import atomic_write
 from ..tokenizer import tokenizer_hash
-from .files import _error, read_texts
+from .files import data_error, read_texts
 
 logger = logging.getLogger("minimind")
 
@@ -183,7 +183,7 @@ def prepare_shards(data, tokenizer, out_dir, shard_tokens: int = 2**28, skip_bad
         if f is not None:
             f.close()
     if not totals["tokens"]:
-        raise _error(data, "no documents found", "text in the files")
+        raise data_error(data, "no documents found", "text in the files")
     index = {"format": SHARD_FORMAT, "version": 1, "tokenizer_hash": tokenizer_hash(tokenizer),
              "vocab_size": len(tokenizer), "dtype": np.dtype(dtype).name, "bos_token_id": tokenizer.bos_token_id,
              "eos_token_id": tokenizer.eos_token_id, "source": str(data), **totals, "shards": shards}
@@ -197,17 +197,17 @@ def load_shards(path, tokenizer=None) -> tuple[TokenStream, dict]:
     path = Path(path)
     index = json.loads((path / "index.json").read_text())
     if tokenizer is not None and index["tokenizer_hash"] != tokenizer_hash(tokenizer):
-        raise _error(path / "index.json", f"the shards were prepared with another tokenizer "
+        raise data_error(path / "index.json", f"the shards were prepared with another tokenizer "
                                           f"(hash {index['tokenizer_hash']}, this one is {tokenizer_hash(tokenizer)})",
                      "shards made with this tokenizer: re-run `minimind data prepare` with it")
     arrays = []
     for shard in index["shards"]:
         file = path / shard["file"]
         if not file.is_file():
-            raise _error(file, "shard file missing", "the files listed in index.json")
+            raise data_error(file, "shard file missing", "the files listed in index.json")
         arr = np.memmap(file, dtype=index["dtype"], mode="r")
         if len(arr) != shard["tokens"]:
-            raise _error(file, f"holds {len(arr)} tokens, index.json says {shard['tokens']}",
+            raise data_error(file, f"holds {len(arr)} tokens, index.json says {shard['tokens']}",
                          "an intact shard: re-run `minimind data prepare`")
         arrays.append(arr)
     return TokenStream(arrays), index

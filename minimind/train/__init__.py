@@ -4,7 +4,7 @@
   from it), and reading settings from a YAML / JSON file (`--config`).
 - `trainer.py`: the `Trainer`, the loop (AMP, accumulation, clipping, the NaN guard, evaluation), which knows
   nothing of a stage but its data and its loss. Beside it, its components: `parallel.py` (DDP / FSDP2 under
-  torchrun), `checkpointing.py` (the training state that resumes exactly), `metrics.py` (logging, the seed's
+  torchrun), `resume.py` (the training state that resumes exactly), `metrics.py` (logging, the seed's
   status lines, metrics.jsonl, TensorBoard / W&B, the loss curve).
 - `setup.py`: what every stage shares around it: the settings resolved, the run's start (logging, device,
   distributed, seed, tokenizer), the model, the data, the saved model directories.

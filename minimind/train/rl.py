@@ -207,7 +207,7 @@ def rl_parts(config: TrainConfig, command: str, tools: list[dict] | None = None)
     None (beta = 0), rewards, train_set, val_set, save_model). `tools`: the tool schemas the prompts offer."""
     from ..data.tasks import PromptDataset
     from .dpo import frozen_reference
-    from .lora import _targets, lora_saver
+    from .lora_finetune import lora_saver, target_names
     from .rewards import Rewards
     from .setup import build_model, model_saver, start
 
@@ -226,7 +226,7 @@ def rl_parts(config: TrainConfig, command: str, tools: list[dict] | None = None)
         from ..lora import apply_lora
 
         model.requires_grad_(False)
-        apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, _targets(config.lora_targets))
+        apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, target_names(config.lora_targets))
         save_model = lora_saver(tokenizer, False, str(config.pretrained_path))
     rewards = Rewards(config.reward, config.reward_model, config.device)
     log.info(f"Reward: {rewards!r}")

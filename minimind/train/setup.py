@@ -12,7 +12,7 @@ from ..checkpoint import best_device
 from ..config import MiniMindConfig
 from ..io import atomic_write
 from ..presets import FLAG_TO_FIELD, PRESETS, SEED_MODEL_DEFAULTS
-from .checkpointing import STATE_FILE
+from .resume import STATE_FILE
 from .config import TrainConfig
 from .metrics import banner, log, seed_line, setup_logging
 from .parallel import init_distributed

@@ -4,7 +4,7 @@ A stage differs only in its model, its data and its `loss_fn(model, batch) -> (l
 handles the rest: the optimizer (fused AdamW with decay on weight matrices only, or Muon for the hidden matrices plus
 AdamW, `--optimizer muon`), warmup + cosine schedule, gradient accumulation, clipping, autocast (bf16, or fp16 with a
 GradScaler), a NaN/inf guard, periodic evaluation and samples. Around it, each in
-its own module: `parallel.py` (DDP / FSDP2 under `torchrun`), `checkpointing.py` (the state that resumes exactly),
+its own module: `parallel.py` (DDP / FSDP2 under `torchrun`), `resume.py` (the state that resumes exactly),
 `metrics.py` (console, metrics.jsonl, TensorBoard / W&B, the loss curve).
 
 Data order is a pure function of (seed, epoch): one global permutation per epoch, consumed in chunks of the global
@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..checkpoint import resolve_dtype
-from .checkpointing import STATE_FILE, load_training_state, save_training_state
+from .resume import STATE_FILE, load_training_state, save_training_state
 from .config import TrainConfig
 from .metrics import MetricsLog, log, seed_line, setup_logging
 from .parallel import Dist, all_reduce_sum, unsharded_copy, wrap

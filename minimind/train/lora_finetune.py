@@ -39,7 +39,8 @@ def lora_saver(tokenizer, merge: bool, base_path: str | None = None):
     return save
 
 
-def _targets(values) -> list[str]:
+def target_names(values) -> list[str]:
+    """The layer names of --lora_targets, given as names, comma-separated lists of names, or both."""
     return [t for v in values for t in v.split(",") if t]
 
 
@@ -51,7 +52,7 @@ def run_lora(config: TrainConfig) -> dict | None:
     require_base(config, "lora")
     config, dist_info, tokenizer = start(config, "lora")
     model = build_model(config, tokenizer)
-    apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, _targets(config.lora_targets))
+    apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, target_names(config.lora_targets))
     train_set, val_set = load_data(config, tokenizer)
     return fit(config, "lora", model, train_set, val_set, dist_info,
                collate_fn=partial(collate, pad_id=tokenizer.pad_token_id),
