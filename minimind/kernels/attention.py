@@ -19,8 +19,7 @@ def one_query_attention(q, k, v, mask=None):
     """Attention of one query per row, written as broadcast products and sums: q (B, H, 1, D), k and v (B, Hkv, S, D),
     mask (B, 1, 1, S) bool or None -> (B, H, 1, D). The heads that share a key/value head are grouped rather than
     the keys repeated, and scores and softmax are in float32. Under torch.compile Inductor fuses this into a few
-    loops over the cache; for one query that is several times faster on a CPU than SDPA's kernel, whose fixed cost
-    per call dominates at this size (benchmarks/generate.md)."""
+    loops over the cache, where SDPA is one opaque call with a fixed cost (benchmarks/generate.md compares them)."""
     B, H, _, D = q.shape
     Hkv, S = k.shape[1], k.shape[2]
     q = q.reshape(B, Hkv, H // Hkv, 1, D).float()
@@ -35,16 +34,14 @@ def one_query_attention(q, k, v, mask=None):
 class CausalAttention(torch.autograd.Function):
     """Causal self-attention with PyTorch's CPU flash kernel forward and a hand-written backward.
 
-    q (B, H, T, D), k and v (B, Hkv, T, D) -> (B, H, T, D). On a CPU, SDPA's backward takes about ten times its
-    forward (small preset, bf16: 22 vs 2 ms a layer); compiled, this backward takes a third of that. It recomputes
+    q (B, H, T, D), k and v (B, Hkv, T, D) -> (B, H, T, D). It recomputes
     the probabilities from the saved q, k and the forward's logsumexp, P = exp(q k^T / sqrt(D) - lse) under the
     causal mask, then, with D_i = sum_d dy_id y_id:
         dV = P^T dY,   dP = dY V^T,   dS = P * (dP - D) / sqrt(D),   dQ = dS K,   dK = dS^T Q
     as batched matrix products, the G = H / Hkv query heads of a key/value head stacked into one product's rows
-    (K and V are not repeated). It holds (B, H, T, T) scores during backward, so `Attention` uses it only for
-    compiled bf16 training on a CPU, and only while those are small (`use_hand_backward`): at batch 8 x 8 heads x 256
-    tokens (2^22 scores a layer) it takes 11-12 ms a layer against SDPA's 18-22; at 4x that (batch 32, or 512 tokens)
-    it takes 75-90 ms against 60-80.
+    (K and V are not repeated). It holds (B, H, T, T) scores during backward, so it runs only for compiled bf16
+    training on a CPU, and only while those are small (`use_hand_backward`; benchmarks/README.md has the timings
+    that set the bounds).
     """
 
     @staticmethod

@@ -5,9 +5,7 @@ with one row (`F.linear`, MKL's or oneDNN's kernels) streams the weights at well
 bandwidth on a CPU, and its fixed cost per call adds up over the ~60 products of a step. Written instead as a
 broadcast product and a sum over `in`, the product is a plain reduction that Inductor compiles into a vectorised
 loop over the weight rows, reading each weight once, converting it in registers (bf16, or int8 times its row's
-scale) and fusing it with the norm, activation or residual around it. Measured on a 2-core CPU
-(`benchmarks/matvec.py`, table in benchmarks/generate.md): the small preset's 57 products in 3.2 ms (fp32), 1.75 ms
-(bf16) and 1.24 ms (int8) per step on two threads, against 9.8, 5.6 and 2.4 ms through the library calls.
+scale) and fusing it with the norm, activation or residual around it (`benchmarks/matvec.py` times both).
 
 The reduction converts every bf16 or int8 weight to fp32 before its multiply-add, which bounds it once the weights
 sit in cache. Where the CPU has dot-product instructions for them (AVX512-BF16, AVX512-VNNI), bf16 and int8 layers

@@ -5,9 +5,8 @@ with minimind's one-row product loops for fp32, bf16, int8 and int4 weights (`cs
     step = native_step(model)            # None where the model or the machine does not suit it (`native_problem`)
     logits = step(token, position, column, seen, cache.keys, cache.values)   # (1, V) float32
 
-`DecodeBatch(model, compile=True)` uses it for a batch of one row on a CPU (`minimind.infer.engine`): there it
-replaces the compiled one-row graph, which paid a dispatch and a fork and join of the thread pool for each of the
-step's ~60 products and ~100 other operations (benchmarks/generate.md has the rates).
+`DecodeBatch(model, compile=True)` uses it for a batch of one row on a CPU (`minimind.infer.engine`), in place of
+the compiled one-row graph (benchmarks/generate.md compares them).
 
 What it computes is the model's forward for one token, in fp32 around the products: a bf16 model's hidden states
 are not rounded to bf16 between operations as in its eager forward (closer to the fp32 model, not equal to the
@@ -108,10 +107,7 @@ def into_huge_pages(tensors: list[torch.Tensor]) -> bool:
     identity, shape, dtype and values, and gets a storage of its own (so that savers which look for tensors sharing
     memory, safetensors' and transformers', see none), in one anonymous memory map. The old storages are freed if
     nothing else holds them. Returns whether the kernel took the advice (False off Linux: the move is made anyway).
-
-    Why: a decode step reads every weight once, and with 4 KiB pages each 4 KiB costs a TLB miss, which in a virtual
-    machine is a two-level page walk. Measured on a 2-vCPU Xeon VM, the small preset's fp32 products alone (103 MB):
-    7.5 -> 5.3 ms a step on one thread, 2.45 -> 2.17 ms on two."""
+    A decode step reads every weight once: in 2 MiB pages it takes far fewer TLB misses than in 4 KiB ones."""
     unique = list({t.data_ptr(): t for t in tensors if t.is_contiguous() and t.device.type == "cpu"}.values())
     sizes = [-(-t.nbytes // 64) * 64 for t in unique]
     total = -(-sum(sizes) // HUGE_PAGE) * HUGE_PAGE
