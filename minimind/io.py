@@ -4,6 +4,7 @@ Everything that writes a file that matters writes it through `atomic_write`: und
 into place, so an interrupted run never leaves a complete-looking file.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -54,8 +55,40 @@ def atomic_write(path: str | Path, directory: bool = False):
             else:
                 for item in sorted(tmp.iterdir()):
                     os.replace(item, path / item.name)
+    except Exception as e:
+        if disk_full(e, path.parent):
+            raise DiskFullError(path) from e
+        raise
     finally:
         _remove(tmp)
+
+
+class DiskFullError(OSError, ValueError):
+    """A write that failed because its filesystem is full (a ValueError too: the command line prints it as one
+    line, as other errors a user can fix)."""
+
+    def __init__(self, path: Path):
+        free = shutil.disk_usage(path.parent).free
+        super().__init__(errno.ENOSPC, f"no space left on the device to write {path} ({free / 2**20:.1f} MiB free "
+                                       f"in {path.parent}); nothing was written there: free some space, or write "
+                                       "elsewhere, and run the command again")
+
+
+def disk_full(error: BaseException, directory: Path, reserve: int = 1 << 20) -> bool:
+    """Whether `error` (or one it came from) is a full filesystem: an OSError with errno ENOSPC, an error that quotes
+    its text, or any error while `directory`'s filesystem has less than `reserve` bytes free (torch's writer loses the
+    errno)."""
+    seen, depth = error, 0
+    while seen is not None and depth < 20:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if os.strerror(errno.ENOSPC) in str(seen):  # safetensors: "I/O error: No space left on device (os error 28)"
+            return True
+        seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    try:
+        return shutil.disk_usage(directory).free < reserve
+    except OSError:
+        return False
 
 
 def _remove(path: Path) -> None:

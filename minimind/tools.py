@@ -54,6 +54,8 @@ def format_number(x: int | float) -> str:
 
 # --- calculator -----------------------------------------------------------------------------------------------------
 
+MAX_DIGITS = 1000  # an integer result longer than this is refused (Python will not even print one over 4300)
+
 OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
              ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 
@@ -71,11 +73,16 @@ def _evaluate(node):
         if isinstance(node.op, ast.Pow) and (abs(right) > 100 or abs(left) > 1e6):
             raise ToolError("the power is too large (exponents up to 100, bases up to 1e6)")
         try:
-            return OPERATORS[type(node.op)](left, right)
+            value = OPERATORS[type(node.op)](left, right)
         except ZeroDivisionError:
             raise ToolError("division by zero") from None
         except OverflowError:
             raise ToolError("the result is too large") from None
+        if isinstance(value, complex):
+            raise ToolError(f"{ast.unparse(node)} has no real result")
+        if isinstance(value, int) and value.bit_length() > MAX_DIGITS * 3.33:
+            raise ToolError(f"the result is too large (more than {MAX_DIGITS} digits)")
+        return value
     raise ToolError(f"only numbers, + - * / // % ** and parentheses are allowed, not {ast.unparse(node)!r}")
 
 
@@ -85,7 +92,7 @@ def calculator(expression: str) -> str:
         raise ToolError("the expression is longer than 200 characters")
     try:
         tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError:
+    except (SyntaxError, ValueError):  # ValueError: a null byte, or text that is not valid Unicode (a lone surrogate)
         raise ToolError(f"cannot read {expression!r} as arithmetic") from None
     return format_number(_evaluate(tree))
 
