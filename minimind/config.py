@@ -27,20 +27,29 @@ MOE_ROUTERS = ("minimind2", "minimind3")
 # Keys that only a MiniMind-3 config.json has (its model always normalizes queries and keys per head).
 MINIMIND3_KEYS = ("router_aux_loss_coef", "num_experts")
 
-# The defaults that differ between the generations: MiniMind 2's, and MiniMind-3's (a model with qk_norm).
-GENERATION_DEFAULTS = {
-    False: dict(rms_norm_eps=1e-5, num_experts_per_tok=2, n_shared_experts=1, aux_loss_alpha=0.01,
-                moe_router="minimind2"),
-    True: dict(rms_norm_eps=1e-6, num_experts_per_tok=1, n_shared_experts=0, aux_loss_alpha=5e-4,
-               moe_router="minimind3"),
-}
+# What `qk_norm` switches. A model with per-head query/key norms is MiniMind-3's generation, and these six defaults
+# follow the generation: a field left None (or not given) takes its generation's value; a value given always wins.
+#   ffn_ratio: the SwiGLU width is ceil(ffn_ratio * hidden / 64) * 64 unless intermediate_size is given
+MINIMIND2_DEFAULTS = dict(ffn_ratio=8 / 3, rms_norm_eps=1e-5, num_experts_per_tok=2, n_shared_experts=1,
+                          aux_loss_alpha=0.01, moe_router="minimind2")
+MINIMIND3_DEFAULTS = dict(ffn_ratio=math.pi, rms_norm_eps=1e-6, num_experts_per_tok=1, n_shared_experts=0,
+                          aux_loss_alpha=5e-4, moe_router="minimind3")
+GENERATION_DEFAULTS = {False: MINIMIND2_DEFAULTS, True: MINIMIND3_DEFAULTS}  # by qk_norm
 
 
 def ffn_width(hidden_size: int, qk_norm: bool) -> int:
-    """The default SwiGLU width, rounded up to a multiple of 64: 8/3 * hidden (MiniMind 2), pi * hidden (MiniMind-3,
-    whose models are the ones with qk_norm)."""
-    ratio = math.pi if qk_norm else 8 / 3
-    return 64 * math.ceil(ratio * hidden_size / 64)
+    """The default SwiGLU width of a generation (`GENERATION_DEFAULTS`' ffn_ratio), rounded up to a multiple of 64."""
+    return 64 * math.ceil(GENERATION_DEFAULTS[qk_norm]["ffn_ratio"] * hidden_size / 64)
+
+def default_head_dim(hidden_size, num_attention_heads):
+    """hidden_size / num_attention_heads, or a ValueError where the heads do not divide it (give head_dim then)."""
+    if not isinstance(num_attention_heads, int) or num_attention_heads <= 0:
+        return None  # validate() names the field
+    if hidden_size % num_attention_heads:
+        raise ValueError(f"MiniMindConfig.num_attention_heads ({num_attention_heads}) must divide "
+                         f"hidden_size ({hidden_size}), or give head_dim")
+    return hidden_size // num_attention_heads
+
 
 # YaRN settings used when `inference_rope_scaling=True` (MiniMind's values).
 YARN_SCALING = {
@@ -54,6 +63,12 @@ YARN_SCALING = {
 
 
 class MiniMindConfig(PreTrainedConfig):
+    """The model's shape and settings. Fields the seeds name keep their names and MiniMind 2's defaults; with
+    `qk_norm=True` the fields left None take MiniMind-3's defaults instead (`MINIMIND3_DEFAULTS`: FFN width
+    pi * hidden, rms_norm_eps 1e-6, top-1 routing, no shared expert, Qwen3-MoE's router and aux-loss weight).
+    `head_dim` defaults to hidden_size / num_attention_heads, `moe_intermediate_size` to the FFN width. A field the
+    model cannot build is a ValueError naming it (`validate`)."""
+
     model_type = "minimind"
     keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the cache: its names from and before transformers 5.24
 
@@ -93,25 +108,16 @@ class MiniMindConfig(PreTrainedConfig):
         tie_word_embeddings: bool = True,
         **kwargs,
     ):
+        """Every field with its default, one a line (the seeds name them), so this runs past 60 lines."""
         # A MiniMind-3 config.json (its names: num_experts, router_aux_loss_coef; no qk_norm key, the model always
         # has it) reads as the same model here.
         minimind3 = qk_norm is None and any(k in kwargs for k in MINIMIND3_KEYS)
-        if "num_experts" in kwargs:
-            n_routed_experts = kwargs.pop("num_experts")
-        if "router_aux_loss_coef" in kwargs:
-            aux_loss_alpha = kwargs.pop("router_aux_loss_coef")
+        n_routed_experts = kwargs.pop("num_experts", n_routed_experts)
+        aux_loss_alpha = kwargs.pop("router_aux_loss_coef", aux_loss_alpha)
         qk_norm = bool(qk_norm) or minimind3
-        defaults = GENERATION_DEFAULTS[qk_norm]
-        rms_norm_eps = defaults["rms_norm_eps"] if rms_norm_eps is None else rms_norm_eps
-        num_experts_per_tok = defaults["num_experts_per_tok"] if num_experts_per_tok is None else num_experts_per_tok
-        n_shared_experts = defaults["n_shared_experts"] if n_shared_experts is None else n_shared_experts
-        aux_loss_alpha = defaults["aux_loss_alpha"] if aux_loss_alpha is None else aux_loss_alpha
-        moe_router = moe_router or defaults["moe_router"]
-        if head_dim is None and isinstance(num_attention_heads, int) and num_attention_heads > 0:
-            if hidden_size % num_attention_heads:
-                raise ValueError(f"MiniMindConfig.num_attention_heads ({num_attention_heads}) must divide "
-                                 f"hidden_size ({hidden_size}), or give head_dim")
-            head_dim = hidden_size // num_attention_heads
+        given = dict(rms_norm_eps=rms_norm_eps, num_experts_per_tok=num_experts_per_tok,
+                     n_shared_experts=n_shared_experts, aux_loss_alpha=aux_loss_alpha, moe_router=moe_router or None)
+        generation = {k: GENERATION_DEFAULTS[qk_norm][k] if v is None else v for k, v in given.items()}
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
@@ -119,9 +125,9 @@ class MiniMindConfig(PreTrainedConfig):
         self.vocab_size = vocab_size
         self.max_position_embeddings = max_position_embeddings
         self.intermediate_size = intermediate_size or ffn_width(hidden_size, qk_norm)
-        self.head_dim = head_dim
+        self.head_dim = head_dim if head_dim is not None else default_head_dim(hidden_size, num_attention_heads)
         self.qk_norm = qk_norm
-        self.rms_norm_eps = rms_norm_eps
+        self.rms_norm_eps = generation["rms_norm_eps"]
         self.rope_theta = rope_theta
         self.inference_rope_scaling = inference_rope_scaling
         # MiniMind's config.json carries the YaRN parameters as `rope_scaling`; kept here as `yarn_scaling`
@@ -133,13 +139,13 @@ class MiniMindConfig(PreTrainedConfig):
         self.hidden_act = hidden_act
         self.initializer_range = initializer_range
         self.use_moe = use_moe
-        self.num_experts_per_tok = num_experts_per_tok
+        self.num_experts_per_tok = generation["num_experts_per_tok"]
         self.n_routed_experts = n_routed_experts
-        self.n_shared_experts = n_shared_experts
+        self.n_shared_experts = generation["n_shared_experts"]
         self.moe_intermediate_size = moe_intermediate_size or self.intermediate_size
-        self.moe_router = moe_router
+        self.moe_router = generation["moe_router"]
         self.scoring_func = scoring_func
-        self.aux_loss_alpha = aux_loss_alpha
+        self.aux_loss_alpha = generation["aux_loss_alpha"]
         self.seq_aux = seq_aux
         self.norm_topk_prob = norm_topk_prob
         super().__init__(

@@ -19,7 +19,7 @@ PRESETS = {
 PRESETS["moe"] = PRESETS["small-moe"]
 
 # The public MiniMind's third generation (its released minimind-3 and minimind-3-moe): per-head query/key RMSNorm
-# (qk_norm), which brings MiniMind-3's other defaults (see config.GENERATION_DEFAULTS): FFN width
+# (qk_norm), which brings MiniMind-3's other defaults (config.MINIMIND3_DEFAULTS): FFN width
 # ceil(pi * hidden / 64) * 64 = 2432, rms_norm_eps 1e-6; the MoE has 4 routed experts of that width, top-1, no shared
 # expert, Qwen3-MoE's router and load-balancing loss (coefficient 5e-4). head_dim = hidden / heads = 96.
 PRESETS["minimind3"] = dict(hidden_size=768, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,

@@ -27,8 +27,10 @@ from .hf import (
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1")
 
-
 GGUF_ALIASES = {"fp32": "f32", "fp16": "f16"}
+
+GGUF_FILE_TYPES = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "bf16": "MOSTLY_BF16", "q8_0": "MOSTLY_Q8_0",
+                   "q4_0": "MOSTLY_Q4_0", "q4_1": "MOSTLY_Q4_1"}  # gguf.LlamaFileType's names
 
 
 # --- GGUF --------------------------------------------------------------------------------------------------
@@ -121,12 +123,37 @@ def gguf_vocab(tokenizer, vocab_size: int) -> tuple[list[str], list[int], list[s
 def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bool = False, name: str = "minimind"):
     """Write `model` and `tokenizer` as one GGUF file of llama.cpp's `llama` architecture (an MoE model as Mixtral
     is written: shared experts folded into the routed ones, expert tensors stacked), or `qwen3` / `qwen3moe` for a
-    qk_norm model. dtype: f32, f16, bf16, q8_0, q4_0 or q4_1
-    for the matrices (norms stay f32, as llama.cpp's converter keeps them; a q8_0 / q4_x matrix whose rows are not a
-    multiple of 32 falls back to f16)."""
+    qk_norm model. dtype: f32, f16, bf16, q8_0, q4_0 or q4_1 for the matrices (norms stay f32, as llama.cpp's
+    converter keeps them; a q8_0 / q4_x matrix whose rows are not a multiple of 32 falls back to f16). A ValueError,
+    before anything is written, for what the file cannot hold; the file appears whole or not at all."""
     import gguf
-    import numpy as np
 
+    config = model.config
+    arch, state = gguf_arch_and_state(model)
+    dtype = GGUF_ALIASES.get(dtype, dtype)
+    if dtype not in GGUF_DTYPES:
+        raise ValueError(f"--dtype {dtype}: not a GGUF export precision; choose one of {', '.join(GGUF_DTYPES)}")
+    out = check_output(out, force, "file")
+    if out.suffix != ".gguf":
+        raise ValueError(f"--out {out}: a GGUF file name ends in .gguf")
+    vocab = gguf_vocab(tokenizer, config.vocab_size)  # a ValueError for a tokenizer GGUF cannot hold
+    with atomic_write(out) as tmp:
+        w = gguf.GGUFWriter(tmp, arch=arch)
+        w.add_name(name)
+        w.add_file_type(getattr(gguf.LlamaFileType, GGUF_FILE_TYPES[dtype]))
+        add_model_metadata(w, config, arch)
+        add_tokenizer_metadata(w, tokenizer, vocab)
+        add_tensors(w, state, config, arch, dtype)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    return out
+
+
+def gguf_arch_and_state(model) -> tuple[str, dict]:
+    """llama.cpp's architecture for `model` ("llama", "qwen3" or "qwen3moe") and its state dict in fp32, its experts
+    laid out as that architecture reads them; a ValueError where the architecture cannot compute the model."""
     config = model.config
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.state_dict().items()}
     arch = ("qwen3moe" if config.use_moe else "qwen3") if config.qk_norm else "llama"
@@ -140,87 +167,86 @@ def export_gguf(model, tokenizer, out: str | Path, dtype: str = "f16", force: bo
     elif config.use_moe:  # as Mixtral, which llama.cpp runs as `llama` with expert tensors
         mixtral_config(config)  # refuses what Mixtral cannot compute
         state = mixtral_state_dict(state, config)
-    dtype = GGUF_ALIASES.get(dtype, dtype)
-    if dtype not in GGUF_DTYPES:
-        raise ValueError(f"--dtype {dtype}: not a GGUF export precision; choose one of {', '.join(GGUF_DTYPES)}")
-    out = check_output(out, force, "file")
-    if out.suffix != ".gguf":
-        raise ValueError(f"--out {out}: a GGUF file name ends in .gguf")
+    return arch, state
+
+
+def add_model_metadata(w, config, arch: str):
+    """The model's shape, RoPE and YaRN settings as GGUF keys."""
+    import gguf
+
+    w.add_context_length(config.max_position_embeddings)
+    w.add_embedding_length(config.hidden_size)
+    w.add_block_count(config.num_hidden_layers)
+    if config.use_moe:
+        w.add_expert_count(config.n_routed_experts)
+        w.add_expert_used_count(config.num_experts_per_tok)
+    if arch == "qwen3moe":
+        w.add_feed_forward_length(config.intermediate_size)
+        w.add_expert_feed_forward_length(folded_width(config))
+    else:
+        w.add_feed_forward_length(folded_width(config) if config.use_moe else config.intermediate_size)
+    w.add_head_count(config.num_attention_heads)
+    w.add_head_count_kv(config.num_key_value_heads)
+    w.add_key_length(config.head_dim)
+    w.add_value_length(config.head_dim)
+    w.add_rope_dimension_count(config.head_dim)
+    w.add_rope_freq_base(float(config.rope_theta))
+    w.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    w.add_vocab_size(config.vocab_size)
+    if config.rope_scaling is not None:  # YaRN, static, as MiniMind applies it
+        y = config.rope_scaling
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(float(y["factor"]))
+        w.add_rope_scaling_orig_ctx_len(int(y["original_max_position_embeddings"]))
+        w.add_rope_scaling_yarn_beta_fast(float(y["beta_fast"]))
+        w.add_rope_scaling_yarn_beta_slow(float(y["beta_slow"]))
+        # llama.cpp multiplies cos/sin by YaRN's magnitude scale 1 + 0.1 ln(factor) on top of this factor;
+        # MiniMind applies attention_factor alone, so divide that scale out.
+        w.add_rope_scaling_attn_factors(float(y["attention_factor"]) / (1 + 0.1 * math.log(y["factor"])))
+
+
+def add_tokenizer_metadata(w, tokenizer, vocab: tuple[list[str], list[int], list[str]]):
+    """The byte-level BPE vocabulary (`gguf_vocab`'s tokens, types and merges), special tokens and chat template as
+    GGUF keys."""
+    tokens, types, merges = vocab
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")  # the GPT-2 split regex, which a ByteLevel pre-tokenizer uses
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(merges)
+    for token_id, add in ((tokenizer.bos_token_id, w.add_bos_token_id), (tokenizer.eos_token_id,
+                          w.add_eos_token_id), (tokenizer.pad_token_id, w.add_pad_token_id)):
+        if token_id is not None:
+            add(token_id)
+    # As our tokenizer files: nothing is added by encoding. The chat template writes <|im_start|> itself.
+    w.add_add_bos_token(False)
+    w.add_add_eos_token(False)
+    if tokenizer.chat_template:
+        w.add_chat_template(tokenizer.chat_template)
+
+
+def add_tensors(w, state: dict, config, arch: str, dtype: str):
+    """Every tensor under llama.cpp's name, the matrices in `dtype` (f16 where a quantized row would not fit its
+    blocks of 32), the vectors in f32; Q and K permuted into `llama`'s RoPE layout."""
+    import gguf
+    import numpy as np
+
     Q = gguf.GGMLQuantizationType
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-                 "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[dtype]
-    tokens, types, merges = gguf_vocab(tokenizer, config.vocab_size)
-
-    with atomic_write(out) as tmp:
-        w = gguf.GGUFWriter(tmp, arch=arch)
-        w.add_name(name)
-        w.add_file_type(file_type)
-        w.add_context_length(config.max_position_embeddings)
-        w.add_embedding_length(config.hidden_size)
-        w.add_block_count(config.num_hidden_layers)
-        if config.use_moe:
-            w.add_expert_count(config.n_routed_experts)
-            w.add_expert_used_count(config.num_experts_per_tok)
-        if arch == "qwen3moe":
-            w.add_feed_forward_length(config.intermediate_size)
-            w.add_expert_feed_forward_length(folded_width(config))
+    for key, t in gguf_tensors(state, config):
+        if key == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # llama.cpp reuses token_embd, as its own converter writes it
+        if arch == "llama" and key.endswith("self_attn.q_proj.weight"):  # qwen3 rotates halves, as we do
+            t = to_llama_cpp_rope(t, config.num_attention_heads)
+        elif arch == "llama" and key.endswith("self_attn.k_proj.weight"):
+            t = to_llama_cpp_rope(t, config.num_key_value_heads)
+        data = t.numpy()
+        target = dtype if data.ndim >= 2 else "f32"
+        if target in ("q8_0", "q4_0", "q4_1") and data.shape[-1] % 32:
+            target = "f16"
+        if target == "f32":
+            w.add_tensor(gguf_tensor_name(key), data)
+        elif target == "f16":
+            w.add_tensor(gguf_tensor_name(key), data.astype(np.float16))
         else:
-            w.add_feed_forward_length(folded_width(config) if config.use_moe else config.intermediate_size)
-        w.add_head_count(config.num_attention_heads)
-        w.add_head_count_kv(config.num_key_value_heads)
-        w.add_key_length(config.head_dim)
-        w.add_value_length(config.head_dim)
-        w.add_rope_dimension_count(config.head_dim)
-        w.add_rope_freq_base(float(config.rope_theta))
-        w.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-        w.add_vocab_size(config.vocab_size)
-        if config.rope_scaling is not None:  # YaRN, static, as MiniMind applies it
-            y = config.rope_scaling
-            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-            w.add_rope_scaling_factor(float(y["factor"]))
-            w.add_rope_scaling_orig_ctx_len(int(y["original_max_position_embeddings"]))
-            w.add_rope_scaling_yarn_beta_fast(float(y["beta_fast"]))
-            w.add_rope_scaling_yarn_beta_slow(float(y["beta_slow"]))
-            # llama.cpp multiplies cos/sin by YaRN's magnitude scale 1 + 0.1 ln(factor) on top of this factor;
-            # MiniMind applies attention_factor alone, so divide that scale out.
-            w.add_rope_scaling_attn_factors(float(y["attention_factor"]) / (1 + 0.1 * math.log(y["factor"])))
-
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("gpt-2")  # the GPT-2 split regex, which a ByteLevel pre-tokenizer uses
-        w.add_token_list(tokens)
-        w.add_token_types(types)
-        w.add_token_merges(merges)
-        for token_id, add in ((tokenizer.bos_token_id, w.add_bos_token_id), (tokenizer.eos_token_id,
-                              w.add_eos_token_id), (tokenizer.pad_token_id, w.add_pad_token_id)):
-            if token_id is not None:
-                add(token_id)
-        # As our tokenizer files: nothing is added by encoding. The chat template writes <|im_start|> itself.
-        w.add_add_bos_token(False)
-        w.add_add_eos_token(False)
-        if tokenizer.chat_template:
-            w.add_chat_template(tokenizer.chat_template)
-
-        for key, t in gguf_tensors(state, config):
-            if key == "lm_head.weight" and config.tie_word_embeddings:
-                continue  # llama.cpp reuses token_embd, as its own converter writes it
-            if arch == "llama" and key.endswith("self_attn.q_proj.weight"):  # qwen3 rotates halves, as we do
-                t = to_llama_cpp_rope(t, config.num_attention_heads)
-            elif arch == "llama" and key.endswith("self_attn.k_proj.weight"):
-                t = to_llama_cpp_rope(t, config.num_key_value_heads)
-            data = t.numpy()
-            target = dtype if data.ndim >= 2 else "f32"
-            if target in ("q8_0", "q4_0", "q4_1") and data.shape[-1] % 32:
-                target = "f16"
-            if target == "f32":
-                w.add_tensor(gguf_tensor_name(key), data)
-            elif target == "f16":
-                w.add_tensor(gguf_tensor_name(key), data.astype(np.float16))
-            else:
-                qtype = {"bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1}[target]
-                w.add_tensor(gguf_tensor_name(key), gguf.quants.quantize(data, qtype), raw_dtype=qtype)
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-    return out
+            qtype = {"bf16": Q.BF16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1}[target]
+            w.add_tensor(gguf_tensor_name(key), gguf.quants.quantize(data, qtype), raw_dtype=qtype)

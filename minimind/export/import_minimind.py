@@ -152,7 +152,7 @@ def infer_config(state: dict, source: str, num_heads: int | None = None, **field
     inferred = {"hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": num_heads,
                 "num_key_value_heads": k_rows // head_dim, "vocab_size": vocab, "intermediate_size": shape(ffn)[0],
                 "tie_word_embeddings": tied}
-    if minimind3:  # qk_norm brings MiniMind-3's defaults for what shapes cannot tell (config.GENERATION_DEFAULTS)
+    if minimind3:  # qk_norm brings MiniMind-3's defaults for what shapes cannot tell (config.MINIMIND3_DEFAULTS)
         inferred.update(head_dim=head_dim, qk_norm=True)
     if experts:
         inferred.update(use_moe=True, n_routed_experts=len(experts), n_shared_experts=len(shared))

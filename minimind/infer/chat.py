@@ -178,22 +178,113 @@ def run_chat(session: ChatSession, input=None, output=None, show_speed: bool = F
     """The chat loop: read lines from `input` (default stdin), stream answers to `output` (default stdout).
     Thinking is shown dimmed (in a terminal; elsewhere between "[thinking] " and a new line) unless
     `show_thinking` is off; tool calls and their results each on a line of their own."""
-    input = input or sys.stdin
-    output = output or sys.stdout
-    interactive = input is sys.stdin and sys.stdin.isatty()
-    dim, undim = ("\x1b[2m", "\x1b[0m") if getattr(output, "isatty", lambda: False)() else ("[thinking] ", "")
+    ChatLoop(session, input or sys.stdin, output or sys.stdout, show_speed, show_thinking).run(banner)
 
-    def show(events):
+
+class ChatLoop:
+    """`run_chat`'s state: the session, where lines come from and answers go, and the two switches (/speed, /think)."""
+
+    def __init__(self, session: ChatSession, input, output, show_speed: bool, show_thinking: bool):
+        self.session, self.input, self.output = session, input, output
+        self.show_speed, self.show_thinking = show_speed, show_thinking
+        self.interactive = input is sys.stdin and sys.stdin.isatty()
+        tty = getattr(output, "isatty", lambda: False)()
+        self.dim, self.undim = ("\x1b[2m", "\x1b[0m") if tty else ("[thinking] ", "")
+
+    def run(self, banner: str | None = None):
+        if banner:
+            self.say(banner)
+        while True:
+            try:
+                line = self.read_line()
+            except KeyboardInterrupt:
+                self.say("\n(/exit or Ctrl-D to quit)")
+                continue
+            if line is None:
+                break
+            text = line.strip()
+            if not text:
+                continue
+            if text.startswith("/"):
+                if not self.command(text):
+                    break
+                continue
+            self.turn(text)
+
+    def say(self, text=""):
+        self.output.write(text + "\n")
+        self.output.flush()
+
+    def read_line(self) -> str | None:
+        if self.interactive:  # the builtin input() gives line editing and history in a terminal
+            try:
+                return builtins.input(">>> ")
+            except EOFError:
+                return None
+        line = self.input.readline()
+        return line.rstrip("\r\n") if line else None
+
+    def command(self, text: str) -> bool:
+        """Carry out a slash command; False for /exit and /quit."""
+        command, _, arg = text.partition(" ")
+        session = self.session
+        if command in ("/exit", "/quit"):
+            return False
+        if command == "/reset":
+            session.reset()
+            self.say("(history cleared)")
+        elif command == "/system" and not session.chat:
+            self.say("(plain completion has no system prompt)")
+        elif command == "/system":
+            session.system = arg.strip() or None
+            self.say(f"(system prompt: {session.system})" if session.system else "(system prompt removed)")
+        elif command == "/speed":
+            self.show_speed = not self.show_speed
+            self.say(f"(tokens/s after each answer: {'on' if self.show_speed else 'off'})")
+        elif command == "/think":
+            self.show_thinking = not self.show_thinking
+            self.say(f"(thinking: {'shown' if self.show_thinking else 'hidden'})")
+        elif command == "/help":
+            self.say(f"commands: {COMMANDS}; Ctrl-C stops an answer")
+        else:
+            self.say(f"(unknown command {command}; commands: {COMMANDS})")
+        return True
+
+    def turn(self, text: str):
+        """One user message and the streamed answer (Ctrl-C stops it), then what the context window dropped and,
+        with /speed, the rate."""
+        session, stats, dropped = self.session, GenerationStats(), self.session.dropped
+        try:
+            answer = session.events(text, stats)
+            try:
+                self.show(answer)
+            except KeyboardInterrupt:
+                self.output.write(" [stopped]")
+            finally:
+                answer.close()
+        except ValueError as e:  # the message does not fit the context window
+            self.say(f"({e})")
+            return
+        self.say()
+        if session.dropped > dropped:
+            self.say(f"(the oldest {session.dropped - dropped} message(s) no longer fit the context window and were "
+                     "dropped)")
+        if self.show_speed:
+            self.say(f"[{stats.new_tokens} tokens, {stats.tokens_per_second:.1f} tokens/s, prompt "
+                     f"{stats.prompt_tokens} tokens]")
+
+    def show(self, events):
         """Write the events of one turn; the state between them is whether thinking text is open."""
+        output = self.output
         thinking, line_open = False, False  # thinking text is being written; the line holds text
         for kind, value in events:
             if kind == "reasoning":
-                if show_thinking:
-                    output.write(("" if thinking else dim) + value)
+                if self.show_thinking:
+                    output.write(("" if thinking else self.dim) + value)
                     thinking = line_open = True
                 continue
             if thinking:
-                output.write(undim + "\n")
+                output.write(self.undim + "\n")
                 thinking = line_open = False
             if kind == "content":
                 output.write(value)
@@ -207,74 +298,4 @@ def run_chat(session: ChatSession, input=None, output=None, show_speed: bool = F
                 line_open = False
             output.flush()
         if thinking:
-            output.write(undim)
-
-    def say(text=""):
-        output.write(text + "\n")
-        output.flush()
-
-    def read_line() -> str | None:
-        if interactive:  # the builtin input() gives line editing and history in a terminal
-            try:
-                return builtins.input(">>> ")
-            except EOFError:
-                return None
-        line = input.readline()
-        return line.rstrip("\r\n") if line else None
-
-    if banner:
-        say(banner)
-    while True:
-        try:
-            line = read_line()
-        except KeyboardInterrupt:
-            say("\n(/exit or Ctrl-D to quit)")
-            continue
-        if line is None:
-            break
-        text = line.strip()
-        if not text:
-            continue
-        if text.startswith("/"):
-            command, _, arg = text.partition(" ")
-            if command in ("/exit", "/quit"):
-                break
-            if command == "/reset":
-                session.reset()
-                say("(history cleared)")
-            elif command == "/system" and not session.chat:
-                say("(plain completion has no system prompt)")
-            elif command == "/system":
-                session.system = arg.strip() or None
-                say(f"(system prompt: {session.system})" if session.system else "(system prompt removed)")
-            elif command == "/speed":
-                show_speed = not show_speed
-                say(f"(tokens/s after each answer: {'on' if show_speed else 'off'})")
-            elif command == "/think":
-                show_thinking = not show_thinking
-                say(f"(thinking: {'shown' if show_thinking else 'hidden'})")
-            elif command == "/help":
-                say(f"commands: {COMMANDS}; Ctrl-C stops an answer")
-            else:
-                say(f"(unknown command {command}; commands: {COMMANDS})")
-            continue
-        stats = GenerationStats()
-        dropped = session.dropped
-        try:
-            answer = session.events(text, stats)
-            try:
-                show(answer)
-            except KeyboardInterrupt:
-                output.write(" [stopped]")
-            finally:
-                answer.close()
-        except ValueError as e:  # the message does not fit the context window
-            say(f"({e})")
-            continue
-        say()
-        if session.dropped > dropped:
-            say(f"(the oldest {session.dropped - dropped} message(s) no longer fit the context window and were "
-                "dropped)")
-        if show_speed:
-            say(f"[{stats.new_tokens} tokens, {stats.tokens_per_second:.1f} tokens/s, prompt {stats.prompt_tokens} "
-                "tokens]")
+            output.write(self.undim)
