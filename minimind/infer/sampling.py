@@ -23,6 +23,9 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
+MIN_TEMPERATURE = 1e-6  # a lower sampling temperature samples as this one does (greedy but for near-ties)
+
+
 def token_chooser(do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None, generator: torch.Generator | None = None):
     """A function logits (B, V) -> next tokens (B,): argmax when greedy, else a draw from the filtered softmax.
@@ -30,6 +33,8 @@ def token_chooser(do_sample: bool = False, temperature: float = 1.0, top_k: int 
     Built once before the decode loop, so a step does no settings checks. temperature 0 is greedy."""
     if not do_sample or temperature == 0:
         return lambda logits: logits.argmax(-1)
+
+    temperature = max(temperature, MIN_TEMPERATURE)  # below it, logits / temperature overflows float32
 
     def choose(logits):
         logits = filter_logits(logits.float() / temperature, top_k, top_p)

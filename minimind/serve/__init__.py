@@ -8,20 +8,25 @@
     reply = client.chat.completions.create(model="out", messages=[{"role": "user", "content": "Hello"}])
 
 Endpoints: `GET /v1/models` (the one model served, named after MODEL or --model_name), `POST /v1/chat/completions`,
-`POST /v1/completions`, `GET /health` (status and batching counters), `GET /` (the web chat page). Both completion
+`POST /v1/completions`, `GET /health` (status and batching counters), `GET /` (the web chat page), `GET /tools` and `POST /tools/NAME`
+(the built-in tools the page runs). Both completion
 endpoints stream with `"stream": true` (server-sent events in OpenAI's chunk format, ending with `data: [DONE]`;
 `stream_options: {"include_usage": true}` adds a last chunk with the token counts).
 
 Request fields: model (optional; must be the served model's id when given), messages (read by the same rule as the
-training data, `minimind.data.messages`: roles system / developer (read as system) / user / assistant, content a
-string or a list of text parts joined with newlines, name accepted and dropped) or prompt (a string, a list of
-strings, or token ids; a string gets the <|im_start|> that begins every pretraining document, as in
+training data, `minimind.data.messages`: roles system / developer (read as system) / user / assistant / tool, content
+a string or a list of text parts joined with newlines, name accepted and dropped, assistant tool_calls) or prompt (a
+string, a list of strings, or token ids; a string gets the <|im_start|> that begins every pretraining document, as in
 `minimind generate`), max_tokens (max_completion_tokens in chat), temperature (0 = greedy; OpenAI's default 1),
-top_p, n, stop (a string or up to 4), seed, stream, stream_options; and two extensions: top_k and repetition_penalty.
-presence_penalty and frequency_penalty are refused when not 0 (the model has repetition_penalty instead), and so are
-logprobs, tools, logit_bias, JSON response formats, echo and best_of. Unknown fields are refused, naming the field;
-null is read as not given; types are strict (a number is a JSON number, an integer has no fraction). usage counts
-real tokens: the prompt's (once per prompt, whatever n) and every generated one (an ending eos included).
+top_p, n, stop (a string or up to 4), seed, stream, stream_options; in chat also tools, tool_choice and
+parallel_tool_calls (OpenAI's function tools, rendered into the prompt; the answer's calls come back as tool_calls),
+logprobs and top_logprobs, and enable_thinking (or chat_template_kwargs {"enable_thinking"}: thinking on or off; the
+answer's thinking comes back as reasoning_content); in completions also echo and logprobs (as lm-evaluation-harness's
+local-completions asks for them); and two extensions: top_k and repetition_penalty. presence_penalty and
+frequency_penalty are refused when not 0 (the model has repetition_penalty instead), and so are logit_bias, JSON
+response formats, best_of, suffix and the audio and legacy function fields. Unknown fields are refused, naming the
+field; null is read as not given; types are strict (a number is a JSON number, an integer has no fraction). usage
+counts real tokens: the prompt's (once per prompt, whatever n) and every generated one (an ending eos included).
 
 Chat requests are formatted with the tokenizer's chat template; a tokenizer without one gets a 400 that says to use
 /v1/completions (this server does not guess a format). A pretrain-only model still answers chat requests through the
@@ -33,6 +38,7 @@ key (`--api_key` or MINIMIND_API_KEY; then `Authorization: Bearer KEY` is requir
 model or route, 413 for a body over --max_request_bytes. max_tokens is capped by --max_tokens_limit; without it a
 request gets what is left of the context window, up to that cap.
 
-The parts: `protocol.py` (the requests as pydantic models, and errors), `worker.py` (the batching worker), `app.py`
-(the endpoints and the chat page), `server.py` (socket and uvicorn).
+The parts: `protocol.py` (the requests as pydantic models, and errors), `worker.py` (the batching worker),
+`answer.py` (one job's answer, whole or streamed), `reply.py` (a chat answer's text read as reasoning, content and
+tool calls), `app.py` (the endpoints, the chat page and the tools it runs), `server.py` (socket and uvicorn).
 """

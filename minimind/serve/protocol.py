@@ -95,8 +95,21 @@ def _text_format(value):
 
 Off = Annotated[Any, AfterValidator(_off)]  # a feature of UNSUPPORTED
 Penalty = Annotated[float, Field(ge=-2, le=2), AfterValidator(_zero)]  # presence / frequency: only 0
-Stops = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
-                  AfterValidator(lambda stops: [s for s in stops if s]),
+def valid_text(param: str, text: str) -> str:
+    """`text` if it is valid Unicode (encodable as UTF-8); a refusal naming `param` for a lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise refused(param, f"{param} is not valid Unicode text (a lone surrogate {text[e.start]!r} at character "
+                             f"{e.start}); send UTF-8 text") from None
+    return text
+
+
+def _stops(stops: list[str]) -> list[str]:
+    return [valid_text(f"stop[{i}]", s) for i, s in enumerate(stops) if s]
+
+
+Stops = Annotated[list[str], BeforeValidator(lambda v: [v] if isinstance(v, str) else v), AfterValidator(_stops),
                   Field(max_length=MAX_STOPS, description=f"a string or a list of up to {MAX_STOPS} strings")]
 
 
@@ -268,6 +281,8 @@ class CompletionRequest(_Request):
             if not (isinstance(p, str) or _token_ids(p)):
                 raise refused(f"prompt[{i}]", f"prompt[{i}] must be a string or a list of token ids, got "
                                               f"{json.dumps(p)[:80]}")
+            if isinstance(p, str):
+                valid_text(f"prompt[{i}]", p)
         return value
 
     @model_validator(mode="after")

@@ -1,0 +1,58 @@
+"""Inputs that once broke the server answer cleanly: a 400 naming the field, or a normal answer; never a 500, and
+never another request's failure."""
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from test_serve import http_call, start_server
+
+from minimind import MiniMindConfig, MiniMindForCausalLM
+from minimind.infer.sampling import token_chooser
+from minimind.serve.app import create_app
+from minimind.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def url():
+    torch.manual_seed(0)
+    model = MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                               num_key_value_heads=2, vocab_size=6400,
+                                               max_position_embeddings=256)).eval()
+    server, thread, url = start_server(create_app(model, load_tokenizer(), model_name="tiny", max_batch=4))
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_tiny_temperature_samples_and_fails_no_other_request(url):
+    """temperature 1e-300 passes validation ([0, 2]); it used to make inf / NaN probabilities, a 500 for it and for
+    the requests decoded beside it."""
+    tiny = {"model": "tiny", "prompt": "Hello", "max_tokens": 8, "temperature": 1e-300}
+    good = {"model": "tiny", "prompt": "The sun", "max_tokens": 8, "temperature": 0.8, "seed": 1}
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda body: http_call(url + "/v1/completions", body), [tiny, good, good, tiny]))
+    assert [status for status, _, _ in answers] == [200] * 4, [body[:200] for _, _, body in answers]
+    greedy = http_call(url + "/v1/completions", {**tiny, "temperature": 0})
+    assert json.loads(answers[0][2])["choices"][0]["text"] == json.loads(greedy[2])["choices"][0]["text"]
+
+
+def test_sampling_at_any_accepted_temperature_gives_tokens():
+    logits = torch.randn(3, 50) * 30
+    for t in (1e-300, 1e-40, 1e-8, 0.5, 2.0):
+        tokens = token_chooser(do_sample=True, temperature=t)(logits)
+        assert tokens.shape == (3,) and ((0 <= tokens) & (tokens < 50)).all()
+    assert torch.equal(token_chooser(do_sample=True, temperature=1e-300)(logits), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/completions", {"prompt": "a\udfffb"}, "prompt[0]"),
+    ("/v1/completions", {"prompt": ["fine", "\ud800"]}, "prompt[1]"),
+    ("/v1/completions", {"prompt": "fine", "stop": ["\udfff"]}, "stop[0]"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "stop": "\udfff"}, "stop[0]"),
+])
+def test_a_lone_surrogate_is_a_400_naming_the_field(url, path, body, param):
+    status, _, raw = http_call(url + path, json.dumps({"model": "tiny", "max_tokens": 2, **body}).encode())
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param and "not valid Unicode" in error["message"]
