@@ -26,10 +26,11 @@ PRESETS["minimind3"] = dict(hidden_size=768, num_hidden_layers=8, num_attention_
                             qk_norm=True, vocab_size=6400, max_position_embeddings=32768)
 PRESETS["minimind3-moe"] = dict(PRESETS["minimind3"], use_moe=True, n_routed_experts=4)
 
-# The seed train.py's model flags and their defaults (the parser leaves them None, so that a --preset can fill what
-# was not given), and the config field each one sets.
-SEED_MODEL_DEFAULTS = {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2, "vocab_size": 6400,
-                       "use_moe": 0}
+# The default model's shape, as the training commands' flags name it (the seed train.py's flags and defaults: the
+# settings are None until the run starts, so that a --preset fills what was not given), and the config field each
+# flag sets. A model's shape comes from here, PRESETS above, and the flags given; MiniMindConfig fills the rest.
+DEFAULT_MODEL = {"hidden_size": 512, "num_layers": 8, "num_heads": 8, "num_kv_heads": 2, "vocab_size": 6400,
+                 "use_moe": 0}
 FLAG_TO_FIELD = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "num_heads": "num_attention_heads",
                  "num_kv_heads": "num_key_value_heads", "vocab_size": "vocab_size", "use_moe": "use_moe"}
 

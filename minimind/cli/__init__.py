@@ -9,8 +9,8 @@ import argparse
 import ast
 import functools
 import importlib
-import importlib.util
 import sys
+from pathlib import Path
 
 # command: (its module in minimind.cli, its line in `minimind --help`)
 COMMANDS = {
@@ -36,8 +36,9 @@ COMMANDS = {
 def docstring_of(module: str) -> str:
     """A module's docstring, read from its source without importing it (importing it would load torch): the
     commands whose library module documents them use it as their --help description."""
-    with open(importlib.util.find_spec(module).origin, encoding="utf-8") as f:
-        return ast.get_docstring(ast.parse(f.read()))
+    path = Path(__file__).parent.parent.joinpath(*module.split(".")[1:])  # not find_spec: it imports the packages
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    return ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
 
 
 def description(module) -> str:

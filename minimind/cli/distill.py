@@ -5,25 +5,11 @@ flags or a config) on SFT conversations (default: the built-in ones); the loss i
     minimind distill --teacher sft_out --preset tiny --output_dir student
 """
 
-from ..presets import PRESETS
-from ..train.config import command_defaults
 from .train import add_training_flags, training_config
 
 
 def add_arguments(p):
-    add_training_flags(p, "distill")
-    d = command_defaults("distill")
-    g = p.add_argument_group("distillation")
-    g.add_argument("--teacher", metavar="MODEL", help="the teacher (required, here or in --config): a training output "
-                   "directory, a model directory, or a .pth/.safetensors file with config.json beside it (same "
-                   "tokenizer)")
-    g.add_argument("--student_preset", dest="preset", choices=sorted(PRESETS),
-                   help="the student's size (same as --preset; or give --hidden_size etc., or --student_config)")
-    g.add_argument("--student_config", metavar="CONFIG",
-                   help="the student's config.json or model directory (instead of a preset or size flags)")
-    g.add_argument("--temperature", type=float, help=f"softmax temperature T (default: {d['temperature']})")
-    g.add_argument("--alpha", type=float, help="weight of the label CE; 1 - alpha goes to the T^2 KL term "
-                                               f"(default: {d['alpha']})")
+    add_training_flags(p, "distill")  # its flags are TrainConfig's fields (minimind.train.config)
 
 
 def main(args):

@@ -6,15 +6,11 @@ from preference pairs (default: the built-in ones) against a frozen copy of itse
 A resumed run rebuilds its reference from `--pretrained_path`.
 """
 
-from ..train.config import command_defaults
 from .train import add_training_flags, training_config
 
 
 def add_arguments(p):
-    add_training_flags(p, "dpo")
-    g = p.add_argument_group("DPO")
-    g.add_argument("--beta", type=float, help="strength of the pull towards the reference: reward = beta * "
-                                              f"(log pi - log pi_ref) (default: {command_defaults('dpo')['beta']})")
+    add_training_flags(p, "dpo")  # its flags are TrainConfig's fields (minimind.train.config)
 
 
 def main(args):

@@ -9,20 +9,11 @@ token, and GAE advantages drive a clipped policy loss plus a clipped value loss,
 The saved model is the policy alone (the value head is only in the training state).
 """
 
-from ..train.config import command_defaults
-from .grpo import add_rl_flags
 from .train import add_training_flags, training_config
 
 
 def add_arguments(p):
-    add_training_flags(p, "ppo")
-    add_rl_flags(p, "ppo")
-    d = command_defaults("ppo")
-    g = p.add_argument_group("PPO")
-    g.add_argument("--vf_coef", type=float, help=f"weight of the value loss (default: {d['vf_coef']})")
-    g.add_argument("--value_clip", type=float, help=f"value clip around the old values (default: {d['value_clip']})")
-    g.add_argument("--gamma", type=float, help=f"discount per token (default: {d['gamma']})")
-    g.add_argument("--lam", type=float, help=f"GAE lambda (default: {d['lam']})")
+    add_training_flags(p, "ppo")  # its flags are TrainConfig's fields (minimind.train.config)
 
 
 def main(args):

@@ -12,87 +12,84 @@ args.json a run wrote) gives settings from a file; flags given on the command li
 """
 
 import argparse
+import types
+import typing
+from dataclasses import fields
 
-from ..presets import PRESETS
-from ..presets import SEED_MODEL_DEFAULTS as SEED
-from ..train.config import DTYPE_CHOICES, OPTIMIZER_CHOICES, STAGES, build_config, command_defaults
+from ..train.config import (
+    DATA,
+    LORA_RL,
+    MODEL,
+    MONITORING,
+    OPTIMISATION,
+    OTHER,
+    ROLLOUTS,
+    STAGES,
+    TRAINING,
+    UPDATE,
+    TrainConfig,
+    build_config,
+    command_default,
+    for_command,
+    takes,
+)
 
 
 def add_training_flags(p: argparse.ArgumentParser, command: str = "train"):
-    """The flags every training command shares (train, lora, dpo, distill), with `command`'s defaults in their help.
+    """Every flag of `minimind COMMAND`, made from `TrainConfig`'s fields (`minimind.train.config.setting`): the
+    field's name, type, choices, help, --help section and the command's default, which the help shows.
 
-    Every flag defaults to None, meaning "not given": the defaults live in `minimind.train.config.TrainConfig`, and
-    a --config file's settings come between the two (see `training_config`)."""
-    d = command_defaults(command)
+    Every flag defaults to None, meaning "not given": the defaults live in `TrainConfig`, and a --config file's
+    settings come between the two (see `training_config`)."""
     p.add_argument("--config", metavar="FILE", help="settings from a YAML or JSON file (e.g. a run's args.json); "
                                                     "flags given here override it")
-
-    g = p.add_argument_group("model (seed flags; a --preset fills those not given)")
-    g.add_argument("--preset", choices=sorted(PRESETS), help="named model size")
-    g.add_argument("--hidden_size", type=int, help=f"hidden dimension (default: {SEED['hidden_size']})")
-    g.add_argument("--num_layers", type=int, help=f"number of layers (default: {SEED['num_layers']})")
-    g.add_argument("--num_heads", type=int, help=f"attention heads (default: {SEED['num_heads']})")
-    g.add_argument("--num_kv_heads", type=int, help=f"key/value heads, GQA (default: {SEED['num_kv_heads']})")
-    g.add_argument("--vocab_size", type=int, help=f"vocabulary size (default: {SEED['vocab_size']})")
-    g.add_argument("--max_seq_len", type=int, help=f"training sequence length (default: {d['max_seq_len']})")
-    g.add_argument("--dropout", type=float, help=f"dropout rate (default: {d['dropout']})")
-    g.add_argument("--use_moe", type=int, choices=(0, 1), help=f"mixture of experts (default: {SEED['use_moe']})")
-
-    g = p.add_argument_group("training (seed flags)")
-    g.add_argument("--epochs", type=int, help=f"training epochs (default: {d['epochs']})")
-    g.add_argument("--batch_size", type=int, help=f"micro-batch size per process (default: {d['batch_size']})")
-    g.add_argument("--learning_rate", type=float, help=f"peak learning rate (default: {d['learning_rate']})")
-    g.add_argument("--weight_decay", type=float, help=f"AdamW weight decay (default: {d['weight_decay']})")
-    g.add_argument("--grad_clip", type=float, help=f"gradient clipping norm, 0 = off (default: {d['grad_clip']})")
-
-    g = p.add_argument_group("other (seed flags)")
-    g.add_argument("--device", help="cuda, cuda:N, mps or cpu (default: the best available)")
-    g.add_argument("--output_dir", help=f"where models and state go (default: {d['output_dir']})")
-    g.add_argument("--pretrained_path", help="start from these weights: .pth, .safetensors or a model directory "
-                                             "(default: none)")
-    g.add_argument("--log_interval", type=int, help=f"log every N steps (default: {d['log_interval']})")
-    g.add_argument("--save_interval", type=int, help="save model_epoch_N.pth every N epochs "
-                                                     f"(default: {d['save_interval']})")
-
-    g = p.add_argument_group("data")
-    g.add_argument("--stage", choices=STAGES[command], help=f"what to train on (default: {d['stage']})")
-    g.add_argument("--data", help="file, folder, glob or prepared shards (default: built-in corpus)")
-    g.add_argument("--tokenizer", help="tokenizer directory (default: the shipped 6400-token one)")
-    g.add_argument("--skip_bad_records", action="store_true", default=None, help="warn about and skip malformed "
-                                                                                 "records")
-    g.add_argument("--num_workers", type=int, help=f"DataLoader worker processes (default: {d['num_workers']})")
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--accumulation_steps", type=int, help="micro-batches per optimizer step "
-                                                          f"(default: {d['accumulation_steps']})")
-    g.add_argument("--warmup_ratio", type=float, help="warmup as a fraction of all steps "
-                                                      f"(default: {d['warmup_ratio']})")
-    g.add_argument("--warmup_steps", type=int, help="warmup steps (overrides --warmup_ratio)")
-    g.add_argument("--min_lr_ratio", type=float, help="cosine decays to learning_rate * this "
-                                                      f"(default: {d['min_lr_ratio']})")
-    g.add_argument("--optimizer", choices=OPTIMIZER_CHOICES, help="adamw, or muon: Muon for the hidden weight "
-                   "matrices and AdamW for embeddings, norms and biases, one learning rate for both "
-                   f"(default: {d['optimizer']})")
-    g.add_argument("--dtype", choices=DTYPE_CHOICES, help="autocast precision (default: auto: bf16 where supported, "
-                                                          "else fp16 on GPU, else fp32)")
-    g.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    g.add_argument("--seed", type=int, help=f"random seed (default: {d['seed']})")
-    g.add_argument("--max_steps", type=int, help="stop after N optimizer steps (default: 0 = all epochs); "
-                                                 "the schedule is planned for the capped length")
-    g.add_argument("--fsdp", action="store_true", default=None, help="under torchrun: shard the model with FSDP2 "
-                                                                     "instead of DDP")
-
-    g = p.add_argument_group("checkpoints and monitoring")
-    g.add_argument("--save_steps", type=int, help="write the resumable state every N steps (0 = only at epoch "
-                                                  f"ends; default: {d['save_steps']})")
-    g.add_argument("--resume", nargs="?", const="latest",
-                   help="continue from a training state (bare --resume: the latest in --output_dir)")
-    g.add_argument("--eval_interval", type=int, help="evaluate and sample every N steps (0 = only at the end; "
-                                                     f"default: {d['eval_interval']})")
-    g.add_argument("--eval_batches", type=int, help="held-out batches per evaluation "
-                                                    f"(default: {d['eval_batches']})")
-    g.add_argument("--report_to", help="none, tensorboard, wandb (comma-separated; default: none)")
+    taken = [(for_command(f.metadata["group"], command), f) for f in fields(TrainConfig) if takes(f, command)]
+    taken.sort(key=lambda item: GROUPS.index(item[0]))  # stable: the fields' order within a section
+    groups = {}
+    for name, f in taken:
+        if name not in groups:
+            groups[name] = p.add_argument_group(name)
+        add_flag(groups[name], f, command)
     return p
+
+
+GROUPS = [MODEL, TRAINING, OTHER, DATA, OPTIMISATION, MONITORING, "LoRA", "DPO", "distillation", ROLLOUTS, UPDATE,
+          LORA_RL, "GRPO", "PPO", "agent"]  # the order of --help's sections
+
+
+def add_flag(group, f, command: str):
+    """The flag of setting `f` in `minimind COMMAND`."""
+    meta = dict(f.metadata["flag"])
+    names = [f"--{f.name}", *meta.pop("aliases", {}).get(command, [])]
+    kind = next(t for t in (typing.get_args(f.type) if isinstance(f.type, types.UnionType) else (f.type,))
+                if t is not type(None))
+    default = command_default(f, command)
+    shown = f.metadata["shown"]
+    if shown is None:
+        shown = " ".join(map(str, default)) if isinstance(default, list) else str(default)
+    help_text = for_command(f.metadata["help"], command) + (f" (default: {shown})" if shown else "")
+    kw = {"dest": f.name, "help": help_text, **meta}
+    if kind is bool and default is False:
+        kw.update(action="store_true", default=None)
+    elif kind is bool:
+        kw.update(type=parse_bool, metavar="BOOL")
+    elif typing.get_origin(kind) is list:
+        kw.update(action="extend", nargs="+")
+    else:
+        kw["type"] = kind
+    if f.name == "stage":
+        kw["choices"] = STAGES[command]
+    elif f.metadata["choices"] and kind is not bool:
+        kw["choices"] = f.metadata["choices"]
+    group.add_argument(*names, **kw)
+
+
+def parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
 
 
 def training_config(args, command: str):

@@ -86,7 +86,7 @@ class MiniMindLM(TemplateLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         """Greedy answers, ended by the request's `until` strings or `max_gen_toks` tokens."""
-        from .generate import generate_text
+        from ..infer.generate import generate_text
 
         answers = []
         for request in requests:

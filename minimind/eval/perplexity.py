@@ -57,6 +57,36 @@ def evaluate(model, tokenizer, texts, seq_len: int | None = None, batch_tokens: 
     texts = list(texts)
     if not texts:
         raise ValueError("no texts to evaluate")
+    windows, n_bytes = text_windows(tokenizer, texts, seq_len, add_special_tokens)
+
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    was_training = model.training
+    model.eval()
+    total_nats, total_tokens = 0.0, 0
+    bar = tqdm(total=sum(len(w) - 1 for w in windows), unit="tok", desc="eval", disable=None if progress is None
+               else not progress, dynamic_ncols=True)
+    try:
+        i = 0
+        while i < len(windows):
+            batch = windows[i:i + max(1, batch_tokens // len(windows[i]))]
+            i += len(batch)
+            nats, count = batch_nats(model, batch, pad, device)
+            total_nats += nats
+            total_tokens += count
+            bar.update(count)
+    finally:
+        bar.close()
+        model.train(was_training)
+    loss = total_nats / total_tokens
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700)),
+            "bits_per_byte": total_nats / math.log(2) / n_bytes if n_bytes else float("nan"),
+            "tokens": total_tokens, "bytes": n_bytes, "documents": len(texts), "seq_len": seq_len}
+
+
+def text_windows(tokenizer, texts: list[str], seq_len: int, add_special_tokens: bool) -> tuple[list[list[int]], int]:
+    """The windows of all `texts` (each tokenized as in pretraining, then cut by `document_windows`), longest
+    first, and the UTF-8 bytes of the texts that have a token to predict. A ValueError when none has one."""
     bos = [tokenizer.bos_token_id] if add_special_tokens and tokenizer.bos_token_id is not None else []
     eos = [tokenizer.eos_token_id] if add_special_tokens and tokenizer.eos_token_id is not None else []
     encodings = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
@@ -69,40 +99,23 @@ def evaluate(model, tokenizer, texts, seq_len: int | None = None, batch_tokens: 
     if not windows:
         raise ValueError("the texts hold no tokens to predict (each needs at least two tokens)")
     windows.sort(key=len, reverse=True)  # similar lengths together; the longest first, so memory peaks early
+    return windows, n_bytes
 
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    was_training = model.training
-    model.eval()
-    total_nats, total_tokens = 0.0, 0
-    bar = tqdm(total=sum(len(w) - 1 for w in windows), unit="tok", desc="eval", disable=None if progress is None
-               else not progress, dynamic_ncols=True)
-    try:
-        i = 0
-        while i < len(windows):
-            L = len(windows[i])
-            batch = windows[i:i + max(1, batch_tokens // L)]
-            i += len(batch)
-            ids = torch.full((len(batch), L), pad, dtype=torch.long)
-            targets = torch.full((len(batch), L), -100, dtype=torch.long)  # targets[t] = ids[t + 1]
-            for b, w in enumerate(batch):
-                ids[b, :len(w)] = torch.tensor(w)
-                targets[b, :len(w) - 1] = torch.tensor(w[1:])
-            ids, targets = ids.to(device), targets.to(device)
-            logits = model(ids).logits  # (B, L, V); right padding is never attended to by real tokens (causal)
-            nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100,
-                                   reduction="sum")
-            count = int((targets != -100).sum())
-            total_nats += float(nats)
-            total_tokens += count
-            bar.update(count)
-    finally:
-        bar.close()
-        model.train(was_training)
-    loss = total_nats / total_tokens
-    return {"loss": loss, "perplexity": math.exp(min(loss, 700)),
-            "bits_per_byte": total_nats / math.log(2) / n_bytes if n_bytes else float("nan"),
-            "tokens": total_tokens, "bytes": n_bytes, "documents": len(texts), "seq_len": seq_len}
+
+@torch.no_grad()
+def batch_nats(model, batch: list[list[int]], pad: int, device) -> tuple[float, int]:
+    """One forward over windows right-padded to the first (the longest): their summed negative log-likelihood
+    (nats, every token after a window's first predicted from the tokens before it) and the tokens predicted."""
+    L = len(batch[0])
+    ids = torch.full((len(batch), L), pad, dtype=torch.long)
+    targets = torch.full((len(batch), L), -100, dtype=torch.long)  # targets[t] = ids[t + 1]
+    for b, w in enumerate(batch):
+        ids[b, :len(w)] = torch.tensor(w)
+        targets[b, :len(w) - 1] = torch.tensor(w[1:])
+    ids, targets = ids.to(device), targets.to(device)
+    logits = model(ids).logits  # (B, L, V); right padding is never attended to by real tokens (causal)
+    nats = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+    return float(nats), int((targets != -100).sum())
 
 
 @torch.no_grad()

@@ -34,8 +34,8 @@ from pathlib import Path
 
 from ..checkpoint import training_args
 from ..data.messages import prompt_ids
-from .generate import GenerationStats, encode_prompts, stream
 from ..data.parse import StreamParser
+from .generate import GenerationStats, encode_prompts, stream
 
 COMMANDS = "/reset, /system TEXT, /speed, /think, /help, /exit"
 

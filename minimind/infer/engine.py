@@ -65,13 +65,13 @@ def compiled_forward(model, freezing: bool = True):
 
     dynamic=True: the KV length grows every step, so one graph serves every length (the prompt and the one-token
     steps get a graph each). Inductor options: `freezing` folds the weights into the graph as constants, which lets
-    it prepack them for the CPU matmul kernels (bf16 decoding on CPU: ~1.8x faster); `cpp_wrapper` calls the
-    kernels from C++ rather than Python (less overhead per step). The price of freezing: weights changed after the
-    first call are not seen. The first call compiles: tens of seconds. A model whose layers or tensors changed
-    since (cast, moved, quantized, a layer replaced: `model_layout`) gets a new compile, whatever dynamo's guards
-    would have caught (torch 2.7's missed a replaced output head). `freezing=False` compiles without it, for a prefill
-    between native decodes (`DecodeBatch`): those stream the model's own weights, and a frozen copy read after them
-    comes from memory as well (the small preset's 32-token fp32 prefill: 30-80 ms after a decode, 21-44 unfrozen)."""
+    it prepack them for the CPU matmul kernels; `cpp_wrapper` calls the kernels from C++ rather than Python (less
+    overhead per step). The price of freezing: weights changed after the first call are not seen. The first call
+    compiles (slow). A model whose layers or tensors changed since (cast, moved, quantized, a layer replaced:
+    `model_layout`) gets a new compile, whether or not dynamo's guards would catch the change. `freezing=False`
+    compiles without it, for a prefill between native decodes (`DecodeBatch`): those stream the model's own
+    weights, and a frozen copy read right after them would come from memory as well. Measurements:
+    benchmarks/generate.md."""
     def build():
         import torch._inductor.config as inductor_config
 
@@ -109,20 +109,19 @@ def compiled_step(model):
     `compile=True`).
 
     One row (batch-1 decoding) runs `with_matvecs(model)`: every matrix product a fused reduction over the weights
-    (`minimind.kernels.matvec`), and attention written out (`minimind.kernels.attention.one_query_attention`), so that Inductor compiles
-    the whole step into a few loops; there `freezing` is off, since it would fold a bf16 or int8 weight's conversion
-    to float32 into a float32 copy. Several rows run the model's own layers with `compiled_forward`'s options
-    (freezing: the weights are constants, prepacked for the CPU matmul kernels). The one-row graph takes its
-    Inductor options at compile time rather than from a config patch around every call (~20 us a step), and plans
-    its ~200 intermediate buffers into one allocation a call (`memory_planning`); together 4-9% more tokens/s at two
-    threads (benchmarks/generate.md).
+    (`minimind.kernels.matvec`), and attention written out (`minimind.kernels.attention.one_query_attention`), so
+    that Inductor compiles the whole step into a few loops; there `freezing` is off, since it would fold a bf16 or
+    int8 weight's conversion to float32 into a float32 copy. Several rows run the model's own layers with
+    `compiled_forward`'s options (freezing: the weights are constants, prepacked for the CPU matmul kernels). The
+    one-row graph takes its Inductor options at compile time rather than from a config patch around every call,
+    and plans its intermediate buffers into one allocation a call (`memory_planning`).
 
-    Dynamo's guards on the model's modules are skipped where torch has the filter (2.8 and later): checking the
-    model's ~100 tensors before every call cost 0.3-0.4 ms, a sixth of an int8 step. Two things make that safe: the
-    step has a code object of its own (dynamo keeps graphs on the code object, so models sharing `step`'s code
-    would share graphs with nothing left to tell them apart), and each call of `compiled_step` (once a decode)
-    compares the model's layers and tensors with what the step was built for, and builds a new one if the model
-    was cast, moved, quantized or given an adapter since."""
+    Dynamo's guards on the model's modules are skipped where torch has the filter (2.8 and later), so no call
+    checks the model's tensors. Two things make that safe: the step has a code object of its own (dynamo keeps
+    graphs on the code object, so models sharing `step`'s code would share graphs with nothing left to tell them
+    apart), and each call of `compiled_step` (once a decode) compares the model's layers and tensors with what the
+    step was built for, and builds a new one if the model was cast, moved, quantized or given an adapter since.
+    What each of these gains: benchmarks/generate.md."""
     def build():
         import torch._inductor.config as inductor_config
 
@@ -279,9 +278,33 @@ class DecodeBatch:
         at the end of the batch, split into `groups` in order (default: one greedy group of all b rows); returns
         their first tokens (b,). `capacity`: cache columns to preallocate when the batch is empty (0: grow as
         needed). If the prefill fails, the batch is as it was."""
+        groups, mask = self._checked(input_ids, attention_mask, groups)  # mask (b, T) long; None: no padding
+        b, T = input_ids.shape
+        width = max(capacity, T) if not self.groups else T  # buffers preallocated to this many columns
+        if self.compiled_step is not None and capacity and not self.groups:
+            width = -(-width // STEP_COLUMNS) * STEP_COLUMNS  # shared by decodes of similar lengths: one graph
+        cache, first, after, ids = self._prefill(input_ids, mask, groups, width)
+        if self.groups:
+            self._join(input_ids, mask, groups, cache, first, after, ids)
+            return first
+        # The batch was empty: the newcomers are the batch.
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(b, width - T)], dim=1)  # (b, width)
+        self.groups, self.cache, self.mask, self.ids = groups, cache, mask, ids
+        self.positions, self.last, self.columns = after, first, T
+        if self.compiled_step is not None and capacity:
+            self.fixed_rows = torch.ones(b, width, dtype=torch.bool, device=input_ids.device) if mask is None \
+                else mask.bool()
+        return first
+
+    @staticmethod
+    def _checked(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 groups: Sequence[Group] | None) -> tuple[list[Group], torch.Tensor | None]:
+        """`add`'s arguments checked (a ValueError says what is wrong): the groups of the new rows (default: one
+        greedy group of all of them) and their mask as a long tensor (b, T), or None when no row is padded."""
         if input_ids.dim() != 2 or input_ids.shape[1] == 0:
             raise ValueError(f"input_ids must be (batch, length) with length >= 1, got shape {tuple(input_ids.shape)}")
-        b, T = input_ids.shape
+        b = input_ids.shape[0]
         groups = list(groups) if groups is not None else [Group(b)]
         if sum(g.rows for g in groups) != b:
             raise ValueError(f"the groups have {sum(g.rows for g in groups)} rows, input_ids {b}")
@@ -294,12 +317,15 @@ class DecodeBatch:
             elif not bool(attention_mask[:, -1].all()):
                 raise ValueError("a prompt ends in padding: pad the batch on the left "
                                  "(tokenizer.padding_side = 'left')")
-        device = input_ids.device
-        mask = None if attention_mask is None else attention_mask.long()
+        return groups, None if attention_mask is None else attention_mask.long()
+
+    def _prefill(self, input_ids: torch.Tensor, mask: torch.Tensor | None, groups: list[Group], width: int):
+        """One forward of the new rows' prompts input_ids (b, T) into a cache of their own with room for `width`
+        columns, each group bound to its rows' prompts. Returns (that cache (None with use_cache=False), their first
+        tokens (b,), their next position ids (b,), their tokens (b, width) with use_cache=False else None).
+        Changes nothing in the batch."""
+        b, T = input_ids.shape
         positions = None if mask is None else (mask.cumsum(-1) - 1).clamp(min=0)  # (b, T) from 0 at the first token
-        width = max(capacity, T) if not self.groups else T  # buffers preallocated to this many columns
-        if self.compiled_step is not None and capacity and not self.groups:
-            width = -(-width // STEP_COLUMNS) * STEP_COLUMNS  # shared by decodes of similar lengths: one graph
         cache = KVCache(self.model.config.num_hidden_layers, capacity=width) if self.use_cache else None
         logits = self._forward(input_ids, mask, positions, cache)  # (b, V)
         start = 0
@@ -309,24 +335,21 @@ class DecodeBatch:
             start += g.rows
         first = self._choose(groups, logits)  # (b,)
         # (b,) each row's next position id: its real tokens so far
-        after = torch.full((b,), T, dtype=torch.long, device=device) if mask is None else mask.sum(-1)
+        after = torch.full((b,), T, dtype=torch.long, device=input_ids.device) if mask is None else mask.sum(-1)
         ids = None
         if not self.use_cache:
             ids = input_ids.new_zeros(b, width)  # (b, width)
             ids[:, :T] = input_ids
+        return cache, first, after, ids
 
-        if not self.groups:  # the batch was empty: the newcomers are the batch
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones(b, width - T)], dim=1)  # (b, width)
-            self.groups, self.cache, self.mask, self.ids = groups, cache, mask, ids
-            self.positions, self.last, self.columns = after, first, T
-            if self.compiled_step is not None and capacity:
-                self.fixed_rows = torch.ones(b, width, dtype=torch.bool, device=device) if mask is None \
-                    else mask.bool()
-            return first
+    def _join(self, input_ids: torch.Tensor, mask: torch.Tensor | None, groups: list[Group], cache: KVCache | None,
+              first: torch.Tensor, after: torch.Tensor, ids: torch.Tensor | None):
+        """Append prefilled rows (`_prefill`'s results for input_ids (b, T)) to a running batch. The side with
+        fewer columns is left-padded (and masked), so every row's last token is in the last column; positions need
+        no change, as they count real tokens only. The compiled step is off from here on (the rows changed)."""
         self.fixed_rows = None  # the rows changed: the general step from here on
-        # Joining: the side with fewer columns is left-padded (and masked), so every row's last token is in the last
-        # column; positions need no change, as they count real tokens only.
+        b, T = input_ids.shape
+        device = input_ids.device
         t, B = max(self.columns, T), self.rows
         joined_mask = None
         if self.mask is not None or mask is not None or self.columns != T:
@@ -344,7 +367,6 @@ class DecodeBatch:
         self.last = torch.cat([self.last, first])
         self.groups = self.groups + groups
         self.columns = t
-        return first
 
     # --- decoding -------------------------------------------------------------------------------------------------
 

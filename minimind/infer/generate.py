@@ -101,13 +101,9 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     B, T = input_ids.shape
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=input_ids.device)
     out[:, :T] = input_ids
-    device = input_ids.device
-    eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    length = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)  # new tokens of each row, its end kept
-    texts = [TextStream(tokenizer, stops) for _ in range(B)] if stops else None
+    ends = RowEnds(B, max_new_tokens, eos_ids, stops, tokenizer, input_ids.device)
     # On a GPU, asking "all finished?" forces a sync; ask every few steps there (the extra steps are cut off below).
-    check_every = check_every or (1 if device.type == "cpu" else 8)
+    check_every = check_every or (1 if input_ids.device.type == "cpu" else 8)
     if streamer is not None:
         streamer.put(input_ids.cpu())
     n = 0
@@ -115,29 +111,47 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
                             repetition_penalty, min_new_tokens, eos_ids, generator, use_cache, compile)
     try:
         for nxt in steps:
-            nxt = nxt.masked_fill(finished, pad_token_id)
+            nxt = nxt.masked_fill(ends.finished, pad_token_id)
             out[:, T + n] = nxt
             n += 1
             if streamer is not None:
                 streamer.put(nxt.cpu())
-            if len(eos):
-                ended = torch.isin(nxt, eos) & ~finished
-                length.masked_fill_(ended, n)
-                finished |= ended
-            if texts is not None:
-                for b, token in enumerate(nxt.tolist()):
-                    if not finished[b]:
-                        texts[b].push(token)
-                        if texts[b].stopped:
-                            finished[b], length[b] = True, n
-            if (len(eos) or texts is not None) and n % check_every == 0 and bool(finished.all()):
-                n = int(length.max())  # the step at which the last row ended
+            ends.update(nxt, n)
+            if ends.possible and n % check_every == 0 and bool(ends.finished.all()):
+                n = int(ends.length.max())  # the step at which the last row ended
                 break
     finally:
         steps.close()
         if streamer is not None:
             streamer.end()
     return out[:, :T + n]
+
+
+class RowEnds:
+    """Which rows of a batch have ended, and after how many new tokens: a row ends at its first eos id (kept) or
+    once its text holds a stop string (the token that completed it kept). `finished` (B,) bool; `length` (B,) each
+    row's new tokens up to and including its end (max_new_tokens while it runs). `possible`: whether a row can end
+    at all (there are eos ids or stop strings)."""
+
+    def __init__(self, rows: int, max_new_tokens: int, eos_ids: list[int], stops: list[str], tokenizer, device):
+        self.eos = torch.tensor(eos_ids, dtype=torch.long, device=device)
+        self.finished = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.length = torch.full((rows,), max_new_tokens, dtype=torch.long, device=device)
+        self.texts = [TextStream(tokenizer, stops) for _ in range(rows)] if stops else None
+        self.possible = bool(len(self.eos)) or self.texts is not None
+
+    def update(self, tokens: torch.Tensor, n: int):
+        """tokens (B,): every row's n-th new token (padding in the rows that had ended)."""
+        if len(self.eos):
+            ended = torch.isin(tokens, self.eos) & ~self.finished
+            self.length.masked_fill_(ended, n)
+            self.finished |= ended
+        if self.texts is not None:
+            for b, token in enumerate(tokens.tolist()):
+                if not self.finished[b]:
+                    self.texts[b].push(token)
+                    if self.texts[b].stopped:
+                        self.finished[b], self.length[b] = True, n
 
 
 @dataclass

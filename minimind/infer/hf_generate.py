@@ -44,6 +44,31 @@ def hf_generate(model, inputs=None, generation_config=None, streamer=None, **kwa
     then it returns an iterator of text pieces instead of tokens. Beam search, logits processors and other
     Hugging Face features are refused with a clear error; `transformers.GenerationMixin.generate(model, ...)`
     still runs Hugging Face's own loop on this model."""
+    input_ids = prompt_ids(inputs, kwargs)
+    attention_mask = kwargs.pop("attention_mask", None)
+    own = {k: kwargs.pop(k) for k in ("seed", "generator", "tokenizer", "compile") if k in kwargs}
+    as_text_stream = kwargs.pop("stream", False)
+    settings = hf_settings(model, generation_config, kwargs)
+    max_new = new_token_budget(settings, input_ids.shape[1])
+    n_seq = settings["num_return_sequences"]
+    if as_text_stream:  # an iterator of text pieces for one prompt
+        return stream_one(model, input_ids, attention_mask, max_new, settings, own)
+    if n_seq > 1:
+        if not settings["do_sample"]:
+            raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy gives the same sequence)")
+        input_ids = input_ids.repeat_interleave(n_seq, dim=0)
+        attention_mask = attention_mask.repeat_interleave(n_seq, dim=0) if attention_mask is not None else None
+    return generate(model, input_ids, attention_mask, max_new_tokens=max_new, do_sample=settings["do_sample"],
+                    temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
+                    repetition_penalty=settings["repetition_penalty"], min_new_tokens=settings["min_new_tokens"],
+                    eos_token_id=settings.get("eos_token_id"), pad_token_id=settings.get("pad_token_id"),
+                    stop_strings=settings.get("stop_strings"), streamer=streamer,
+                    use_cache=settings["use_cache"], **own)
+
+
+def prompt_ids(inputs, kwargs: dict) -> torch.Tensor:
+    """The prompt tokens (B, T), from `inputs` or `input_ids` (popped from kwargs), one prompt (T,) made a batch
+    of one. A ValueError when there are none, both, or not an integer tensor."""
     input_ids = kwargs.pop("input_ids", None)
     if inputs is not None and input_ids is not None:
         raise ValueError("generate() got both `inputs` and `input_ids`; pass one")
@@ -52,12 +77,13 @@ def hf_generate(model, inputs=None, generation_config=None, streamer=None, **kwa
         raise ValueError("generate() needs input_ids (B, T): the prompt tokens")
     if not torch.is_tensor(input_ids) or input_ids.dtype not in (torch.long, torch.int, torch.int32):
         raise ValueError("generate() takes input_ids as an integer tensor (B, T) of token ids")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    attention_mask = kwargs.pop("attention_mask", None)
-    own = {k: kwargs.pop(k) for k in ("seed", "generator", "tokenizer", "compile") if k in kwargs}
-    as_text_stream = kwargs.pop("stream", False)
+    return input_ids[None] if input_ids.dim() == 1 else input_ids
 
+
+def hf_settings(model, generation_config, kwargs: dict) -> dict:
+    """The generation settings (HF_SETTINGS names): the call's `kwargs` over `generation_config` over
+    `model.generation_config` over HF_DEFAULTS. A setting we do not implement, at a value other than its default,
+    is refused: a ValueError for a GenerationConfig field, a TypeError for an argument."""
     settings = {}
     for source in (model.generation_config, generation_config):
         if source is None:
@@ -82,37 +108,33 @@ def hf_generate(model, inputs=None, generation_config=None, streamer=None, **kwa
     settings.update({k: v for k, v in kwargs.items() if k in HF_SETTINGS and v is not None})
     for key, value in HF_DEFAULTS.items():
         settings.setdefault(key, value)
+    return settings
 
-    T = input_ids.shape[1]
+
+def new_token_budget(settings: dict, prompt_length: int) -> int:
+    """max_new_tokens, or what max_length leaves after the prompt (a ValueError when that is nothing)."""
     max_new = settings.get("max_new_tokens")
     if max_new is None:
-        max_new = settings["max_length"] - T
+        max_new = settings["max_length"] - prompt_length
         if max_new <= 0:
-            raise ValueError(f"max_length ({settings['max_length']}) leaves no room after the {T}-token prompt; "
-                             "set max_new_tokens")
-    n_seq = settings["num_return_sequences"]
-    if as_text_stream:  # an iterator of text pieces for one prompt
-        if own.get("tokenizer") is None:
-            raise ValueError("stream=True needs the tokenizer to make text: pass tokenizer=...")
-        if input_ids.shape[0] != 1 or n_seq > 1:
-            raise ValueError("stream=True streams one prompt; for a batch use minimind.infer.generate.stream_batch")
-        prompt = input_ids[0] if attention_mask is None else input_ids[0][attention_mask[0].bool()]
-        return stream(model, own.pop("tokenizer"), prompt.tolist(), max_new, do_sample=settings["do_sample"],
-                      temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
-                      repetition_penalty=settings["repetition_penalty"], min_new_tokens=settings["min_new_tokens"],
-                      eos_token_id=settings.get("eos_token_id", []), stop_strings=settings.get("stop_strings"),
-                      use_cache=settings["use_cache"], **own)
-    if n_seq > 1:
-        if not settings["do_sample"]:
-            raise ValueError("num_return_sequences > 1 needs do_sample=True (greedy gives the same sequence)")
-        input_ids = input_ids.repeat_interleave(n_seq, dim=0)
-        attention_mask = attention_mask.repeat_interleave(n_seq, dim=0) if attention_mask is not None else None
-    return generate(model, input_ids, attention_mask, max_new_tokens=max_new, do_sample=settings["do_sample"],
-                    temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
-                    repetition_penalty=settings["repetition_penalty"], min_new_tokens=settings["min_new_tokens"],
-                    eos_token_id=settings.get("eos_token_id"), pad_token_id=settings.get("pad_token_id"),
-                    stop_strings=settings.get("stop_strings"), streamer=streamer,
-                    use_cache=settings["use_cache"], **own)
+            raise ValueError(f"max_length ({settings['max_length']}) leaves no room after the {prompt_length}-token "
+                             "prompt; set max_new_tokens")
+    return max_new
+
+
+def stream_one(model, input_ids: torch.Tensor, attention_mask, max_new: int, settings: dict, own: dict):
+    """`stream=True`: an iterator of text pieces for the one prompt of input_ids (1, T) (its unpadded tokens),
+    through `stream`; needs `tokenizer` in `own` (minimind's own arguments)."""
+    if own.get("tokenizer") is None:
+        raise ValueError("stream=True needs the tokenizer to make text: pass tokenizer=...")
+    if input_ids.shape[0] != 1 or settings["num_return_sequences"] > 1:
+        raise ValueError("stream=True streams one prompt; for a batch use minimind.infer.generate.stream_batch")
+    prompt = input_ids[0] if attention_mask is None else input_ids[0][attention_mask[0].bool()]
+    return stream(model, own.pop("tokenizer"), prompt.tolist(), max_new, do_sample=settings["do_sample"],
+                  temperature=settings["temperature"], top_k=settings["top_k"], top_p=settings["top_p"],
+                  repetition_penalty=settings["repetition_penalty"], min_new_tokens=settings["min_new_tokens"],
+                  eos_token_id=settings.get("eos_token_id", []), stop_strings=settings.get("stop_strings"),
+                  use_cache=settings["use_cache"], **own)
 
 
 def generate_method(self, inputs=None, generation_config=None, streamer=None, **kwargs):

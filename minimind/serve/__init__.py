@@ -8,10 +8,10 @@
     reply = client.chat.completions.create(model="out", messages=[{"role": "user", "content": "Hello"}])
 
 Endpoints: `GET /v1/models` (the one model served, named after MODEL or --model_name), `POST /v1/chat/completions`,
-`POST /v1/completions`, `GET /health` (status and batching counters), `GET /` (the web chat page), `GET /tools` and `POST /tools/NAME`
-(the built-in tools the page runs). Both completion
-endpoints stream with `"stream": true` (server-sent events in OpenAI's chunk format, ending with `data: [DONE]`;
-`stream_options: {"include_usage": true}` adds a last chunk with the token counts).
+`POST /v1/completions`, `GET /health` (status and batching counters), `GET /` (the web chat page), `GET /tools` and
+`POST /tools/NAME` (the built-in tools the page runs). Both completion endpoints stream with `"stream": true`
+(server-sent events in OpenAI's chunk format, ending with `data: [DONE]`; `stream_options: {"include_usage": true}`
+adds a last chunk with the token counts); logprobs and echo are answered whole only (a 400 with stream).
 
 Request fields: model (optional; must be the served model's id when given), messages (read by the same rule as the
 training data, `minimind.data.messages`: roles system / developer (read as system) / user / assistant / tool, content
@@ -34,8 +34,9 @@ template, but it has never seen a conversation: the startup banner says so.
 
 Every bad request gets OpenAI's error shape, `{"error": {"message", "type", "param", "code"}}`, naming the field:
 400 for invalid values (a prompt longer than the context window says both lengths), 401 for a missing or wrong API
-key (`--api_key` or MINIMIND_API_KEY; then `Authorization: Bearer KEY` is required on /v1), 404 for an unknown
-model or route, 413 for a body over --max_request_bytes. max_tokens is capped by --max_tokens_limit; without it a
+key (`--api_key` or MINIMIND_API_KEY; then `Authorization: Bearer KEY` is required on /v1 and /tools), 404 for an
+unknown model, route or tool, 413 for a body over --max_request_bytes, 503 once the server is shutting down, 500 for
+a failure of the server's own (an answer already streaming gets the error as its last event). max_tokens is capped by --max_tokens_limit; without it a
 request gets what is left of the context window, up to that cap.
 
 The parts: `protocol.py` (the requests as pydantic models, and errors), `worker.py` (the batching worker),

@@ -10,7 +10,6 @@ from .protocol import APIError
 from .reply import ChatReader
 from .worker import Job, Worker
 
-
 # --- the worker's events, named -------------------------------------------------------------------------------------
 
 class Piece(NamedTuple):

@@ -24,8 +24,8 @@ from starlette.exceptions import HTTPException
 
 from ..data.messages import prompt_ids
 from ..tools import TOOLS, run_tool, tool_schemas
-from .protocol import APIError, ChatCompletionRequest, CompletionRequest, at_most, invalid, read_request
 from .answer import Answer
+from .protocol import APIError, ChatCompletionRequest, CompletionRequest, at_most, invalid, read_request
 from .reply import ChatReader
 from .worker import Job, Worker
 

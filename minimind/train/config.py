@@ -1,10 +1,10 @@
-"""`TrainConfig`: every setting of a training run, typed, with its default. No torch here: the command line builds
-its parsers from these defaults without loading it.
+"""`TrainConfig`: every setting of a training run, typed, declared once (`setting`): its default and each command's
+where it differs, its help and its --help section. No torch here: the command line builds its parsers from these
+fields (`minimind.cli.train.add_training_flags`) without loading it.
 
-The four training commands share the fields without a `command` in their metadata; `lora`, `dpo` and `distill` add
-their own, and set a few other defaults (`COMMAND_DEFAULTS`). A run's settings come from, in order of precedence:
-the flags given on the command line, then the `--config FILE` (YAML or JSON, e.g. the `args.json` a run wrote),
-then the command's defaults.
+The training commands share the fields without a `command` in their metadata; lora, dpo, distill, grpo, ppo and
+agent add their own. A run's settings come from, in order of precedence: the flags given on the command line, then
+the `--config FILE` (YAML or JSON, e.g. the `args.json` a run wrote), then the command's defaults.
 
     from minimind.train.config import TrainConfig
     config = TrainConfig(preset="tiny", max_steps=300, output_dir="out")
@@ -16,7 +16,7 @@ import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..presets import LORA_TARGETS, PRESETS
+from ..presets import DEFAULT_MODEL, LORA_TARGETS, PRESETS
 
 COMMANDS = ("train", "lora", "dpo", "distill", "grpo", "ppo", "agent")
 STAGES = {"train": ("pretrain", "sft"), "lora": ("sft", "pretrain"), "dpo": ("dpo",), "distill": ("sft", "pretrain"),
@@ -25,96 +25,150 @@ RL = ("grpo", "ppo", "agent")
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZER_CHOICES = ("adamw", "muon")
 
+def rl(value) -> dict:
+    """The same default for the three RL commands: a short run over prompts, whose rollouts make each step costly."""
+    return {command: value for command in RL}
 
-def _only(command: str | tuple[str, ...], default, **kw):
-    """A field that only `command` (or these commands) takes."""
+
+def setting(default, help: str | dict, group: str | dict, *, command=None, per_command: dict | None = None,
+            choices=None, shown: str | None = None, **flag):
+    """A field of `TrainConfig` with everything the command line says of it.
+
+    help: the flag's help (or {command: help}); group: its --help section (or {command: section}); command: the
+    command or commands that take it (None: every one); per_command: {command: its default there}, where it differs;
+    choices: the values allowed; shown: the default as --help words it (else the value); flag: argparse's extras
+    (metavar, nargs, const, aliases={command: [other flags]})."""
+    metadata = {"help": help, "group": group, "command": command, "per_command": per_command or {},
+                "choices": tuple(choices) if choices else None, "shown": shown, "flag": flag}
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"command": command, **kw})
-    return field(default=default, metadata={"command": command, **kw})
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
-def _choice(default, choices):
-    return field(default=default, metadata={"choices": tuple(choices)})
+MODEL = "model (seed flags; a --preset fills those not given)"
+TRAINING, OTHER = "training (seed flags)", "other (seed flags)"
+DATA, OPTIMISATION, MONITORING = "data", "optimisation", "checkpoints and monitoring"
+ROLLOUTS, UPDATE, LORA_RL = "rollouts and rewards", "policy update", "LoRA-only RL"
+LORA = {"lora": "LoRA", **rl(LORA_RL)}
+FOR_RL = {"lora": 0.0, "dpo": 0.0, **rl(0.0)}  # no dropout: the policy would differ from its reference by noise alone
 
 
 @dataclass
 class TrainConfig:
-    # model (seed flags; None: filled from --preset, else the seed's defaults, when the run starts)
-    preset: str | None = _choice(None, sorted(PRESETS))
-    hidden_size: int | None = None
-    num_layers: int | None = None
-    num_heads: int | None = None
-    num_kv_heads: int | None = None
-    vocab_size: int | None = None
-    max_seq_len: int = 512
-    dropout: float = 0.1
-    use_moe: int | None = _choice(None, (0, 1))
+    """Every setting of a training run, typed, declared once with its help, its --help section and each command's
+    default. The fields without `command` are shared by the seven training commands."""
+
+    # model (seed flags; None: filled from --preset, else DEFAULT_MODEL, when the run starts)
+    preset: str | None = setting(None, "named model size", MODEL, choices=sorted(PRESETS), shown="",
+                                 aliases={"distill": ["--student_preset"]})
+    hidden_size: int | None = setting(None, "hidden dimension", MODEL, shown=str(DEFAULT_MODEL["hidden_size"]))
+    num_layers: int | None = setting(None, "number of layers", MODEL, shown=str(DEFAULT_MODEL["num_layers"]))
+    num_heads: int | None = setting(None, "attention heads", MODEL, shown=str(DEFAULT_MODEL["num_heads"]))
+    num_kv_heads: int | None = setting(None, "key/value heads, GQA", MODEL, shown=str(DEFAULT_MODEL["num_kv_heads"]))
+    vocab_size: int | None = setting(None, "vocabulary size", MODEL, shown=str(DEFAULT_MODEL["vocab_size"]))
+    max_seq_len: int = setting(512, "training sequence length", MODEL, per_command={**rl(256), "agent": 512})
+    dropout: float = setting(0.1, "dropout rate", MODEL, per_command=FOR_RL)
+    use_moe: int | None = setting(None, "mixture of experts", MODEL, choices=(0, 1), shown=str(DEFAULT_MODEL["use_moe"]))
     # training (seed flags)
-    epochs: int = 3
-    batch_size: int = 4  # per process
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0  # 0 = off
+    epochs: int = setting(3, "training epochs", TRAINING, per_command=rl(1))
+    batch_size: int = setting(4, "micro-batch size per process", TRAINING)
+    learning_rate: float = setting(1e-4, "peak learning rate", TRAINING,
+                                   per_command={"lora": 2e-4, "dpo": 5e-6, **rl(1e-5)})
+    weight_decay: float = setting(0.01, "AdamW weight decay", TRAINING)
+    grad_clip: float = setting(1.0, "gradient clipping norm, 0 = off", TRAINING)
     # other (seed flags)
-    device: str | None = None  # None: the best available
-    output_dir: str = "./output"
-    pretrained_path: str = ""
-    log_interval: int = 10
-    save_interval: int = 1  # model_epoch_N.pth every N epochs
+    device: str | None = setting(None, "cuda, cuda:N, mps or cpu", OTHER, shown="the best available")
+    output_dir: str = setting("./output", "where models and state go", OTHER)
+    pretrained_path: str = setting("", "start from these weights: .pth, .safetensors or a model directory", OTHER,
+                                   shown="none")
+    log_interval: int = setting(10, "log every N steps", OTHER)
+    save_interval: int = setting(1, "save model_epoch_N.pth every N epochs", OTHER)
     # data
-    stage: str = _choice("pretrain", ("pretrain", "sft", "dpo", "rl"))
-    data: str | None = None  # None: the built-in corpus / conversations / pairs
-    tokenizer: str | None = None  # None: the shipped one
-    skip_bad_records: bool = False
-    num_workers: int = 0
+    stage: str = setting("pretrain", "what to train on", DATA, choices=("pretrain", "sft", "dpo", "rl"),
+                         per_command={"lora": "sft", "dpo": "dpo", "distill": "sft", **rl("rl")})
+    data: str | None = setting(None, "file, folder, glob or prepared shards", DATA, shown="built-in corpus")
+    tokenizer: str | None = setting(None, "tokenizer directory", DATA, shown="the shipped 6400-token one")
+    skip_bad_records: bool = setting(False, "warn about and skip malformed records", DATA, shown="")
+    num_workers: int = setting(0, "DataLoader worker processes", DATA)
     # optimisation
-    accumulation_steps: int = 1
-    warmup_ratio: float = 0.05
-    warmup_steps: int | None = None  # overrides warmup_ratio
-    min_lr_ratio: float = 0.1
-    optimizer: str = _choice("adamw", OPTIMIZER_CHOICES)
-    dtype: str = _choice("auto", DTYPE_CHOICES)
-    compile: bool = False
-    seed: int = 42
-    max_steps: int = 0  # 0 = all epochs
-    fsdp: bool = False
+    accumulation_steps: int = setting(1, "micro-batches per optimizer step", OPTIMISATION)
+    warmup_ratio: float = setting(0.05, "warmup as a fraction of all steps", OPTIMISATION)
+    warmup_steps: int | None = setting(None, "warmup steps (overrides --warmup_ratio)", OPTIMISATION, shown="")
+    min_lr_ratio: float = setting(0.1, "cosine decays to learning_rate * this", OPTIMISATION)
+    optimizer: str = setting("adamw", "adamw, or muon: Muon for the hidden weight matrices and AdamW for embeddings, "
+                             "norms and biases, one learning rate for both", OPTIMISATION, choices=OPTIMIZER_CHOICES)
+    dtype: str = setting("auto", "autocast precision", OPTIMISATION, choices=DTYPE_CHOICES,
+                         shown="auto: bf16 where supported, else fp16 on GPU, else fp32")
+    compile: bool = setting(False, "torch.compile the model", OPTIMISATION, shown="")
+    seed: int = setting(42, "random seed", OPTIMISATION)
+    max_steps: int = setting(0, "stop after N optimizer steps; the schedule is planned for the capped length",
+                             OPTIMISATION, shown="0 = all epochs")
+    fsdp: bool = setting(False, "under torchrun: shard the model with FSDP2 instead of DDP", OPTIMISATION, shown="")
     # checkpoints and monitoring
-    save_steps: int = 200  # 0 = only at epoch ends
-    resume: str | None = None  # a training state, its directory, or "latest" (the one in output_dir)
-    eval_interval: int = 200  # 0 = only at the end
-    eval_batches: int = 50
-    report_to: str = "none"
-    # minimind lora (and LoRA-only RL: grpo / ppo with --lora_rank)
-    lora_rank: int = _only(("lora", *RL), 8)
-    lora_alpha: float = _only(("lora", *RL), 16.0)
-    lora_dropout: float = _only(("lora", *RL), 0.05)
-    lora_targets: list[str] = _only(("lora", *RL), list(LORA_TARGETS))
-    merge: bool = _only("lora", False)
-    # minimind dpo (and the KL weight of grpo / ppo)
-    beta: float = _only(("dpo", *RL), 0.1)
-    # minimind distill (and the rollout temperature of grpo / ppo)
-    teacher: str | None = _only("distill", None)
-    student_config: str | None = _only("distill", None)
-    temperature: float = _only(("distill", *RL), 2.0)
-    alpha: float = _only("distill", 0.5)
-    # minimind grpo / ppo
-    num_generations: int = _only(RL, 6)
-    max_new_tokens: int = _only(RL, 48)
-    reward: list[str] = _only(RL, ["numeric", "format=0.2"])
-    reward_model: str | None = _only(RL, None)
-    loss_type: str = _only(("grpo", "agent"), "grpo", choices=("grpo", "cispo"))
-    loss_norm: str = _only(RL, "token", choices=("token", "sequence", "constant"))
-    clip_eps: float = _only(RL, 0.2)
-    clip_eps_high: float | None = _only(RL, None)
-    scale_rewards: bool = _only(("grpo", "agent"), True)
-    updates_per_batch: int = _only(RL, 1)
-    vf_coef: float = _only("ppo", 0.5)
-    value_clip: float = _only("ppo", 0.2)
-    gamma: float = _only("ppo", 1.0)
-    lam: float = _only("ppo", 0.95)
+    save_steps: int = setting(200, "write the resumable state every N steps (0 = only at epoch ends)", MONITORING,
+                              per_command=rl(50))
+    resume: str | None = setting(None, "continue from a training state (bare --resume: the latest in --output_dir)",
+                                 MONITORING, shown="", nargs="?", const="latest")
+    eval_interval: int = setting(200, "evaluate and sample every N steps (0 = only at the end)", MONITORING,
+                                 per_command=rl(50))
+    eval_batches: int = setting(50, "held-out batches per evaluation", MONITORING, per_command=rl(4))
+    report_to: str = setting("none", "none, tensorboard, wandb (comma-separated)", MONITORING)
+    # minimind lora (and LoRA-only RL: grpo / ppo / agent with --lora_rank)
+    lora_rank: int = setting(8, {"lora": "rank r of the adapters", **rl("train LoRA adapters of this rank only, "
+                                                                      "the base frozen (0 = the full model)")},
+                             LORA, command=("lora", *RL), per_command=rl(0))
+    lora_alpha: float = setting(16.0, "scale: the update is alpha/r * B A", LORA, command=("lora", *RL))
+    lora_dropout: float = setting(0.05, "dropout on the adapter path", LORA, command=("lora", *RL))
+    lora_targets: list[str] = setting(list(LORA_TARGETS), "linear layers to adapt, by name, space- or "
+                                      "comma-separated", LORA, command=("lora", *RL), metavar="NAME")
+    merge: bool = setting(False, "also write the merged full model (config.json, model.safetensors, "
+                          "model_final.pth) to --output_dir; the adapter then goes to --output_dir/adapter", "LoRA",
+                          command="lora", shown="")
+    # minimind dpo (and the KL weight of grpo / ppo / agent)
+    beta: float = setting(0.1, {"dpo": "strength of the pull towards the reference: reward = beta * "
+                                       "(log pi - log pi_ref)",
+                                **rl("weight of the KL to the frozen starting model; 0 = no reference")},
+                          {"dpo": "DPO", **rl(UPDATE)}, command=("dpo", *RL), per_command=rl(0.02))
+    # minimind distill (and the rollout temperature of grpo / ppo / agent)
+    teacher: str | None = setting(None, "the teacher (required, here or in --config): a training output directory, "
+                                  "a model directory, or a .pth/.safetensors file with config.json beside it (same "
+                                  "tokenizer)", "distillation", command="distill", shown="", metavar="MODEL")
+    student_config: str | None = setting(None, "the student's config.json or model directory (instead of a preset "
+                                         "or size flags)", "distillation", command="distill", shown="",
+                                         metavar="CONFIG")
+    temperature: float = setting(2.0, {"distill": "softmax temperature T",
+                                       **rl("sampling temperature of the rollouts")},
+                                 {"distill": "distillation", **rl(ROLLOUTS)}, command=("distill", *RL),
+                                 per_command=rl(1.0))
+    alpha: float = setting(0.5, "weight of the label CE; 1 - alpha goes to the T^2 KL term", "distillation",
+                           command="distill")
+    # minimind grpo / ppo / agent
+    num_generations: int = setting(6, "samples per prompt", ROLLOUTS, command=RL, per_command={"ppo": 2})
+    max_new_tokens: int = setting(48, "longest answer sampled", ROLLOUTS, command=RL)
+    reward: list[str] = setting(["numeric", "format=0.2"], "a reward: built-in NAME[:ARG], module:function or "
+                                "file.py[:function], each [=WEIGHT]; repeatable, summed", ROLLOUTS, command=RL,
+                                per_command={"agent": ["numeric", "format=0.2", "tool_call=0.2"]}, metavar="SPEC")
+    reward_model: str | None = setting(None, "a transformers sequence-classification model with one output, its "
+                                       "score added to the reward", ROLLOUTS, command=RL, shown="", metavar="DIR")
+    loss_type: str = setting("grpo", "grpo: PPO's clipped surrogate; cispo: the clipped importance weight, detached",
+                             {"grpo": "GRPO", "agent": "agent"}, command=("grpo", "agent"), choices=("grpo", "cispo"))
+    loss_norm: str = setting("token", "average over all tokens (DAPO), per sequence (GRPO), or by a constant "
+                             "(Dr. GRPO)", UPDATE, command=RL, choices=("token", "sequence", "constant"))
+    clip_eps: float = setting(0.2, "ratio clip: 1 - eps .. 1 + eps", UPDATE, command=RL)
+    clip_eps_high: float | None = setting(None, "upper clip (DAPO's clip-higher; CISPO's weight cap is 1 + this)",
+                                          UPDATE, command=RL, shown="--clip_eps")
+    scale_rewards: bool = setting(True, "divide by the group's reward std (false: Dr. GRPO)",
+                                  {"grpo": "GRPO", "agent": "agent"}, command=("grpo", "agent"))
+    updates_per_batch: int = setting(1, "optimizer steps on each rollout batch (the ratio moves away from 1 after "
+                                     "the first)", UPDATE, command=RL)
+    vf_coef: float = setting(0.5, "weight of the value loss", "PPO", command="ppo")
+    value_clip: float = setting(0.2, "value clip around the old values", "PPO", command="ppo")
+    gamma: float = setting(1.0, "discount per token", "PPO", command="ppo")
+    lam: float = setting(0.95, "GAE lambda", "PPO", command="ppo")
     # minimind agent
-    max_turns: int = _only("agent", 3)
-    tools: list[str] = _only("agent", ["calculator"])
+    max_turns: int = setting(3, "model turns per rollout, tool results between them", "agent", command="agent")
+    tools: list[str] = setting(["calculator"], "a built-in tool the prompts offer; repeatable", "agent",
+                               command="agent", metavar="NAME")
 
     def __post_init__(self):
         for f in fields(self):
@@ -127,42 +181,33 @@ class TrainConfig:
         return {k: values[k] for k in names}
 
 
-# Where a command's defaults differ from the dataclass's.
-COMMAND_DEFAULTS = {
-    "train": {},
-    "lora": {"stage": "sft", "learning_rate": 2e-4, "dropout": 0.0},
-    # dropout would make the policy differ from the reference by noise alone
-    "dpo": {"stage": "dpo", "learning_rate": 5e-6, "dropout": 0.0},
-    "distill": {"stage": "sft"},
-    # RL: a short run over prompts; rollouts make each step costly, so evaluate and save more often on fewer batches
-    "grpo": {"stage": "rl", "learning_rate": 1e-5, "dropout": 0.0, "epochs": 1, "max_seq_len": 256, "beta": 0.02,
-             "temperature": 1.0, "lora_rank": 0, "eval_interval": 50, "eval_batches": 4, "save_steps": 50},
-    "ppo": {"stage": "rl", "learning_rate": 1e-5, "dropout": 0.0, "epochs": 1, "max_seq_len": 256, "beta": 0.02,
-            "temperature": 1.0, "lora_rank": 0, "eval_interval": 50, "eval_batches": 4, "save_steps": 50,
-            "num_generations": 2},
-    "agent": {"stage": "rl", "learning_rate": 1e-5, "dropout": 0.0, "epochs": 1, "max_seq_len": 512, "beta": 0.02,
-              "temperature": 1.0, "lora_rank": 0, "eval_interval": 50, "eval_batches": 4, "save_steps": 50,
-              "reward": ["numeric", "format=0.2", "tool_call=0.2"]},
-}
-
-
 def setting_names(command: str) -> list[str]:
     """The settings `minimind COMMAND` takes: the shared ones and its own."""
-    return [f.name for f in fields(TrainConfig) if _takes(f, command)]
+    return [f.name for f in fields(TrainConfig) if takes(f, command)]
 
 
-def _takes(f, command: str) -> bool:
-    owner = f.metadata.get("command", command)
+def takes(f, command: str) -> bool:
+    """Whether field `f` is a setting of `minimind COMMAND`."""
+    owner = f.metadata.get("command") or command
     return command in owner if isinstance(owner, tuple) else owner == command
+
+
+def for_command(value, command: str):
+    """A per-command metadata entry (help, group) for `command`: the value itself unless it is a dict by command."""
+    return value[command] if isinstance(value, dict) else value
+
+
+def command_default(f, command: str):
+    """Field `f`'s default in `minimind COMMAND`."""
+    if command in f.metadata["per_command"]:
+        value = f.metadata["per_command"][command]
+        return list(value) if isinstance(value, list) else value
+    return f.default_factory() if f.default is MISSING else f.default
 
 
 def command_defaults(command: str) -> dict:
     """Every setting of `command` with its default."""
-    values = {}
-    for f in fields(TrainConfig):
-        if f.name in setting_names(command):
-            values[f.name] = f.default_factory() if f.default is MISSING else f.default
-    return {**values, **COMMAND_DEFAULTS[command]}
+    return {f.name: command_default(f, command) for f in fields(TrainConfig) if takes(f, command)}
 
 
 def build_config(command: str, given: dict, config_file: str | None = None) -> TrainConfig:
@@ -199,7 +244,7 @@ def read_config_file(path: str | Path, command: str = "train") -> dict:
     names = setting_names(command)
     for key, value in values.items():
         if key not in names:
-            owner = known[key].metadata.get("command", "") if key in known else ""
+            owner = (known[key].metadata.get("command") or "") if key in known else ""
             owner = " / ".join(owner) if isinstance(owner, tuple) else owner
             where = f"a setting of minimind {owner}, not of minimind {command}" \
                 if key in known else f"not a setting of minimind {command}; see minimind {command} --help"

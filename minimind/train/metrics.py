@@ -12,7 +12,7 @@ log = logging.getLogger("minimind")
 # The seed's train.py printed these lines, and what was built on it (scripts that watch a run's output, the seed's
 # docs, tests/test_train.py) looks for them word for word; so they stay exactly as the seed wrote them, Chinese
 # included, here in one place. Everything else a run says is in English.
-SEED_LINES = {
+PROGRESS_LINES = {
     "banner": "MiniMind 训练配置:",
     "device": "使用设备: {device}",
     "init": "初始化模型...",
@@ -27,7 +27,7 @@ SEED_LINES = {
 
 
 def seed_line(name: str, **values) -> str:
-    return SEED_LINES[name].format(**values)
+    return PROGRESS_LINES[name].format(**values)
 
 
 def banner(settings: dict) -> str:

@@ -11,7 +11,7 @@ import torch
 from ..checkpoint import best_device
 from ..config import MiniMindConfig
 from ..io import atomic_write
-from ..presets import FLAG_TO_FIELD, PRESETS, SEED_MODEL_DEFAULTS
+from ..presets import DEFAULT_MODEL, FLAG_TO_FIELD, PRESETS
 from .resume import STATE_FILE
 from .config import TrainConfig
 from .metrics import banner, log, seed_line, setup_logging
@@ -20,10 +20,10 @@ from .trainer import Trainer
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
-    """A copy with the model fields not given filled from the preset (or the seed's defaults), the device picked, and
+    """A copy with the model fields not given filled from the preset (or DEFAULT_MODEL), the device picked, and
     resume="latest" made the state file in output_dir. Resolving a resolved config changes nothing."""
     base = PRESETS.get(config.preset, {}) if config.preset else {}
-    filled = {flag: int(base.get(FLAG_TO_FIELD[flag], default)) for flag, default in SEED_MODEL_DEFAULTS.items()
+    filled = {flag: int(base.get(FLAG_TO_FIELD[flag], default)) for flag, default in DEFAULT_MODEL.items()
               if getattr(config, flag) is None}
     resume = str(Path(config.output_dir) / STATE_FILE) if config.resume == "latest" else config.resume
     return replace(config, **filled, device=config.device or best_device(), resume=resume)

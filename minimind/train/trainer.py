@@ -107,8 +107,8 @@ def muon_available() -> bool:
 def build_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float, fused: bool = False):
     """AdamW (betas 0.9, 0.999; decay on weight matrices only), or, for "muon", torch.optim.Muon on the hidden weight
     matrices with its update scaled to AdamW's RMS (adjust_lr_fn="match_rms_adamw"), so one learning rate and one
-    weight decay serve both, and AdamW on the rest (`muon_params`). `fused`: AdamW's fused kernel (CPU and CUDA;
-    on a CPU its step is ~3.5x faster than the default per-tensor loop for the small preset)."""
+    weight decay serve both, and AdamW on the rest (`muon_params`). `fused`: AdamW's fused kernel (CPU and CUDA),
+    the same update as the per-tensor loop, faster (benchmarks/README.md)."""
     kw = {"fused": True} if fused else {}
     if name == "adamw":
         return torch.optim.AdamW(param_groups(model.parameters(), weight_decay), lr=lr, betas=(0.9, 0.999), **kw)
@@ -170,6 +170,8 @@ class EpochBatches(torch.utils.data.Sampler):
 
 @dataclass
 class TrainState:
+    """Where a run stands, beyond its model, optimizer and scaler: saved with them (`save_state`), so that a resumed
+    run goes on with the same step, data position, NaN-guard count and epoch loss as the uninterrupted one."""
     step: int = 0  # optimizer steps done, over all epochs
     epoch: int = 0  # current epoch (0-based)
     consumed: int = 0  # samples of this epoch already used
@@ -178,6 +180,23 @@ class TrainState:
     epoch_loss_sum: float = 0.0
     epoch_loss_count: int = 0
     best_eval: float = field(default=float("inf"))
+
+
+class Throughput:
+    """Tokens per second between readings: `add` counts tokens, `rate()` gives the tokens per second since the
+    previous reading (or since it was made) and starts the next interval."""
+
+    def __init__(self):
+        self.since, self.tokens = time.perf_counter(), 0
+
+    def add(self, tokens: int):
+        self.tokens += tokens
+
+    def rate(self) -> float:
+        now = time.perf_counter()
+        tps = self.tokens / max(now - self.since, 1e-9)
+        self.since, self.tokens = now, 0
+        return tps
 
 
 class Trainer:
@@ -233,14 +252,18 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, c.optimizer, c.learning_rate, c.weight_decay, fused)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.metrics = None  # a MetricsLog while fit runs
+        self.bar = None  # the progress bar while fit runs
+        self.throughput = None  # a Throughput while fit runs
         self.last_eval = None  # (step, result): the end-of-run evaluation is not repeated
 
     def autocast(self):
+        """The run's autocast context (bf16 or fp16); none in fp32."""
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
     def loader(self, dataset, epoch: int, start: int, shuffle: bool = True, batch: int | None = None):
+        """This rank's micro-batches of `dataset` for `epoch`, from global sample `start` on (`EpochBatches`)."""
         c = self.config
         sampler = EpochBatches(len(dataset), batch or c.batch_size, self.dist.world, self.dist.rank,
                                c.accumulation_steps if shuffle else 1, c.seed, epoch, start, shuffle)
@@ -249,6 +272,7 @@ class Trainer:
                           generator=torch.Generator().manual_seed(c.seed), pin_memory=self.device.type == "cuda")
 
     def to_device(self, batch):
+        """The batch's tensors on the run's device (other values as they are)."""
         return {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
     # -- saving --
@@ -261,10 +285,12 @@ class Trainer:
             self.save_model(model, self.out, final=final, epoch=epoch)
 
     def save_state(self):
+        """Write OUT/training_state.pt: model, optimizer, scaler, `TrainState` and RNG states (see `resume.py`)."""
         save_training_state(self.out / STATE_FILE, self.model, self.optimizer, self.scaler, asdict(self.state),
                             self.dist, self.sharded)
 
     def load_state(self, path) -> Path:
+        """Restore what `save_state` wrote (from `path`: the file or its folder); returns the file read."""
         path, train = load_training_state(path, self.model, self.optimizer, self.scaler, self.dist, self.sharded,
                                           self.config.seed)
         self.state = TrainState(**train)
@@ -307,6 +333,8 @@ class Trainer:
         return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50)), **{f"eval_{k}": v for k, v in means.items()}}
 
     def run_eval(self):
+        """`evaluate` (at most once per step), logged and recorded, then a sample from `sample_fn` under the run's
+        seed, with the global random state restored after it. Returns the evaluation."""
         if self.last_eval is not None and self.last_eval[0] == self.state.step:
             return self.last_eval[1]
         result = self.evaluate()
@@ -360,6 +388,25 @@ class Trainer:
         return total_loss.item(), float(grad_norm), tokens * self.dist.world, metrics, lr
 
     def fit(self):
+        """Train until `total_steps` optimizer steps are done or the epochs run out, resuming from `config.resume`
+        when it is set; then evaluate once more, save the training state and hand over the final model. Returns the
+        final evaluation (None without a held-out set)."""
+        self.start()
+        self.bar = self.progress_bar()
+        self.throughput = Throughput()
+        while not self.finished and self.state.epoch < self.config.epochs:
+            self.run_epoch()
+        self.bar.close()
+        return self.finish()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has taken all its optimizer steps."""
+        return self.state.step >= self.total_steps
+
+    def start(self):
+        """The start of `fit`: logging and the metrics log set up, the saved state loaded when resuming, the model
+        in training mode."""
         c = self.config
         setup_logging(self.dist.main)
         self.metrics = MetricsLog(self.out, c.report_to, c.to_dict(), self.dist.main)
@@ -367,56 +414,74 @@ class Trainer:
             path = self.load_state(c.resume)  # replaces self.state
             log.info(f"Resumed from {path}: step {self.state.step}, epoch {self.state.epoch + 1}, "
                      f"{self.state.consumed} samples into the epoch")
-        st = self.state
         self.model.train()
+
+    def progress_bar(self):
+        """A tqdm bar over the run's optimizer steps, on the main process only, starting at the steps done."""
         from tqdm import tqdm
         live = sys.stderr.isatty()  # in a log file, redraw rarely
-        bar = tqdm(total=self.total_steps, initial=st.step, disable=not self.dist.main, dynamic_ncols=True,
-                   unit="step", mininterval=1.0 if live else 30.0, file=sys.stderr)
-        t_last, tokens_since = time.perf_counter(), 0
-        done = st.step >= self.total_steps
-        while not done and st.epoch < c.epochs:
-            batches = iter(self.loader(self.train_set, st.epoch, st.consumed))
-            while st.consumed + self.global_batch <= self.steps_per_epoch * self.global_batch:
-                micro = [next(batches) for _ in range(c.accumulation_steps)]
-                st.consumed += self.global_batch
-                step_before = st.step
-                for micro in self.updates(micro):
-                    result = self.train_step(micro)
-                    if result is None:
-                        self.skipped_step()
-                        continue
-                    loss, grad_norm, tokens, metrics, lr = result
-                    st.bad_steps = 0
-                    st.step += 1
-                    st.epoch_loss_sum += loss
-                    st.epoch_loss_count += 1
-                    tokens_since += tokens
-                    bar.update(1)
-                    if st.step % c.log_interval == 0 or st.step == self.total_steps:
-                        now = time.perf_counter()
-                        tps = tokens_since / max(now - t_last, 1e-9)
-                        t_last, tokens_since = now, 0
-                        avg = st.epoch_loss_sum / st.epoch_loss_count
-                        log.info(seed_line("progress", epoch=st.epoch + 1, epochs=c.epochs, loss=loss, avg=avg,
-                                           step=st.consumed // self.global_batch, steps=self.steps_per_epoch))
-                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-                        self.metrics.log({"step": st.step, "epoch": st.epoch + 1, "loss": loss, "avg_loss": avg,
-                                          "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps, **metrics})
-                    if c.eval_interval and st.step % c.eval_interval == 0:
-                        self.run_eval()
-                    if st.step >= self.total_steps:
-                        done = True
-                        break
-                if done:
-                    break
-                if c.save_steps and st.step // c.save_steps > step_before // c.save_steps:
-                    self.save_state()
-            if not done or st.consumed >= self.steps_per_epoch * self.global_batch:
-                self.end_epoch()
-            if done:
-                break
-        bar.close()
+        return tqdm(total=self.total_steps, initial=self.state.step, disable=not self.dist.main, dynamic_ncols=True,
+                    unit="step", mininterval=1.0 if live else 30.0, file=sys.stderr)
+
+    def run_epoch(self):
+        """The rest of the current epoch, from sample `state.consumed` on, one global batch at a time, until the
+        epoch or the run's steps are done; an epoch that ran to its end is closed (`end_epoch`), one that the run
+        stopped in is not, so that a longer run resumes inside it."""
+        st = self.state
+        epoch_samples = self.steps_per_epoch * self.global_batch
+        batches = iter(self.loader(self.train_set, st.epoch, st.consumed))
+        while st.consumed + self.global_batch <= epoch_samples and not self.finished:
+            self.train_batch([next(batches) for _ in range(self.config.accumulation_steps)])
+        if not self.finished or st.consumed >= epoch_samples:
+            self.end_epoch()
+
+    def train_batch(self, micro: list):
+        """One global batch (this rank's `accumulation_steps` micro-batches): the optimizer steps `updates` makes of
+        it, until the run's steps are done; then the training state is saved if the steps crossed a multiple of
+        `save_steps` (not when the run just finished: `finish` saves it)."""
+        st, c = self.state, self.config
+        st.consumed += self.global_batch
+        step_before = st.step
+        for update in self.updates(micro):
+            result = self.train_step(update)
+            if result is None:
+                self.skipped_step()
+                continue
+            self.after_step(*result)
+            if self.finished:
+                return
+        if c.save_steps and st.step // c.save_steps > step_before // c.save_steps:
+            self.save_state()
+
+    def after_step(self, loss: float, grad_norm: float, tokens: int, metrics: dict, lr: float):
+        """The bookkeeping of a step taken (`train_step`'s result): the step and the epoch's loss counted, the
+        progress logged every `log_interval` steps and at the last, an evaluation every `eval_interval` steps."""
+        st, c = self.state, self.config
+        st.bad_steps = 0
+        st.step += 1
+        st.epoch_loss_sum += loss
+        st.epoch_loss_count += 1
+        self.throughput.add(tokens)
+        self.bar.update(1)
+        if st.step % c.log_interval == 0 or st.step == self.total_steps:
+            self.log_progress(loss, grad_norm, metrics, lr)
+        if c.eval_interval and st.step % c.eval_interval == 0:
+            self.run_eval()
+
+    def log_progress(self, loss: float, grad_norm: float, metrics: dict, lr: float):
+        """The progress line (the seed's format), the bar's postfix and a metrics record for the step just taken."""
+        st, c = self.state, self.config
+        tps = self.throughput.rate()
+        avg = st.epoch_loss_sum / st.epoch_loss_count
+        log.info(seed_line("progress", epoch=st.epoch + 1, epochs=c.epochs, loss=loss, avg=avg,
+                           step=st.consumed // self.global_batch, steps=self.steps_per_epoch))
+        self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+        self.metrics.log({"step": st.step, "epoch": st.epoch + 1, "loss": loss, "avg_loss": avg,
+                          "lr": lr, "grad_norm": grad_norm, "tokens_per_s": tps, **metrics})
+
+    def finish(self):
+        """The end of `fit`: the final evaluation (reused if this step already had one), the training state and
+        the final model saved, the metrics log closed, and every process leaving together. Returns the evaluation."""
         result = self.run_eval()
         self.save_state()
         self.export_model(final=True)
@@ -444,6 +509,8 @@ class Trainer:
                                 "lower --learning_rate, keep --grad_clip on, or use --dtype bf16/fp32 instead of fp16")
 
     def end_epoch(self):
+        """Close the current epoch: the model exported every `save_interval` epochs, the next epoch started from
+        its first sample, the training state saved."""
         st, c = self.state, self.config
         finished_epoch = st.epoch + 1
         if c.save_interval and finished_epoch % c.save_interval == 0:
