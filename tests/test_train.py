@@ -19,7 +19,8 @@ from minimind.cli.train import parse_args
 from minimind.train.resume import STATE_FILE
 from minimind.train.config import TrainConfig
 from minimind.train.pretrain import run
-from minimind.train.trainer import Trainer, TrainingError, lr_at
+from minimind.train.optim import lr_at
+from minimind.train.trainer import Trainer, TrainingError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--hidden_size", "32", "--num_layers", "2", "--num_heads", "2", "--num_kv_heads", "1", "--max_seq_len", "32",

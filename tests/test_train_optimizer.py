@@ -8,7 +8,8 @@ from helpers import RandomTokens, tiny_model
 
 from minimind.train.config import TrainConfig
 from minimind.train.parallel import Dist
-from minimind.train.trainer import Optimizers, Trainer, TrainingError, build_optimizer, muon_available, muon_params
+from minimind.train.optim import Optimizers, build_optimizer, muon_available, muon_params
+from minimind.train.trainer import Trainer, TrainingError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
