@@ -59,7 +59,7 @@ run tool python train.py --stage sft --pretrained_path "$OUT/sft" --data "$OUT/t
     --batch_size 8 --eval_interval 0 --eval_batches 10 --log_interval 25 --save_steps 100 --max_steps 240 \
     --learning_rate 3e-3 --output_dir "$OUT/tool"
 echo "=== tool calls on 100 held-out arithmetic questions (calculator and one other tool offered)"
-python -m minimind.data.tooluse "$OUT/tool" --n 100 | tee "$OUT/tool_rate.log"
+minimind eval "$OUT/tool" --tasks tooluse --limit 100 | tee "$OUT/tool_rate.log"
 printf 'What is 37 * 12?\n' | minimind chat "$OUT/tool" --tools calculator,weekday --temperature 0 \
     --max_new_tokens 60 | tee -a "$OUT/chat.log"
 
