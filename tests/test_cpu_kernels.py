@@ -2,9 +2,11 @@
 arithmetic written in torch, their errors, where they are used, and the fallback when they cannot be built."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -156,3 +158,51 @@ def test_turned_off_or_unbuildable_they_fall_back(tmp_path):
     if sys.platform.startswith("linux") and os.uname().machine == "x86_64":
         assert "CPU decoding kernels are not available (false failed to build decode.cpp" in broken.stderr
         assert not list((tmp_path / "broken" / "kernels").glob("*.so*"))  # nothing half-written left behind
+
+
+class FakeCompiler:
+    """Stands in for `subprocess` in `minimind.kernels.build`: each compile or link writes its `-o` file and is
+    counted, in seconds where the real build takes ~15."""
+
+    def __init__(self):
+        self.calls = []
+
+    def _write(self, cmd):
+        self.calls.append(cmd)
+        Path(cmd[cmd.index("-o") + 1]).write_bytes(b"built")
+
+    def Popen(self, cmd, **kw):  # subprocess's name
+        self._write(cmd)
+        return SimpleNamespace(communicate=lambda timeout=None: ("", ""), returncode=0, poll=lambda: 0)
+
+    def run(self, cmd, **kw):
+        self._write(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+
+def test_a_built_library_is_reused_until_a_source_changes(tmp_path, monkeypatch):
+    """The first build writes one library into the cache; a later process finds that file and runs no compiler
+    (it is not rewritten: same mtime); a changed source names a new library, built afresh beside the old."""
+    from minimind.kernels import build
+
+    fake = FakeCompiler()
+    csrc = tmp_path / "csrc"
+    shutil.copytree(build.CSRC, csrc)
+    monkeypatch.setattr(build, "CSRC", csrc)
+    monkeypatch.setattr(build, "subprocess", SimpleNamespace(Popen=fake.Popen, run=fake.run, PIPE=subprocess.PIPE,
+                                                             DEVNULL=subprocess.DEVNULL))
+    monkeypatch.setattr(build.shutil, "which", lambda name: "/usr/bin/" + name)
+    monkeypatch.setenv("MINIMIND_CACHE", str(tmp_path / "cache"))
+
+    first = build._build()
+    assert first.parent == tmp_path / "cache" / "kernels" and first.read_bytes() == b"built"
+    assert len(fake.calls) == len(list(csrc.glob("*.cpp"))) + 1  # each source compiled, then one link
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no scratch files left
+    mtime = first.stat().st_mtime_ns
+    fake.calls.clear()
+    assert build._build() == first and fake.calls == [] and first.stat().st_mtime_ns == mtime
+
+    (csrc / "rows.h").write_text((csrc / "rows.h").read_text() + "\n// changed\n")
+    changed = build._build()
+    assert changed != first and changed.is_file() and fake.calls
+    assert first.stat().st_mtime_ns == mtime

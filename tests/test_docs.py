@@ -1,26 +1,26 @@
 """The docs cannot rot: their runnable snippets run, their CLI flags exist, their code references resolve.
 
 1. Every fenced block whose info string is exactly `python run` in README.md, README.zh-CN.md and docs/*.md is
-   executed in a fresh namespace inside a temporary working directory, with a time budget per block. (Plain
-   `python` blocks are illustrations and are not run.)
+   executed in a fresh namespace inside a temporary working directory (an alarm stops one that hangs; how long a
+   block takes is not tested). Plain `python` blocks are illustrations and are not run.
 2. Every `--flag` written after a command (`python train.py`, `torchrun ... train.py`, `minimind SUB [ACTION]`)
    in a code block or an inline code span must be a flag of that command's parser (built in-process).
 3. Every `minimind/....py` path in docs/architecture.md exists, and every `minimind/x.py: Name` or
    `minimind/x.py: Class.method` reference names a def/class in that file.
-Each check is also run once on a deliberately wrong input, to show that it can fail.
+The checkers themselves are tested on small right and wrong inputs, and the block extractor against every
+`python run` fence in the docs, so that a block it misses cannot pass unrun.
 """
 
 import argparse
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", ROOT / "README.zh-CN.md", *sorted((ROOT / "docs").glob("*.md"))]
-BLOCK_BUDGET_S = 20
+HANG_S = 300  # a hang guard, not a time budget: timings belong in benchmarks/
 
 FENCE = re.compile(r"^```([^\n`]*)\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 
@@ -33,24 +33,26 @@ def fenced_blocks(text: str) -> list[tuple[str, str, int]]:
 def runnable_blocks():
     found = []
     for doc in DOCS:
-        if doc.exists():
-            for info, body, line in fenced_blocks(doc.read_text(encoding="utf-8")):
-                if info == "python run":
-                    found.append(pytest.param(doc, line, body, id=f"{doc.relative_to(ROOT)}:{line}"))
+        for info, body, line in fenced_blocks(doc.read_text(encoding="utf-8")):
+            if info == "python run":
+                found.append(pytest.param(doc, line, body, id=f"{doc.relative_to(ROOT)}:{line}"))
     return found
 
 
-def test_docs_exist_and_have_runnable_blocks():
-    for name in ("README.md", "README.zh-CN.md", "docs/architecture.md", "docs/training_guide.md",
-                 "docs/quick_reference.md"):
-        assert (ROOT / name).is_file(), f"{name} is missing"
-    assert len(runnable_blocks()) >= 8
+def test_fenced_blocks_give_info_body_and_first_line():
+    text = "a\n```python run\nx = 1\ny = 2\n```\ntext\n```python\nz = 3\n```\n```\nplain\n```\n"
+    assert fenced_blocks(text) == [("python run", "x = 1\ny = 2\n", 3), ("python", "z = 3\n", 8),
+                                   ("", "plain\n", 11)]
 
 
-def test_block_extraction_can_fail():
-    text = "a\n```python run\nx = 1\n```\n```python\ny = 2\n```\n"
-    infos = [info for info, _, _ in fenced_blocks(text)]
-    assert infos == ["python run", "python"]
+def test_every_python_run_fence_in_the_docs_is_run():
+    """The extractor finds each line that opens a `python run` block, at the line after it: a block it missed (say,
+    swallowed by an unclosed fence above it) would otherwise never run and never fail."""
+    opened = sorted((str(doc.relative_to(ROOT)), n + 1) for doc in DOCS
+                    for n, text in enumerate(doc.read_text(encoding="utf-8").splitlines(), start=1)
+                    if text.strip() == "```python run")
+    found = sorted((str(p.values[0].relative_to(ROOT)), p.values[1]) for p in runnable_blocks())
+    assert opened and found == opened
 
 
 class _Timeout(Exception):
@@ -63,8 +65,9 @@ def _alarm(signum, frame):
 
 @pytest.fixture(scope="module")
 def kernels_built():
-    """minimind's CPU kernels loaded before any block runs: a block that is the first in its process to use them
-    (an int8 layer, the native decode step) would otherwise pay their one-time build (~15 s) in its budget."""
+    """minimind's CPU kernels loaded before any block runs, from the usual cache: a block that is the first in its
+    process to use them (an int8 layer, the native decode step) would otherwise build them again (~15 s) into the
+    empty cache it is given."""
     from minimind.kernels.build import vector_ops
 
     return vector_ops()
@@ -76,17 +79,14 @@ def test_runnable_block(doc, line, code, tmp_path, monkeypatch, kernels_built):
     monkeypatch.setenv("MINIMIND_CACHE", str(tmp_path / "cache"))
     namespace = {"__name__": "__docs__"}
     old = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(BLOCK_BUDGET_S + 10)
-    start = time.perf_counter()
+    signal.alarm(HANG_S)
     try:
         exec(compile(code, f"{doc.relative_to(ROOT)}:{line}", "exec"), namespace)  # noqa: S102 - running the docs is the point
     except _Timeout:
-        pytest.fail(f"{doc.name}:{line}: block ran past {BLOCK_BUDGET_S + 10} s; keep doc snippets tiny")
+        pytest.fail(f"{doc.name}:{line}: block still running after {HANG_S} s: it hangs")
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-    elapsed = time.perf_counter() - start
-    assert elapsed < BLOCK_BUDGET_S, f"{doc.name}:{line}: block took {elapsed:.1f} s (budget {BLOCK_BUDGET_S} s)"
 
 
 # --- CLI flags ---------------------------------------------------------------------------------------------------
@@ -161,8 +161,9 @@ def unknown_flags(text: str, table=None) -> list[str]:
     return bad
 
 
-def test_flag_check_can_fail():
+def test_unknown_flags_names_the_command_and_the_flag():
     table = parsers()
+    assert unknown_flags("`python train.py --epochs 1`", table) == []
     assert unknown_flags("`python train.py --no_such_flag 1`", table) == ["train.py --no_such_flag"]
     assert unknown_flags("```bash\nminimind data prepare --data x \\\n  --bogus y\n```\n", table) == [
         "minimind data prepare --bogus"]
@@ -170,7 +171,7 @@ def test_flag_check_can_fail():
     assert unknown_flags("`minimind generate out --prompt hi --fsdp`", table) == ["minimind generate --fsdp"]
 
 
-@pytest.mark.parametrize("doc", [d for d in DOCS if d.exists()], ids=lambda d: str(d.relative_to(ROOT)))
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: str(d.relative_to(ROOT)))
 def test_every_documented_flag_exists(doc):
     text = doc.read_text(encoding="utf-8")
     table = parsers()
@@ -190,13 +191,13 @@ def loose_flags(text: str, table=None) -> list[str]:
     return sorted({"--" + f for s in spans if s.startswith("--") for f in FLAG.findall(s)} - known)
 
 
-def test_loose_flag_check_can_fail():
+def test_loose_flags_are_the_ones_no_command_has():
     table = parsers()
     assert loose_flags("use `--resume` and `--dtype bf16`", table) == []
     assert loose_flags("use `--no_such_flag` (and `x --ignored`)", table) == ["--no_such_flag"]
 
 
-@pytest.mark.parametrize("doc", [d for d in DOCS if d.exists()], ids=lambda d: str(d.relative_to(ROOT)))
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: str(d.relative_to(ROOT)))
 def test_every_loose_flag_exists(doc):
     bad = loose_flags(doc.read_text(encoding="utf-8"))
     assert not bad, f"{doc.name} mentions flags no command has: {bad}"
@@ -230,9 +231,10 @@ def bad_references(text: str) -> list[str]:
     return bad
 
 
-def test_reference_check_can_fail():
+def test_bad_references_name_missing_files_and_definitions():
     assert bad_references("see `minimind/model.py: RMSNorm.forward`") == []
     assert bad_references("see `minimind/model.py: NoSuchThing`") == ["minimind/model.py: NoSuchThing"]
+    assert bad_references("see `minimind/model.py: RMSNorm.no_such`") == ["minimind/model.py: RMSNorm.no_such"]
     assert bad_references("see minimind/nowhere.py") == ["minimind/nowhere.py"]
 
 

@@ -105,7 +105,14 @@ def test_reward_margin_rises_on_the_builtin_pairs(tmp_path):
     assert late > 0.5 and sum(r["accuracy"] for r in steps[-4:]) / 4 > 0.9  # the margin rose from 0
     evals = [r for r in logs if "eval_loss" in r]
     assert all(k in evals[-1] for k in ("eval_margin", "eval_accuracy", "eval_rewards/chosen"))
-    assert MiniMindForCausalLM.from_pretrained(out) is not None  # a full model dir, like train's
+    # a full model dir, like train's, holding the trained policy (not the base): against the base as reference it
+    # prefers the chosen responses of the training pairs as the last steps did
+    saved, start = MiniMindForCausalLM.from_pretrained(out).eval(), MiniMindForCausalLM.from_pretrained(base)
+    tok = load_tokenizer(out)
+    batch = collate(list(DPODataset(str(pairs), tok, seq_len=48)), pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        _, m = dpo_loss_fn(frozen_reference(start), beta=0.1)(saved, batch)
+    assert m["margin"].item() > 0.5 and m["accuracy"].item() > 0.9, m
 
 
 def test_dpo_needs_a_base_model(tmp_path):

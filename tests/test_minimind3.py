@@ -324,7 +324,10 @@ def test_minimind3_moe_through_every_stage(tmp_path, capsys):
 
     main(["lora", "--pretrained_path", str(pre), *run, "--data", str(tmp_path / "chat.jsonl"), "--output_dir",
           str(tmp_path / "lora")])
-    assert (tmp_path / "lora" / "adapter_model.safetensors").exists()
+    adapted = load_model(str(pre), adapter=str(tmp_path / "lora"))[0]  # the base + its trained adapter
+    probe = torch.randint(3, 200, (1, 8))
+    with torch.no_grad():
+        assert not torch.allclose(adapted(probe).logits, model(probe).logits)
     main(["dpo", "--pretrained_path", str(pre), *run, "--data", str(tmp_path / "pairs.jsonl"), "--output_dir",
           str(tmp_path / "dpo")])
     assert load_model(str(tmp_path / "dpo"))[0].config.qk_norm

@@ -8,8 +8,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaForCausalLM
 
 from minimind import KVCache, MiniMindConfig, MiniMindForCausalLM, preset
 from minimind.export.hf import llama_config
-from minimind.kernels.attention import CausalAttention, use_hand_backward
+from minimind.kernels import attention
+from minimind.kernels.attention import FLASH_CPU, CausalAttention, use_hand_backward
 from minimind.model import MiniMindModel, MoEFeedForward, rope_frequencies
+
+needs_flash_cpu = pytest.mark.skipif(not FLASH_CPU, reason="this torch lacks aten._scaled_dot_product_flash_attention_"
+                                     "for_cpu, the private op CausalAttention's forward calls")
 
 
 def tiny(**overrides):
@@ -89,6 +93,7 @@ def sdpa(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
 
 
+@needs_flash_cpu
 @pytest.mark.parametrize("heads", [(4, 2), (4, 4), (6, 1)])
 def test_hand_backward_attention_matches_sdpa(heads):
     H, Hkv = heads
@@ -105,6 +110,7 @@ def test_hand_backward_attention_matches_sdpa(heads):
         assert (ours - ref).abs().max() <= 0.02 * ref.abs().max(), name
 
 
+@needs_flash_cpu
 def test_hand_backward_only_for_compiled_bf16_cpu_training_at_small_sizes():
     q = torch.randn(8, 8, 256, 64, dtype=torch.bfloat16, requires_grad=True)
     fits = dict(is_causal=True, mask=None, cache=None, dropout=0.0)
@@ -123,6 +129,21 @@ def test_hand_backward_only_for_compiled_bf16_cpu_training_at_small_sizes():
     probe(q, **{**fits, "is_causal": False})
     probe(q, **{**fits, "dropout": 0.1})
     assert calls == [True, False, False, False, False, False]
+
+
+def test_no_hand_backward_where_torch_lacks_the_cpu_flash_kernel(monkeypatch):
+    """Where the private op is gone, compiled bf16 training that would take CausalAttention gets SDPA instead."""
+    monkeypatch.setattr(attention, "FLASH_CPU", False)
+    q = torch.randn(2, 4, 16, 16, dtype=torch.bfloat16, requires_grad=True)
+    calls = []
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def probe(q):
+        calls.append(use_hand_backward(q, is_causal=True, mask=None, cache=None, dropout=0.0))
+        return q
+
+    probe(q)
+    assert calls == [False]
 
 
 # --- KV cache ----------------------------------------------------------------------------------------

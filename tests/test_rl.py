@@ -261,7 +261,12 @@ def test_reward_rises_on_the_builtin_task(base, tmp_path):
     r = rewards_of(out)
     first, last = sum(r[:10]) / 10, sum(r[-10:]) / 10
     assert len(r) == 40 and last > first + 0.1 and last > 0.15, (first, last)
-    assert (out / "model.safetensors").exists() and (out / "args.json").exists()
+    from minimind import MiniMindForCausalLM
+
+    trained, start = MiniMindForCausalLM.from_pretrained(out), MiniMindForCausalLM.from_pretrained(base)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values()))
+    settings = json.loads((out / "args.json").read_text())  # what `--config` reads back
+    assert (settings["max_steps"], settings["reward"], settings["pretrained_path"]) == (40, ["format"], str(base))
 
 
 def kls_of(out):
@@ -290,7 +295,9 @@ def test_lora_only_rl_trains_the_adapters_alone(base, tmp_path):
     state = torch.load(out / STATE_FILE, weights_only=True)["model"]
     start = load_file(base / "model.safetensors")
     lora = [k for k in state if "lora_" in k]
-    assert lora and (out / "adapter_model.safetensors").exists()
+    adapter = load_file(out / "adapter_model.safetensors")  # PEFT's names, the run's last adapters
+    assert lora and adapter.keys() == {f"base_model.model.{k}.weight" for k in lora}
+    assert all(torch.equal(adapter[f"base_model.model.{k}.weight"], state[k]) for k in lora)
     for k, v in start.items():  # the base weights did not move
         assert torch.equal(state[k.replace(".weight", ".base.weight") if k.replace(".weight", ".base.weight")
                                  in state else k], v), k

@@ -30,10 +30,6 @@ def run(code: str, ns: dict) -> dict:
     return ns
 
 
-def test_the_document_has_the_expected_snippets():
-    assert len(BLOCKS) == 17
-
-
 def test_preset_configs_build():
     from minimind import MiniMindConfig, MiniMindForCausalLM
 
