@@ -10,7 +10,8 @@ from helpers import RandomTokens, tiny_model
 
 from minimind.kernels.attention import FLASH_CPU
 from minimind.train.config import TrainConfig
-from minimind.train.trainer import Trainer, muon_available
+from minimind.train.optim import muon_available
+from minimind.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -24,7 +24,6 @@ from ..train.config import (
     OPTIMISATION,
     OTHER,
     ROLLOUTS,
-    STAGES,
     TRAINING,
     UPDATE,
     TrainConfig,
@@ -77,10 +76,8 @@ def add_flag(group, f, command: str):
         kw.update(action="extend", nargs="+")
     else:
         kw["type"] = kind
-    if f.name == "stage":
-        kw["choices"] = STAGES[command]
-    elif f.metadata["choices"] and kind is not bool:
-        kw["choices"] = f.metadata["choices"]
+    if f.metadata["choices"] and kind is not bool:
+        kw["choices"] = for_command(f.metadata["choices"], command)
     group.add_argument(*names, **kw)
 
 

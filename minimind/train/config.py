@@ -36,10 +36,10 @@ def setting(default, help: str | dict, group: str | dict, *, command=None, per_c
 
     help: the flag's help (or {command: help}); group: its --help section (or {command: section}); command: the
     command or commands that take it (None: every one); per_command: {command: its default there}, where it differs;
-    choices: the values allowed; shown: the default as --help words it (else the value); flag: argparse's extras
+    choices: the values allowed (or {command: its values}); shown: the default as --help words it (else the value); flag: argparse's extras
     (metavar, nargs, const, aliases={command: [other flags]})."""
     metadata = {"help": help, "group": group, "command": command, "per_command": per_command or {},
-                "choices": tuple(choices) if choices else None, "shown": shown, "flag": flag}
+                "choices": choices if isinstance(choices, dict) else tuple(choices) if choices else None, "shown": shown, "flag": flag}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -84,7 +84,7 @@ class TrainConfig:
     log_interval: int = setting(10, "log every N steps", OTHER)
     save_interval: int = setting(1, "save model_epoch_N.pth every N epochs", OTHER)
     # data
-    stage: str = setting("pretrain", "what to train on", DATA, choices=("pretrain", "sft", "dpo", "rl"),
+    stage: str = setting("pretrain", "what to train on", DATA, choices=STAGES,
                          per_command={"lora": "sft", "dpo": "dpo", "distill": "sft", **rl("rl")})
     data: str | None = setting(None, "file, folder, glob or prepared shards", DATA, shown="built-in corpus")
     tokenizer: str | None = setting(None, "tokenizer directory", DATA, shown="the shipped 6400-token one")
@@ -283,6 +283,8 @@ def _checked(f, value):
     if not ok:
         raise ValueError(f"{f.name}: expected {_type_name(f.type)}, got {value!r}")
     choices = f.metadata.get("choices")
+    if isinstance(choices, dict):  # by command: any command's value is a value of the field
+        choices = tuple(dict.fromkeys(c for values in choices.values() for c in values))
     if choices and value not in choices:
         raise ValueError(f"{f.name}: {value!r} is not one of {', '.join(map(str, choices))}")
     return value

@@ -26,7 +26,7 @@ from ..checkpoint import resolve_dtype
 from .resume import STATE_FILE, load_training_state, save_training_state
 from .config import TrainConfig
 from .metrics import MetricsLog, log, seed_line, setup_logging
-from .optim import Optimizers, build_optimizer, lr_at, muon_available, muon_params  # noqa: F401  (re-exported)
+from .optim import build_optimizer, lr_at
 from .parallel import Dist, all_reduce_sum, unsharded_copy, wrap
 
 
