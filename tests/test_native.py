@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from minimind.kernels.matvec import use_row_kernels
 from minimind.kernels.native import native_problem, native_step
 from minimind.kv_cache import KVCache
 from minimind.quantize import quantize_int4, quantize_int8
@@ -25,7 +26,8 @@ def model_of(kind: str, qk_norm: bool = False, kv_heads: int = 2):
                        qk_norm=qk_norm).eval()
     if kind == "bf16":
         return model.to(torch.bfloat16)
-    return quantize_int8(model) if kind == "int8" else model
+    # int8: the row product the engine decodes with (DecodeBatch installs it), which the native step shares
+    return use_row_kernels(quantize_int8(model)) if kind == "int8" else model
 
 
 def next_logits(model, ids, mask=None):
