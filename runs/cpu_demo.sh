@@ -2,8 +2,8 @@
 # The whole pipeline on the built-in data, on a 2-core CPU in a few minutes:
 #   pretrain -> SFT -> LoRA (merged) -> DPO -> distillation into a smaller student -> GRPO on the built-in
 #   arithmetic task -> one chat answer
-#   -> tool use: SFT on the built-in tool-use set, its calculator-call rate on held-out questions, a chat that runs
-#      the calculator.
+#   -> tool use: SFT on the built-in tool-use set, its answers on held-out questions with the calculator, a chat
+#      that runs the calculator.
 # Every line is the command a user would type; nothing is downloaded.
 #
 #   bash runs/cpu_demo.sh                  # outputs in runs/cpu_demo/ (ignored by git)
@@ -58,7 +58,7 @@ minimind data tooluse --out "$OUT/tooluse.jsonl" --n 3000
 run tool python train.py --stage sft --pretrained_path "$OUT/sft" --data "$OUT/tooluse.jsonl" --max_seq_len 512 \
     --batch_size 8 --eval_interval 0 --eval_batches 10 --log_interval 25 --save_steps 100 --max_steps 240 \
     --learning_rate 3e-3 --output_dir "$OUT/tool"
-echo "=== tool calls on 100 held-out arithmetic questions (calculator and one other tool offered)"
+echo "=== the tool model on 100 held-out arithmetic questions, with the calculator"
 minimind eval "$OUT/tool" --tasks tooluse --limit 100 | tee "$OUT/tool_rate.log"
 printf 'What is 37 * 12?\n' | minimind chat "$OUT/tool" --tools calculator,weekday --temperature 0 \
     --max_new_tokens 60 | tee -a "$OUT/chat.log"

@@ -165,3 +165,33 @@ def test_loading_from_a_model_directory_prints_nothing(tmp_path):
     code = f"from minimind.tokenizer import load_tokenizer; print(len(load_tokenizer({str(tmp_path)!r})))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "6400" and "minimind" not in r.stderr, r.stderr
+
+
+def test_split_digits_reads_a_number_the_same_everywhere(tmp_path):
+    texts = ["the sum is 5535 and 123 * 45 = 5535", '{"expression": "123 * 45"}', "\n5535\n"] * 40
+    plain, split = train_tokenizer(texts, 300, tmp_path / "plain"), train_tokenizer(texts, 300, tmp_path / "split",
+                                                                                   split_digits=True)
+    digits = {s: [split.decode([i]) for i in split.encode(s, add_special_tokens=False)] for s in (" 5535", "\n5535")}
+    assert digits[" 5535"][-4:] == digits["\n5535"][-4:] == ["5", "5", "3", "5"]
+    assert len(plain.encode(" 5535", add_special_tokens=False)) < 4  # without it, digits merge (per context)
+    assert split.decode(split.encode("x 12.5 * -3", add_special_tokens=False)) == "x 12.5 * -3"
+
+
+def test_cli_tokenizer_train_on_conversations(tmp_path, capsys):
+    """A conversations file (as MiniMind trains its tokenizer on its SFT file) is read as the chat template renders
+    it, tools included; a record with neither text nor messages is an error naming its line."""
+    data = tmp_path / "sft.jsonl"
+    record = {"tools": [{"type": "function", "function": {"name": "calculator", "parameters": {}}}],
+              "messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4"}]}
+    data.write_text((json.dumps(record) + "\n") * 30 + json.dumps({"text": "plain text, too"}) + "\n")
+    main(["tokenizer", "train", "--data", str(data), "--split_digits", "--vocab_size", "400",
+          "--out", str(tmp_path / "tok")])
+    assert f"byte-level BPE tokenizer (digits split) on {data} in" in capsys.readouterr().out
+    vocab = json.loads((tmp_path / "tok" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert "calculator" in vocab or "Ġcalculator" in vocab  # learnt from the rendered tools
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(record) + "\n" + json.dumps({"prompt": "no text"}) + "\n")
+    with pytest.raises(SystemExit):
+        main(["tokenizer", "train", "--data", str(bad), "--vocab_size", "300", "--out", str(tmp_path / "t2")])
+    err = capsys.readouterr().err
+    assert 'bad.jsonl:2: no "text", "messages" or "conversations" field' in err and "Traceback" not in err

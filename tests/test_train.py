@@ -250,3 +250,21 @@ def test_minimind_train_subcommand(corpus, tmp_path, capsys):
     assert "训练完成!" in capsys.readouterr().out
     saved = json.loads((tmp_path / "args.json").read_text())
     assert saved["max_steps"] == 2 and "func" not in saved
+
+
+def test_group_by_length_batches_similar_lengths_in_a_random_order():
+    from minimind.train.trainer import EpochBatches
+
+    lengths = [(i * 37) % 500 + 1 for i in range(1600)]
+
+    def batches(grouped, epoch=0):
+        return list(EpochBatches(1600, 16, 1, 0, 1, seed=3, epoch=epoch, lengths=lengths if grouped else None))
+
+    plain, grouped = batches(False), batches(True)
+    assert sorted(i for b in grouped for i in b) == list(range(1600)) and grouped == batches(True)
+    spread = lambda bs: sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in bs) / len(bs)  # noqa: E731
+    assert spread(grouped) < spread(plain) / 10
+    firsts = [lengths[b[0]] for b in grouped]
+    assert firsts != sorted(firsts) and batches(True, epoch=1) != grouped  # the batches' order stays random
+    padded = lambda bs: sum(max(lengths[i] for i in b) * len(b) for b in bs)  # noqa: E731
+    assert padded(grouped) < 0.75 * padded(plain)

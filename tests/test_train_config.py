@@ -91,3 +91,16 @@ def test_cli_reports_a_bad_config_in_one_line(tmp_path, capsys):
         main(["train", "--config", str(path)])
     assert e.value.code == 2
     assert "x.json: unknown key 'nope'" in capsys.readouterr().err
+
+
+def test_a_run_from_pretrained_weights_uses_their_tokenizer(tmp_path):
+    from minimind.tokenizer import load_tokenizer, save_tokenizer
+    from minimind.train.config import TrainConfig
+    from minimind.train.setup import tokenizer_path
+
+    assert tokenizer_path(TrainConfig()) is None  # the shipped one
+    save_tokenizer(load_tokenizer(), tmp_path)
+    assert tokenizer_path(TrainConfig(pretrained_path=str(tmp_path))) == str(tmp_path)
+    assert tokenizer_path(TrainConfig(pretrained_path=str(tmp_path / "model_final.pth"))) == str(tmp_path)
+    assert tokenizer_path(TrainConfig(pretrained_path=str(tmp_path), tokenizer="mine")) == "mine"
+    assert tokenizer_path(TrainConfig(pretrained_path=str(tmp_path / "elsewhere" / "w.pth"))) is None

@@ -23,10 +23,13 @@ def add_arguments(p):
     d = actions.add_parser("tooluse", help="write the built-in tool-use SFT set",
                            description="Write the built-in tool-use conversations (calculator, unit conversion, "
                                        "dates; see minimind/data/tooluse.py) as .jsonl, to train on with "
-                                       "`minimind train --stage sft --data OUT`.")
+                                       "`minimind train --stage sft --data OUT`; with --prompts, calculator "
+                                       "questions and their answers for `minimind agent --data OUT`.")
     d.add_argument("--out", required=True, help=".jsonl file to write")
     d.add_argument("--n", type=int, default=3000, help="conversations (default: %(default)s)")
     d.add_argument("--split", choices=("train", "val"), default="train", help="train, or the held-out questions")
+    d.add_argument("--prompts", action="store_true", help="write {\"prompt\", \"answer\"} records of the train "
+                                                          "phrasings instead, for agent RL")
 
 
 def main(args):
@@ -34,8 +37,14 @@ def main(args):
 
 
 def tooluse(args):
-    from ..data.tooluse import write_tool_conversations
+    from ..data.tooluse import agent_prompts, write_jsonl, write_tool_conversations
 
+    if args.prompts:
+        if args.split != "train":
+            raise ValueError("--prompts writes the train phrasings; the held-out ones are minimind eval's")
+        out = write_jsonl(agent_prompts(args.n), args.out)
+        print(f"wrote {args.n} calculator prompts with answers to {out}")
+        return
     out = write_tool_conversations(args.out, args.n, args.split)
     print(f"wrote {args.n} tool-use conversations ({args.split}) to {out}")
 

@@ -1,6 +1,6 @@
 """`minimind eval MODEL`: loss, perplexity, bits per byte on held-out text (the description is
 minimind/eval/perplexity.py's), lm-evaluation-harness tasks with --tasks (minimind/eval/harness.py), or the
-held-out calculator-call rate with --tasks tooluse (minimind/eval/tooluse.py)."""
+calculator agent's exact answers on held-out questions with --tasks tooluse (minimind/eval/tooluse.py)."""
 
 from . import docstring_of
 from .options import add_model_flags, load_for_inference
@@ -21,12 +21,18 @@ def add_arguments(p):
     g = p.add_argument_group("lm-evaluation-harness (pip install -e \".[eval]\")")
     g.add_argument("--tasks", default=None, help="run these lm-eval tasks instead of --data, comma-separated (e.g. "
                                                  "arc_easy,hellaswag,ceval-valid,cmmlu); --limit: examples per task. "
-                                                 "tooluse: minimind's held-out calculator-call rate (no lm-eval)")
+                                                 "tooluse: a tool-use model's exact answers with the calculator "
+                                                 "on held-out questions (no lm-eval; --limit: questions, default "
+                                                 "200)")
+    g.add_argument("--base_url", default=None, help="--tasks tooluse: ask a running server (e.g. "
+                                                    "http://127.0.0.1:8000/v1) through the OpenAI protocol instead; "
+                                                    "MODEL is the model name sent")
+    g.add_argument("--api_key", default="none", help="--base_url: the server's API key")
     g.add_argument("--include_path", default=None, help="a folder of your own lm-eval task YAML files")
     g.add_argument("--num_fewshot", type=int, default=None, help="examples in the prompt (default: each task's)")
     g.add_argument("--batch_size", type=int, default=16, help="sequences per forward pass (default: %(default)s)")
     g.add_argument("--output_path", default=None, help="write lm-eval's results as JSON: a .json file, or a folder "
-                                                       "that gets results.json")
+                                                       "that gets results.json (tooluse: a .json file)")
 
 
 def main(args):
@@ -83,20 +89,37 @@ def run_harness(args):
 
 
 def run_tooluse(args):
-    """--tasks tooluse: the held-out calculator-call rate (minimind.eval.tooluse) of --limit questions (default 100)."""
+    """--tasks tooluse: the report of minimind.eval.tooluse on --limit held-out questions (default 200), from the
+    model in-process, or from a server with --base_url."""
     import json
     import time
+    from pathlib import Path
 
-    from ..eval.tooluse import calculator_call_rate
+    from ..eval.tooluse import served_report, tooluse_report
 
     if args.data is not None:
         raise ValueError("give --data (loss and perplexity on your texts) or --tasks tooluse, not both")
     start = time.perf_counter()
-    model, tokenizer = load_for_inference(args)
-    rate = calculator_call_rate(model, tokenizer, args.limit or 100)
-    if args.json:
-        print(json.dumps({"model": args.model, "tooluse": rate}))
+    n = args.limit or 200
+    if args.base_url:
+        report = served_report(args.base_url, n, model=args.model, api_key=args.api_key)
     else:
-        print(f"{args.model}: {rate['questions']} held-out questions, well-formed calculator call "
-              f"{rate['well_formed']:.0%}, right result {rate['correct']:.0%} ({time.perf_counter() - start:.0f} s)")
-    return rate
+        model, tokenizer = load_for_inference(args)
+        report = tooluse_report(model, tokenizer, n)
+    if args.output_path:
+        from ..io import atomic_write
+
+        with atomic_write(args.output_path) as tmp:
+            Path(tmp).write_text(json.dumps({"model": args.model, "base_url": args.base_url, "tooluse": report},
+                                            ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps({"model": args.model, "tooluse": report}, ensure_ascii=False))
+        return report
+    print(f"{args.model}: {n} held-out arithmetic questions with the calculator ({time.perf_counter() - start:.0f} s)")
+    print(f"{'':10} {'questions':>9} {'well-formed call':>17} {'right call':>11} {'exact answer':>13}")
+    for key in ("all", "seen", "unseen", "en", "zh"):
+        if key in report:
+            r = report[key]
+            print(f"{key:10} {r['questions']:>9} {r['well_formed']:>17.1%} {r['right_call']:>11.1%} "
+                  f"{r['exact']:>13.1%}")
+    return report

@@ -7,8 +7,12 @@ def add_arguments(p):
     t = actions.add_parser("train", help="train a tokenizer on a corpus",
                            description="Train a byte-level BPE tokenizer. With no --data, on the built-in corpus "
                                        "(this is how the shipped 6400-token tokenizer was made).")
-    t.add_argument("--data", default=None, help="file, folder or glob of .jsonl ({\"text\": ...}), .txt or "
-                                                ".parquet (default: the built-in corpus)")
+    t.add_argument("--data", action="append", default=None,
+                   help="file, folder or glob of .jsonl ({\"text\": ...}, or conversations as the chat template "
+                        "renders them), .txt or .parquet; repeatable (default: the built-in corpus)")
+    t.add_argument("--builtin", action="store_true", help="also the built-in corpus, with --data")
+    t.add_argument("--split_digits", action="store_true", help="every digit a token of its own (numbers read the "
+                                                               "same in any context; for arithmetic and tool use)")
     t.add_argument("--vocab_size", type=int, default=6400, help="vocabulary size, special tokens included "
                                                                 "(default: %(default)s)")
     t.add_argument("--out", required=True, help="directory to write tokenizer.json and tokenizer_config.json to")
@@ -16,14 +20,19 @@ def add_arguments(p):
 
 
 def main(args):
+    import itertools
     import time
 
     from ..data import corpus
-    from ..data.files import read_texts
-    from ..tokenizer import train_tokenizer
+    from ..data.messages import chat_texts
+    from ..tokenizer import load_tokenizer, train_tokenizer
 
-    texts = corpus.pretrain_texts("train") if args.data is None else read_texts(args.data, args.skip_bad_records)
+    sources = list(args.data or [])
+    texts = [chat_texts(data, load_tokenizer(), args.skip_bad_records) for data in sources]
+    if args.builtin or not sources:
+        texts.append(corpus.pretrain_texts("train"))
+        sources.append("the built-in corpus")
     start = time.perf_counter()
-    tokenizer = train_tokenizer(texts, args.vocab_size, args.out)
-    print(f"trained a {len(tokenizer)}-token byte-level BPE tokenizer on {args.data or 'the built-in corpus'} "
-          f"in {time.perf_counter() - start:.1f}s; saved to {args.out}")
+    tokenizer = train_tokenizer(itertools.chain(*texts), args.vocab_size, args.out, split_digits=args.split_digits)
+    print(f"trained a {len(tokenizer)}-token byte-level BPE tokenizer{' (digits split)' * args.split_digits} on "
+          f"{' + '.join(sources)} in {time.perf_counter() - start:.1f}s; saved to {args.out}")

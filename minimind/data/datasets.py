@@ -168,6 +168,10 @@ class SFTDataset(Dataset):
         ids, labels = encode_chat(self.tokenizer, self.records[i], self.seq_len)
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
 
+    def lengths(self) -> list[int]:
+        """Each record's length in tokens (after truncation to seq_len), for batching by length."""
+        return [len(encode_chat(self.tokenizer, r, self.seq_len)[0]) for r in self.records]
+
 
 class DPODataset(Dataset):
     """Preference pairs: item i is {"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"},

@@ -62,7 +62,7 @@ def resolve_files(data: str | os.PathLike, suffixes=TEXT_SUFFIXES) -> list[Path]
 
 # --- reading records --------------------------------------------------------------------------------------------
 
-class _BadRecords:
+class BadRecords:
     """Record-level errors of one file: raised, or (skip=True) counted and reported once as a warning."""
 
     def __init__(self, path, skip: bool):
@@ -91,7 +91,7 @@ def _open_text(path: Path):
     return open(path, "rb")
 
 
-def _jsonl_records(path: Path, bad: _BadRecords) -> Iterator[tuple[int, dict]]:
+def jsonl_records(path: Path, bad: BadRecords) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each JSON object line; blank lines are skipped."""
     with _open_text(path) as f:
         for n, raw in enumerate(f, 1):
@@ -111,7 +111,7 @@ def _jsonl_records(path: Path, bad: _BadRecords) -> Iterator[tuple[int, dict]]:
             yield n, record
 
 
-def _txt_documents(path: Path, bad: _BadRecords) -> Iterator[tuple[int, str]]:
+def _txt_documents(path: Path, bad: BadRecords) -> Iterator[tuple[int, str]]:
     """(first line number, text) for each blank-line-separated block of a .txt file."""
     lines, start = [], 0
     with _open_text(path) as f:
@@ -131,7 +131,7 @@ def _txt_documents(path: Path, bad: _BadRecords) -> Iterator[tuple[int, str]]:
         yield start, "".join(lines).rstrip("\n")
 
 
-def _parquet_documents(path: Path, bad: _BadRecords, column: str = "text") -> Iterator[tuple[int, str]]:
+def _parquet_documents(path: Path, bad: BadRecords, column: str = "text") -> Iterator[tuple[int, str]]:
     """(row number, text) for each row of a Parquet file's `text` column, read in batches."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -158,8 +158,8 @@ def _parquet_documents(path: Path, bad: _BadRecords, column: str = "text") -> It
             yield row, text
 
 
-def _jsonl_texts(path: Path, bad: _BadRecords) -> Iterator[tuple[int, str]]:
-    for n, record in _jsonl_records(path, bad):
+def _jsonl_texts(path: Path, bad: BadRecords) -> Iterator[tuple[int, str]]:
+    for n, record in jsonl_records(path, bad):
         if "text" not in record:
             bad(data_error(f"{path}:{n}", f'no "text" field (keys: {", ".join(record) or "none"})',
                        '{"text": "..."}'))
@@ -173,7 +173,7 @@ def read_texts(data, skip_bad_records: bool = False) -> Iterator[str]:
     """Every pretraining document of `data` (file, folder or glob of .jsonl/.json/.txt/.parquet), in order."""
     readers = {".jsonl": _jsonl_texts, ".json": _jsonl_texts, ".txt": _txt_documents, ".parquet": _parquet_documents}
     for path in resolve_files(data, TEXT_SUFFIXES):
-        bad = _BadRecords(path, skip_bad_records)
+        bad = BadRecords(path, skip_bad_records)
         for _, text in readers[path.suffix.lower()](path, bad):
             yield text
         bad.report()
@@ -183,8 +183,8 @@ def read_records(data, parse, skip_bad_records: bool = False) -> list:
     """`parse(record, "path:line")` applied to every JSON line of `data`; bad records raise or are skipped."""
     out = []
     for path in resolve_files(data, CHAT_SUFFIXES):
-        bad = _BadRecords(path, skip_bad_records)
-        for n, record in _jsonl_records(path, bad):
+        bad = BadRecords(path, skip_bad_records)
+        for n, record in jsonl_records(path, bad):
             try:
                 out.append(parse(record, f"{path}:{n}"))
             except DataError as e:

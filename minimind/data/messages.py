@@ -37,8 +37,8 @@ turn is cut.
 
 import json
 
+from .files import DataError, data_error
 from .parse import THINK_CLOSE, THINK_OPEN
-from .files import data_error
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
          "tool": "tool"}  # read -> rendered
@@ -292,6 +292,32 @@ def prompt_ids(tokenizer, messages: list[dict], tools: list | None = None,
                enable_thinking: bool | None = None) -> list[int]:
     """`prompt_text` as token ids (the template writes its own special tokens)."""
     return tokenizer.encode(prompt_text(tokenizer, messages, tools, enable_thinking), add_special_tokens=False)
+
+
+def chat_texts(data, tokenizer, skip_bad_records: bool = False):
+    """The texts of `data` to train a tokenizer on: a .txt/.parquet file's documents, a JSON line's "text", or a
+    conversation record ({"messages"} / {"conversations"}, optional "tools") as `tokenizer`'s chat template renders
+    it, so that the template's words and the tools' schemas get tokens of their own."""
+    from .files import TEXT_SUFFIXES, BadRecords, jsonl_records, read_texts, resolve_files
+
+    for path in resolve_files(data, TEXT_SUFFIXES):
+        if path.suffix.lower() not in (".jsonl", ".json"):
+            yield from read_texts(path, skip_bad_records)
+            continue
+        bad = BadRecords(path, skip_bad_records)
+        for n, record in jsonl_records(path, bad):
+            if isinstance(record.get("text"), str):
+                yield record["text"]
+                continue
+            where = f"{path}:{n}"
+            try:
+                if "messages" not in record and "conversations" not in record:
+                    raise data_error(where, f'no "text", "messages" or "conversations" field (keys: '
+                                            f'{", ".join(record) or "none"})', '{"text": "..."} or {"messages": [...]}')
+                yield render(tokenizer, parse_conversation(record, where))
+            except DataError as e:
+                bad(e)
+        bad.report()
 
 
 # --- SFT and DPO ------------------------------------------------------------------------------------------------

@@ -87,9 +87,13 @@ class TrainConfig:
     stage: str = setting("pretrain", "what to train on", DATA, choices=STAGES,
                          per_command={"lora": "sft", "dpo": "dpo", "distill": "sft", **rl("rl")})
     data: str | None = setting(None, "file, folder, glob or prepared shards", DATA, shown="built-in corpus")
-    tokenizer: str | None = setting(None, "tokenizer directory", DATA, shown="the shipped 6400-token one")
+    tokenizer: str | None = setting(None, "tokenizer directory", DATA,
+                                    shown="the one saved with --pretrained_path, else the shipped 6400-token one")
     skip_bad_records: bool = setting(False, "warn about and skip malformed records", DATA, shown="")
     num_workers: int = setting(0, "DataLoader worker processes", DATA)
+    group_by_length: bool = setting(False, "batch conversations of similar length together (less padding: SFT "
+                                           "of mixed lengths runs up to ~1.6x faster; the batches stay random)",
+                                    DATA, shown="")
     # optimisation
     accumulation_steps: int = setting(1, "micro-batches per optimizer step", OPTIMISATION)
     warmup_ratio: float = setting(0.05, "warmup as a fraction of all steps", OPTIMISATION)

@@ -96,6 +96,19 @@ def model_saver(tokenizer):
     return save
 
 
+def tokenizer_path(config: TrainConfig) -> str | None:
+    """--tokenizer, else the tokenizer saved with the weights the run starts from (--pretrained_path, or the
+    distillation teacher), else None (the shipped one)."""
+    if config.tokenizer:
+        return config.tokenizer
+    for source in (config.pretrained_path, config.teacher):
+        if source:
+            folder = Path(source) if Path(source).is_dir() else Path(source).parent
+            if (folder / "tokenizer.json").is_file():
+                return str(folder)
+    return None
+
+
 def start(config: TrainConfig, command: str = "train"):
     """Resolve the settings (`resolve`), set up logging, join torchrun's process group if any (each rank on its own
     GPU), print the banner, seed, load the tokenizer: (config, dist_info, tokenizer)."""
@@ -111,7 +124,7 @@ def start(config: TrainConfig, command: str = "train"):
     log.info(seed_line("device", device=config.device) + (f" x {dist_info.world} processes"
                                                           if dist_info.world > 1 else ""))
     torch.manual_seed(config.seed)
-    return config, dist_info, load_tokenizer(config.tokenizer)
+    return config, dist_info, load_tokenizer(tokenizer_path(config))
 
 
 def build_model(config: TrainConfig, tokenizer, model_cfg: MiniMindConfig | None = None):

@@ -57,14 +57,22 @@ class EpochBatches(torch.utils.data.Sampler):
 
     Optimizer step s covers global samples [s*G, (s+1)*G) with G = batch * world * accumulation; inside
     it, micro-step a of rank r takes the slice starting at (a * world + r) * batch.
+
+    With `lengths` (one per sample), the permutation is cut into windows of GROUP_WINDOW global batches; each
+    window is sorted by length and its global batches are shuffled again: a batch holds samples of similar length
+    (little padding) and the order of batches stays random.
     """
 
+    GROUP_WINDOW = 50
+
     def __init__(self, n: int, batch: int, world: int, rank: int, accumulation: int, seed: int, epoch: int,
-                 start: int = 0, shuffle: bool = True):
+                 start: int = 0, shuffle: bool = True, lengths: list[int] | None = None):
         self.batch, self.world, self.rank, self.accumulation = batch, world, rank, accumulation
         g = torch.Generator().manual_seed(seed * 1000 + epoch)
         self.order = torch.randperm(n, generator=g).tolist() if shuffle else list(range(n))
         self.global_batch = batch * world * accumulation
+        if lengths is not None and shuffle:
+            self.order = self._grouped(self.order, lengths, g)
         self.steps = n // self.global_batch
         self.start = start
 
@@ -76,6 +84,15 @@ class EpochBatches(torch.utils.data.Sampler):
 
     def __len__(self):
         return (self.steps - self.start // self.global_batch) * self.accumulation
+
+    def _grouped(self, order: list[int], lengths: list[int], g: torch.Generator) -> list[int]:
+        G, out = self.global_batch, []
+        size = G * self.GROUP_WINDOW
+        for w in range(0, len(order), size):
+            window = sorted(order[w:w + size], key=lambda i: lengths[i])
+            batches = [window[b:b + G] for b in range(0, len(window), G)]
+            out += [i for k in torch.randperm(len(batches), generator=g).tolist() for i in batches[k]]
+        return out
 
 
 # --- the loop ------------------------------------------------------------------------------------------------------
@@ -137,6 +154,7 @@ class Trainer:
         self.model = model.to(self.device)
         self.train_set, self.val_set = train_set, val_set
         self.loss_fn, self.collate_fn = loss_fn, collate_fn
+        self._lengths = None  # the train set's sample lengths, with --group_by_length
         self.save_model, self.sample_fn = save_model, sample_fn
         self.perplexity_name = perplexity_name
         self.prepare = prepare
@@ -177,8 +195,13 @@ class Trainer:
     def loader(self, dataset, epoch: int, start: int, shuffle: bool = True, batch: int | None = None):
         """This rank's micro-batches of `dataset` for `epoch`, from global sample `start` on (`EpochBatches`)."""
         c = self.config
+        lengths = None
+        if c.group_by_length and shuffle and hasattr(dataset, "lengths"):
+            if self._lengths is None:
+                self._lengths = dataset.lengths()
+            lengths = self._lengths
         sampler = EpochBatches(len(dataset), batch or c.batch_size, self.dist.world, self.dist.rank,
-                               c.accumulation_steps if shuffle else 1, c.seed, epoch, start, shuffle)
+                               c.accumulation_steps if shuffle else 1, c.seed, epoch, start, shuffle, lengths)
         # Its own generator, so creating workers never draws from the global RNG (exact resume).
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=self.collate_fn, num_workers=c.num_workers,
                           generator=torch.Generator().manual_seed(c.seed), pin_memory=self.device.type == "cuda")
