@@ -109,8 +109,11 @@ def test_distill_refuses_a_teacher_with_another_vocabulary_or_tokenizer(teacher_
     other = tmp_path / "other-teacher"  # same sizes, another tokenizer
     teacher_model().save_pretrained(other)
     train_tokenizer([f"some other text number {i}" for i in range(50)], 300, other)
+    from minimind.tokenizer import SHIPPED
+
+    # (without --tokenizer the student takes the teacher's; a different one given is refused)
     args = stage_args("distill", [*RUN, *STUDENT, "--teacher", str(other), "--stage", "pretrain", "--data",
-                                  str(text_file), "--output_dir", str(tmp_path)])
+                                  str(text_file), "--output_dir", str(tmp_path), "--tokenizer", str(SHIPPED)])
     with pytest.raises(ValueError, match="the teacher was trained with another tokenizer"):
         run_distill(args)
     with pytest.raises(FileNotFoundError, match="no such file or directory"):
