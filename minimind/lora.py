@@ -22,7 +22,10 @@ The files are PEFT's: tensors named `base_model.model.<module>.lora_A.weight` / 
 (`peft_type`, `r`, `lora_alpha`, `target_modules`), so `peft.PeftModel.from_pretrained` puts a minimind adapter on
 the exported `LlamaForCausalLM` (`minimind export --format hf`: same module names), and an adapter that `peft`
 trained on that export loads here (`--adapter DIR`), rsLoRA and per-module ranks / alphas included. Adapters that
-minimind wrote before it used PEFT's layout (config keys rank / alpha / targets) still load.
+minimind wrote before it used PEFT's layout (config keys rank / alpha / targets) still load, and so do the public
+MiniMind project's own LoRA files (`--adapter lora_medical_768.pth`, its `save_lora`): a state dict of
+`<module>.lora.A.weight` (r, in) and `<module>.lora.B.weight` (out, r), fp16, under our module names, added as
+y = x W^T + x A^T B^T, i.e. alpha = r, with no config file (`read_minimind_lora`).
 """
 
 import json
@@ -196,15 +199,47 @@ def _peft_config(config: dict, config_file: Path) -> dict:
     return config
 
 
+MINIMIND_LORA_KEY = re.compile(r"(?:module\.)?(.+)\.lora\.([AB])\.weight")  # MiniMind's save_lora names
+
+
+def read_minimind_lora(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, tensors) of the public MiniMind project's LoRA file (see the module docstring), as `read_adapter`
+    gives them: the tensors under our names, the config PEFT's fields for a plain LoRA of scale 1 (alpha = r)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle that is not a plain state dict, a truncated file
+        raise ValueError(f"{path}: not a readable .pth state dict ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(state, dict) or not state:
+        raise ValueError(f"{path}: not a LoRA state dict (it holds {type(state).__name__})")
+    tensors = {}
+    for key, value in state.items():
+        m = MINIMIND_LORA_KEY.fullmatch(key)
+        if m is None or not isinstance(value, torch.Tensor) or value.dim() != 2:
+            raise ValueError(f"{path}: {key} is not a MiniMind LoRA matrix (<module>.lora.A.weight / .lora.B.weight, "
+                             "as MiniMind's save_lora writes); a full model goes in MODEL or --pretrained_path, not "
+                             "--adapter")
+        tensors[f"{m.group(1)}.lora_{m.group(2)}"] = value
+    ranks = {v.shape[0] for k, v in tensors.items() if k.endswith(".lora_A")}
+    if len(ranks) != 1:
+        raise ValueError(f"{path}: the LoRA A matrices have ranks {sorted(ranks)}; a MiniMind LoRA file has one rank")
+    rank = ranks.pop()
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": float(rank), "lora_dropout": 0.0,
+              "target_modules": sorted({k.rpartition(".")[0].rpartition(".")[2] for k in tensors})}
+    return config, tensors
+
+
 def read_adapter(path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config, tensors) of a saved adapter: a directory holding adapter_model.safetensors and adapter_config.json,
-    or a .safetensors file with adapter_config.json beside it. The config comes back with PEFT's field names
-    (plus "base_model", the base's shape summary when the file has one), the tensors under minimind's module names
-    ("<module>.lora_A" / "<module>.lora_B"), whichever layout was saved (PEFT's, or minimind's older one)."""
+    or a .safetensors file with adapter_config.json beside it, or a MiniMind LoRA .pth. The config comes back with
+    PEFT's field names (plus "base_model", the base's shape summary when the file has one), the tensors under
+    minimind's module names ("<module>.lora_A" / "<module>.lora_B"), whichever layout was saved (PEFT's, minimind's
+    older one, MiniMind's)."""
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
+    if path.suffix in (".pth", ".pt") and path.is_file():
+        return read_minimind_lora(path)
     weights = path / ADAPTER_WEIGHTS if path.is_dir() else path
     config_file = weights.parent / ADAPTER_CONFIG
     if path.is_dir() and not weights.is_file() and (path / "adapter_model.bin").is_file():

@@ -231,8 +231,8 @@ def test_prompt_files_are_checked(tmp_path):
     ds = PromptDataset(str(good), tok, 64, split="train")
     assert ds[0]["answer"] == "4" and ds[0]["prompt_ids"][-1] != tok.eos_token_id
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
-                                            {"role": "assistant", "content": "Hello"}]}) + "\n")
+    bad.write_text(json.dumps({"messages": [{"role": "system", "content": "Be brief."},  # (a final assistant
+                                            {"role": "assistant", "content": "Hello"}]}) + "\n")  # turn is dropped)
     with pytest.raises(ValueError, match="bad.jsonl:1: the conversation must end with a user message"):
         PromptDataset(str(bad), tok, 64)
 

@@ -121,7 +121,7 @@ def test_the_engine_runs_the_calculator_between_turns(one_thread):
 
     (turns,) = agent_turns(tool_model(), load_tokenizer(), [SIX_NINE["question"]])
     assert turns["calls"] == [{"name": "calculator", "arguments": {"expression": "6 * 9"}, "result": "54"}]
-    assert turns["final"] == "6 * 9 = 54."
+    assert turns["final"] == "6 * 9 = 54." and turns["first_calls"] == 1
     report = score([SIX_NINE, {**SIX_NINE, "answer": "55", "phrasing": "unseen"}], [turns, turns])
     assert report["all"] == {"questions": 2, "well_formed": 1.0, "right_call": 0.5, "exact": 0.5}
     assert report["seen"]["exact"] == 1.0 and report["unseen"]["exact"] == 0.0
@@ -132,10 +132,10 @@ def test_the_engine_runs_the_calculator_between_turns(one_thread):
 def test_score_reads_what_a_model_wrote():
     from minimind.eval.tooluse import score
 
-    no_call = {"calls": [], "first_text": "54", "final": "54"}
-    bad_call = {"calls": [], "first_text": "<tool_call>\n{not json\n</tool_call>", "final": ""}
+    no_call = {"calls": [], "first_text": "54", "first_calls": 0, "final": "54"}
+    bad_call = {"calls": [], "first_text": "<tool_call>\n{not json\n</tool_call>", "first_calls": 0, "final": ""}
     wrong = {"calls": [{"name": "calculator", "arguments": {"expression": "6 * 8"}, "result": "48"}],
-             "first_text": "", "final": "6 * 8 = 48, so 54?"}
+             "first_text": "", "first_calls": 1, "final": "6 * 8 = 48, so 54?"}
     report = score([SIX_NINE] * 3, [no_call, bad_call, wrong])
     assert report["all"] == {"questions": 3, "well_formed": pytest.approx(1 / 3, abs=1e-4), "right_call": 0.0,
                              "exact": pytest.approx(2 / 3, abs=1e-4)}  # the last number counts, even without a call

@@ -2,7 +2,8 @@
 
 `PretrainDataset` serves packed sequences of a corpus, a file set or prepared shards (memory-mapped);
 `StreamingPretrainDataset` reads corpora larger than memory; `SFTDataset` and `DPODataset` serve rendered
-conversations and pairs (`messages.py`). `collate` pads to the longest in the batch.
+conversations and pairs (`messages.py`), with MiniMind-3's data options (`messages.Augment`) when given. `collate`
+pads to the longest in the batch.
 """
 
 import hashlib
@@ -14,7 +15,7 @@ from torch.utils.data import Dataset, IterableDataset
 
 from ..tokenizer import tokenizer_hash
 from .files import TEXT_SUFFIXES, data_error, read_records, read_texts, resolve_files
-from .messages import encode_chat, parse_conversation, parse_pair
+from .messages import Augment, encode_chat, parse_conversation, parse_pair
 from .tokens import (
     SPLITS,
     TokenStream,
@@ -149,9 +150,12 @@ class SFTDataset(Dataset):
     """Conversations for supervised fine-tuning: item i is {"input_ids": LongTensor(n), "labels": LongTensor(n)},
     n <= seq_len, labels -100 except on assistant content and its closing <|im_end|>. Records are validated when
     loaded and tokenized when read. `data=None`: the built-in dialogues; user data's val split is every 100th
-    record (the last one when there are fewer than 100)."""
+    record (the last one when there are fewer than 100). `augment`: MiniMind-3's options (a system prompt added, empty
+    thinking blocks kept or cut), drawn per record."""
+    augment = Augment()  # by default none (frozen: shared safely)
 
-    def __init__(self, data, tokenizer, seq_len: int, split: str = "train", skip_bad_records: bool = False):
+    def __init__(self, data, tokenizer, seq_len: int, split: str = "train", skip_bad_records: bool = False,
+                 augment: Augment | None = None):
         if data is None:
             from . import corpus
 
@@ -159,40 +163,49 @@ class SFTDataset(Dataset):
                             for i, r in enumerate(corpus.sft_conversations(split))]
         else:
             self.records = split_items(read_records(data, parse_conversation, skip_bad_records), split)
-        self.tokenizer, self.seq_len = tokenizer, seq_len
+        self.tokenizer, self.seq_len, self.augment = tokenizer, seq_len, augment or self.augment
 
     def __len__(self):
         return len(self.records)
 
+    def encode(self, i) -> tuple[list[int], list[int]]:
+        messages = self.augment.system(self.records[i], i)
+        return encode_chat(self.tokenizer, messages, self.seq_len, keep_empty_think=self.augment.keep_empty_think(i))
+
     def __getitem__(self, i):
-        ids, labels = encode_chat(self.tokenizer, self.records[i], self.seq_len)
+        ids, labels = self.encode(i)
         return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels)}
 
     def lengths(self) -> list[int]:
         """Each record's length in tokens (after truncation to seq_len), for batching by length."""
-        return [len(encode_chat(self.tokenizer, r, self.seq_len)[0]) for r in self.records]
+        return [len(self.encode(i)[0]) for i in range(len(self.records))]
 
 
 class DPODataset(Dataset):
     """Preference pairs: item i is {"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"},
-    labels -100 except on the final assistant response and its <|im_end|>. `data=None`: the built-in pairs."""
+    labels -100 except on the final assistant response and its <|im_end|>. `data=None`: the built-in pairs.
+    `augment`: MiniMind-3's empty thinking blocks kept or cut, one draw for both sides of a pair (they differ only in
+    the response)."""
+    augment = Augment()  # by default none (frozen: shared safely)
 
-    def __init__(self, data, tokenizer, seq_len: int, split: str = "train", skip_bad_records: bool = False):
+    def __init__(self, data, tokenizer, seq_len: int, split: str = "train", skip_bad_records: bool = False,
+                 augment: Augment | None = None):
         if data is None:
             from . import corpus
 
             self.pairs = [parse_pair(r, f"built-in:{i}") for i, r in enumerate(corpus.dpo_pairs(split))]
         else:
             self.pairs = split_items(read_records(data, parse_pair, skip_bad_records), split)
-        self.tokenizer, self.seq_len = tokenizer, seq_len
+        self.tokenizer, self.seq_len, self.augment = tokenizer, seq_len, augment or self.augment
 
     def __len__(self):
         return len(self.pairs)
 
     def __getitem__(self, i):
         item = {}
+        keep = self.augment.keep_empty_think(i)
         for side, messages in zip(("chosen", "rejected"), self.pairs[i]):
-            ids, labels = encode_chat(self.tokenizer, messages, self.seq_len, only_last=True)
+            ids, labels = encode_chat(self.tokenizer, messages, self.seq_len, only_last=True, keep_empty_think=keep)
             item[f"{side}_input_ids"], item[f"{side}_labels"] = torch.tensor(ids), torch.tensor(labels)
         return item
 

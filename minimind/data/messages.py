@@ -26,16 +26,32 @@ the server the param `messages[2].content[1]`.
 Records: SFT conversations are MiniMind's `{"conversations": [messages]}` or OpenAI's `{"messages": [messages]}`,
 with an optional `"tools"` list (OpenAI's function schemas, rendered into the system turn);
 DPO pairs are `{"chosen": [messages], "rejected": [messages]}` (both ending with the assistant response) or
-`{"prompt": "...", "chosen": "...", "rejected": "..."}` strings.
+`{"prompt": "...", "chosen": "...", "rejected": "..."}` strings; RL prompts (`parse_prompt`) end with the user
+turn the model answers. Records also take MiniMind-3's own shapes (its `sft_t2t`, `rlaif` and `agent_rl` files, read
+by `_from_minimind`): `tools` on the system message (a list or its JSON text; the conversation's tools), an
+assistant's `tool_calls` as JSON text, null or empty `tools` / `tool_calls` / `reasoning_content` (what MiniMind's
+loader fills in) as absent, and in RL prompts a final assistant turn (MiniMind's placeholder) dropped. The server
+reads OpenAI's shapes only.
 
-Tokens: conversations are rendered with the tokenizer's chat template. Labels are -100 everywhere except what the
-assistant writes: its thinking, content and tool calls, and its closing `<|im_end|>` (SFT: every assistant turn;
-DPO: the final response); never the system turn, the tools, the user's turns or the tool results. A
+MiniMind-3's data options (`Augment`, the training flags `--add_system_ratio`, `--empty_think_ratio`,
+`--thinking_ratio`), each drawn per record from (seed, record index), so that every epoch, worker and resumed run
+sees the same data: a generic system prompt added to a share of the conversations that have neither a system
+message nor tools; the empty thinking blocks a template writes (`<think>\n\n</think>\n\n`, MiniMind-3's writes one
+in every turn without thinking) kept in a share of the conversations and cut from the others; RL prompts rendered
+with thinking opened for a share of them and closed for the others.
+
+Tokens: conversations are rendered with the tokenizer's chat template (minimind's, or an imported model's such as
+MiniMind-3's). Labels are -100 everywhere except what the assistant writes: its thinking (from `<think>`, also
+where the template writes the tag itself), content and tool calls, and its closing `<|im_end|>` (SFT: every
+assistant turn; DPO: the final response); never the system turn, the tools, the user's turns or the tool results. A
 conversation longer than `seq_len` loses whole turns (SFT: from the end; DPO: the oldest exchanges) before any
 turn is cut.
 """
 
 import json
+import os
+import random
+from dataclasses import dataclass
 
 from .files import DataError, data_error
 from .parse import THINK_CLOSE, THINK_OPEN
@@ -217,10 +233,45 @@ def parse_tools(value, at: str = "tools") -> list[dict] | None:
     return tools
 
 
-def _messages(value, where: str, field: str) -> list[dict]:
-    """The messages in a record's `field`; DataError naming the record and the message at fault."""
+def _json_text(value, at: str, expected: str):
+    """A value that MiniMind's data may hold as JSON text, decoded; other values as they are."""
+    if not isinstance(value, str):
+        return value
     try:
-        return parse_messages(value)
+        return json.loads(value)
+    except ValueError as e:
+        raise MessageError(at, f"is not valid JSON ({e})", expected) from None
+
+
+def _from_minimind(value) -> tuple[list, list[dict] | None]:
+    """MiniMind-3's shapes of a message list in data, made OpenAI's (see the module docstring): (the messages, the
+    tools of its system message or None)."""
+    if not isinstance(value, list):
+        return value, None
+    out, tools = [], None
+    for i, m in enumerate(value):
+        if isinstance(m, dict):
+            m = {k: v for k, v in m.items()
+                 if not (k in ("tools", "tool_calls", "reasoning_content") and (v is None or v == ""))}
+            if "tools" in m and m.get("role") == "system":
+                if tools is not None:
+                    raise MessageError(f"[{i}].tools", "repeats the tools of an earlier system message",
+                                       "the tools on one system message")
+                tools = parse_tools(_json_text(m.pop("tools"), f"[{i}].tools", "a JSON list of tools"),
+                                    f"[{i}].tools") or []
+            if isinstance(m.get("tool_calls"), str):
+                m["tool_calls"] = _json_text(m["tool_calls"], f"[{i}].tool_calls",
+                                             f"a JSON list of {EXPECTED['tool_call']}")
+        out.append(m)
+    return out, tools or None
+
+
+def _messages(value, where: str, field: str) -> Conversation:
+    """The messages in a record's `field` (with the tools its system message offers, MiniMind's shape); DataError
+    naming the record and the message at fault."""
+    try:
+        value, tools = _from_minimind(value)
+        return Conversation(parse_messages(value), tools)
     except MessageError as e:
         raise data_error(where, f"{field}{e.at} {e.problem}", e.expected) from None
 
@@ -239,7 +290,23 @@ def parse_conversation(record: dict, where: str) -> list[dict]:
         tools = parse_tools(record.get("tools"))
     except MessageError as e:
         raise data_error(where, f"{e.at} {e.problem}", e.expected) from None
-    return Conversation(messages, tools)
+    if tools and messages.tools:
+        raise data_error(where, f'both "tools" and a system message\'s "tools" in {field}',
+                         "the tools in one place")
+    return Conversation(messages, tools or messages.tools)
+
+
+def parse_prompt(value, where: str, field: str) -> Conversation:
+    """The messages of an RL prompt record's `field`, ending with the user turn the model answers: a final assistant
+    turn is dropped, whatever it holds (MiniMind's rlaif.jsonl and agent_rl.jsonl end with one, empty or a
+    placeholder, that the rollout writes); DataError otherwise."""
+    messages = _messages(value, where, field)
+    if messages[-1]["role"] == "assistant":
+        messages = Conversation(messages[:-1], messages.tools)
+    if not messages or messages[-1]["role"] != "user":
+        raise data_error(where, "the conversation must end with a user message (the model answers it; a final "
+                                "assistant message is dropped)", '[..., {"role": "user", "content": "..."}]')
+    return messages
 
 
 def parse_pair(record: dict, where: str) -> tuple[list[dict], list[dict]]:
@@ -259,13 +326,70 @@ def parse_pair(record: dict, where: str) -> tuple[list[dict], list[dict]]:
             if prompt is None:
                 raise data_error(where, f'"{field}" is a string but there is no "prompt"',
                              '{"prompt": "...", "chosen": "...", "rejected": "..."}')
-            messages = prompt + [{"role": "assistant", "content": value}]
+            messages = Conversation(prompt + [{"role": "assistant", "content": value}], getattr(prompt, "tools", None))
         else:
-            messages = (prompt or []) + _messages(value, where, field)
+            side = _messages(value, where, field)
+            messages = Conversation((prompt or []) + side, side.tools or getattr(prompt, "tools", None))
         if messages[-1]["role"] != "assistant":
             raise data_error(where, f'"{field}" does not end with an assistant message', "the response last")
         sides.append(messages)
     return sides[0], sides[1]
+
+
+# --- MiniMind-3's data options -------------------------------------------------------------------------------------
+
+EMPTY_THINK = f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"  # an empty thinking block, as Qwen3 and MiniMind-3 write it
+
+SYSTEM_PROMPTS = (  # generic system prompts, for --add_system_ratio
+    "You are a helpful assistant.",
+    "You are minimind, a small language model. Answer as well as you can.",
+    "You are a careful assistant: answer the user's question accurately and briefly.",
+    "你是一个乐于助人的AI助手。",
+    "你是minimind，一个小巧的语言模型，请尽力回答用户的问题。",
+    "你是一个认真的助手，请准确、简洁地回答问题。",
+)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """MiniMind-3's data options (see the module docstring), each a share between 0 and 1, drawn per record from
+    (seed, record index): `add_system_ratio` (0: never), `empty_think_ratio` (1: the template's blocks all kept),
+    `thinking_ratio` (RL prompts; None: the template's default)."""
+    add_system_ratio: float = 0.0
+    empty_think_ratio: float = 1.0
+    thinking_ratio: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("add_system_ratio", "empty_think_ratio", "thinking_ratio"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"--{name} is a share between 0 and 1, got {value}")
+
+    def _draw(self, what: str, index: int) -> random.Random:
+        return random.Random(f"{self.seed}:{what}:{index}")  # a str seed is hashed the same in every process
+
+    def system(self, messages: list[dict], index: int) -> list[dict]:
+        """`messages`, or with a generic system prompt first (for a share add_system_ratio of the conversations
+        with neither a system message nor tools)."""
+        tools = getattr(messages, "tools", None)
+        if not self.add_system_ratio or tools or messages[0]["role"] == "system":
+            return messages
+        rng = self._draw("system", index)
+        if rng.random() >= self.add_system_ratio:
+            return messages
+        return Conversation([{"role": "system", "content": rng.choice(SYSTEM_PROMPTS)}, *messages], tools)
+
+    def keep_empty_think(self, index: int) -> bool:
+        """Whether record `index` keeps the empty thinking blocks the template writes."""
+        return self.empty_think_ratio >= 1.0 or self._draw("empty_think", index).random() < self.empty_think_ratio
+
+    def thinking(self, index: int) -> bool | None:
+        """Whether RL prompt `index` is rendered with thinking opened (True) or closed (False); None: the template's
+        default."""
+        if self.thinking_ratio is None:
+            return None
+        return self._draw("thinking", index).random() < self.thinking_ratio
 
 
 # --- rendering --------------------------------------------------------------------------------------------------
@@ -273,10 +397,12 @@ def parse_pair(record: dict, where: str) -> tuple[list[dict], list[dict]]:
 def render(tokenizer, messages: list[dict], tools: list | None = None, add_generation_prompt: bool = False,
            enable_thinking: bool | None = None) -> str:
     """The chat template's text of `messages` (and the `tools` offered; a `Conversation`'s own by default).
-    `enable_thinking`: None leaves thinking to the model; True opens it; False writes an empty one."""
+    `enable_thinking`: None leaves thinking to the model; True opens it; False writes an empty one. The switch goes to
+    the template under both names templates read: `enable_thinking` (minimind's, Qwen3's) and `open_thinking`
+    (MiniMind-3's, which an imported MiniMind-3 model keeps)."""
     if tools is None:
         tools = getattr(messages, "tools", None)
-    extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking}
+    extra = {} if enable_thinking is None else {"enable_thinking": enable_thinking, "open_thinking": enable_thinking}
     return tokenizer.apply_chat_template(list(messages), tools=tools or None, tokenize=False,
                                          add_generation_prompt=add_generation_prompt, **extra)
 
@@ -322,27 +448,40 @@ def chat_texts(data, tokenizer, skip_bad_records: bool = False):
 
 # --- SFT and DPO ------------------------------------------------------------------------------------------------
 
-def _render(tokenizer, messages: list[dict], only_last: bool) -> tuple[list[int], list[int]]:
-    """Token ids of the chat-template rendering, and labels: the ids of what the assistant writes (from after its
-    turn's opening to its closing eos, thinking and tool calls included), -100 elsewhere. An assistant turn is
-    found as the text the template adds after the conversation before it with the turn opened."""
+def _render(tokenizer, messages: list[dict], only_last: bool, keep_empty_think: bool = True
+            ) -> tuple[list[int], list[int]]:
+    """Token ids of the chat-template rendering, and labels: the ids of what the assistant writes (its thinking,
+    content and tool calls, through its closing eos), -100 elsewhere. An assistant turn is the text the template
+    adds for it after the conversation before it. What it learns starts where that text leaves the template's
+    generation prompt (`<|im_start|>assistant\n`), or at a `<think>` before that point: templates that write the
+    thinking tags into the prompt too (MiniMind-3's writes an empty block into every prompt and every turn) still
+    have the assistant learn its thinking, not only what follows it. `keep_empty_think` False cuts the empty
+    thinking blocks from every rendering (`Augment.keep_empty_think`)."""
     tools = getattr(messages, "tools", None)
-    text = render(tokenizer, messages, tools)
+
+    def text_of(part, opened=False):
+        text = render(tokenizer, part, tools, add_generation_prompt=opened)
+        return text if keep_empty_think else text.replace(EMPTY_THINK, "")
+
+    text = text_of(messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     eos = tokenizer.eos_token or ""
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     spans = []  # character spans [start, end) to learn, in order
     for i in turns[-1:] if only_last else turns:
-        before = render(tokenizer, messages[:i], tools, add_generation_prompt=True)
-        through = render(tokenizer, messages[:i + 1], tools)
-        if not through.startswith(before) or not text.startswith(through):
-            raise ValueError("the chat template renders a conversation differently from its beginning; cannot "
-                             "locate the assistant turns")
-        end = len(through.rstrip("\n"))
-        if eos and not through[:end].endswith(eos):  # a template without eos: the turn's text alone
-            end = len(through)
-        spans.append((len(before), end))
+        before, opened, through = text_of(messages[:i]), text_of(messages[:i], True), text_of(messages[:i + 1])
+        if not (opened.startswith(before) and through.startswith(before) and text.startswith(through)):
+            raise ValueError("the chat template renders a conversation differently from its beginning (it rewrites "
+                             f"earlier turns once later ones follow); cannot locate assistant turn {i}")
+        turn = through[len(before):]
+        head = len(os.path.commonprefix([turn, opened[len(before):]]))
+        think = turn.find(THINK_OPEN, 0, head)
+        head = think if think >= 0 else head
+        end = len(turn.rstrip("\n"))
+        if eos and not turn[:end].endswith(eos):  # a template without eos: the turn's text alone
+            end = len(turn)
+        spans.append((len(before) + head, len(before) + end))
     labels, s = [-100] * len(ids), 0
     for j, (a, b) in enumerate(offsets):  # a token is learnt when it overlaps a span
         while s < len(spans) and spans[s][1] <= a:
@@ -352,12 +491,12 @@ def _render(tokenizer, messages: list[dict], only_last: bool) -> tuple[list[int]
     return ids, labels
 
 
-def encode_chat(tokenizer, messages: list[dict], seq_len: int, only_last: bool = False):
+def encode_chat(tokenizer, messages: list[dict], seq_len: int, only_last: bool = False, keep_empty_think: bool = True):
     """(input_ids, labels) of a conversation, at most seq_len tokens. Too long: whole turns go first (SFT, only_last
     False: turns after an assistant reply, from the end; DPO, only_last True: the oldest exchanges after any system
     message); if even the shortest such conversation does not fit, it is cut to seq_len tokens, keeping its start
-    when that holds learnt tokens and its end otherwise."""
-    ids, labels = _render(tokenizer, messages, only_last)
+    when that holds learnt tokens and its end otherwise. `keep_empty_think`: see `_render`."""
+    ids, labels = _render(tokenizer, messages, only_last, keep_empty_think)
     if len(ids) <= seq_len:
         return ids, labels
     if only_last:
@@ -369,7 +508,7 @@ def encode_chat(tokenizer, messages: list[dict], seq_len: int, only_last: bool =
                 and messages[k + 1]["role"] != "tool"]  # a turn that called tools goes with their results
         candidates = [Conversation(messages[:k], getattr(messages, "tools", None)) for k in reversed(ends)]
     for shorter in candidates:
-        ids, labels = _render(tokenizer, shorter, only_last)
+        ids, labels = _render(tokenizer, shorter, only_last, keep_empty_think)
         if len(ids) <= seq_len:
             return ids, labels
     if any(x != -100 for x in labels[:seq_len]):

@@ -7,8 +7,9 @@ small (1 to 9, products up to 9 x 9) so that a small model can learn the task; t
 integer. The training and held-out sets come from different seeds.
 
 A user's prompt file is JSONL with one record a line: `{"prompt": "..."}`, or a conversation ending in a user turn
-(`{"messages": [...]}` / `{"conversations": [...]}`). Every other field (e.g. `"answer": "42"`) is handed to the
-reward functions as a keyword argument.
+(`{"messages": [...]}` / `{"conversations": [...]}`; a final assistant turn, MiniMind's placeholder, is dropped, and
+tools on its system message are offered: `messages.parse_prompt`). Every other field (e.g. `"answer": "42"`, or
+MiniMind's `"gt"` list) is handed to the reward functions as a keyword argument.
 
     from minimind.data.tasks import arithmetic_problems
     arithmetic_problems(2, seed=0)  # [{"prompt": "...", "answer": "8", "lang": "en"}, ...]
@@ -19,7 +20,7 @@ import random
 from torch.utils.data import Dataset
 
 from .files import data_error, read_records
-from .messages import _messages, prompt_ids
+from .messages import Augment, parse_prompt, prompt_ids
 
 TRAIN_SIZE, VAL_SIZE = 4000, 200
 
@@ -88,22 +89,20 @@ def parse_prompt_record(record: dict, where: str) -> dict:
         if key is None:
             raise data_error(where, "no 'prompt', 'messages' or 'conversations' field",
                          '{"prompt": "..."} or {"messages": [{"role": "user", "content": "..."}]}')
-        messages = _messages(fields.pop(key), where, key)
-        if not messages or messages[-1]["role"] != "user":
-            raise data_error(where, "the conversation must end with a user message (the model answers it)",
-                         '[..., {"role": "user", "content": "..."}]')
+        messages = parse_prompt(fields.pop(key), where, key)
         fields["prompt"] = messages[-1]["content"]
     return {**fields, "messages": messages}
 
 
 class PromptDataset(Dataset):
     """Prompts to roll out: item i is the record (its "messages", "prompt" and other fields) plus "prompt_ids" (the
-    chat-template rendering with the assistant turn opened, offering `tools` (OpenAI-style schemas) when given).
+    chat-template rendering with the assistant turn opened, offering the record's own tools, else `tools`
+    (OpenAI-style schemas) when given; `augment`: MiniMind-3's system prompt and thinking options, drawn per record).
     `data=None`: the built-in arithmetic task. A prompt longer than `max_prompt_len` tokens is an error naming its
     record."""
 
     def __init__(self, data, tokenizer, max_prompt_len: int, split: str = "train", skip_bad_records: bool = False,
-                 tools: list[dict] | None = None):
+                 tools: list[dict] | None = None, augment: Augment | None = None):
         if data is None:
             raw = [(f"built-in:{i}", r) for i, r in enumerate(builtin_tasks(split))]
             records = [parse_prompt_record(r, where) for where, r in raw]
@@ -113,7 +112,10 @@ class PromptDataset(Dataset):
             records = split_items(read_records(data, parse_prompt_record, skip_bad_records), split)
         self.records, self.ids = records, []
         for i, r in enumerate(records):
-            ids = prompt_ids(tokenizer, r["messages"], tools)
+            thinking = None
+            if augment is not None:
+                r["messages"], thinking = augment.system(r["messages"], i), augment.thinking(i)
+            ids = prompt_ids(tokenizer, r["messages"], getattr(r["messages"], "tools", None) or tools, thinking)
             if len(ids) > max_prompt_len:
                 raise ValueError(f"{data or 'built-in'}: prompt {i} has {len(ids)} tokens, more than the "
                                  f"{max_prompt_len} left by --max_seq_len minus --max_new_tokens; raise "

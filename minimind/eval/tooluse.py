@@ -46,12 +46,13 @@ def _assistant(parsed, turn: int) -> dict:
 def agent_turns(model, tokenizer, questions: list[str], tools: list[str] = ("calculator",), max_new_tokens: int = 64,
                 max_turns: int = MAX_TURNS, batch: int = 16) -> list[dict]:
     """Each question answered through the engine, greedily, its tool calls run (see the module docstring):
-    [{"calls": [{"name", "arguments", "result"}], "first_text", "final"}] in the questions' order."""
+    [{"calls": [{"name", "arguments", "result"}], "first_text", "first_calls", "final"}] in the questions' order
+    (`first_calls`: how many well-formed calls the first turn made)."""
     from ..infer.generate import generate_text
 
     schemas = tool_schemas(tools)
     chats = [[{"role": "user", "content": q}] for q in questions]
-    out = [{"calls": [], "first_text": None, "final": ""} for _ in questions]
+    out = [{"calls": [], "first_text": None, "first_calls": 0, "final": ""} for _ in questions]
     active = list(range(len(questions)))
     for turn in range(max_turns):
         texts = []
@@ -62,7 +63,7 @@ def agent_turns(model, tokenizer, questions: list[str], tools: list[str] = ("cal
         for j, text in zip(active, texts):
             parsed = parse_output(text)
             if out[j]["first_text"] is None:
-                out[j]["first_text"] = text
+                out[j]["first_text"], out[j]["first_calls"] = text, len(parsed.tool_calls)
             out[j]["final"] = parsed.content
             if not parsed.tool_calls or turn == max_turns - 1:
                 continue
@@ -92,14 +93,13 @@ def served_turns(base_url: str, questions: list[str], model: str = "minimind", a
     out = []
     for question in questions:
         messages = [{"role": "user", "content": question}]
-        row = {"calls": [], "first_text": None, "final": ""}
+        row = {"calls": [], "first_text": None, "first_calls": 0, "final": ""}
         for turn in range(max_turns):
             reply = client.chat.completions.create(model=model, messages=messages, tools=schemas, temperature=0,
                                                    max_tokens=max_tokens).choices[0].message
             calls = reply.tool_calls or []
             if row["first_text"] is None:
-                row["first_text"] = reply.content or ""
-                row["first_calls"] = len(calls)
+                row["first_text"], row["first_calls"] = reply.content or "", len(calls)
             row["final"] = reply.content or ""
             if not calls or turn == max_turns - 1:
                 break
@@ -124,8 +124,7 @@ def score(questions: list[dict], turns: list[dict]) -> dict:
     rows = []
     for q, t in zip(questions, turns):
         first = t["calls"][0] if t["calls"] else None
-        well_formed = first is not None or t.get("first_calls", 0) > 0 or \
-            (t["first_text"] is not None and bool(parse_output(t["first_text"]).tool_calls))
+        well_formed = t["first_calls"] > 0
         right_call = first is not None and first["name"] == "calculator" and first["result"] == q["answer"]
         exact = last_number_is(t["final"], q["answer"])
         rows.append({**q, "well_formed": well_formed, "right_call": right_call, "exact": exact,

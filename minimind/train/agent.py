@@ -1,19 +1,26 @@
 """Agent RL (`minimind agent`): GRPO on multi-turn rollouts in which the model may call tools.
 
 The prompts offer tools (`--tools`, default: the built-in calculator; schemas from `minimind.tools`) in the chat
-template's system block. A rollout turn samples every still-running row at once through the decode engine (each
-row's whole context re-prefilled: prompt, its earlier turns and tool results); the text is read with
+template's system block; a prompt whose system message offers its own (MiniMind-3's agent_rl.jsonl) offers those,
+and only those may be called. A rollout turn samples every still-running row at once through the decode engine
+(each row's whole context re-prefilled: prompt, its earlier turns and tool results); the text is read with
 `minimind.data.parse.parse_output`; a turn that ends with `<|im_end|>` and holds tool calls has them run
-(`minimind.tools.run_tool`, or the `tool_runner` given), and the results are appended as the chat template renders
-them (a `<tool_response>` user turn, then the assistant's turn opened again); a turn with no call, or the
-`--max_turns`-th, ends the row. The row's tokens are then: prompt, turn 1, tool results, turn 2, ...; only the
-model's own turns are trained on (the completion mask), the tool results are context.
+(`run_offline`, or the `tool_runner` given), and the results are appended as the chat template renders them (a
+`<tool_response>` user turn, then the assistant's turn opened again); a turn with no call, or the `--max_turns`-th,
+ends the row. The row's tokens are then: prompt, turn 1, tool results, turn 2, ...; only the model's own turns are
+trained on (the completion mask), the tool results are context. The tools run offline: minimind's built-ins, and
+MiniMind-3's `calculate_math` as the built-in calculator; its other tools (weather, time, exchange rates,
+translation, units) have no offline implementation and answer with an error, unless `run_agent` is given a
+`tool_runner` that runs them.
 
 Rewards see `completion` = the last turn's text, plus `tool_calls` ([{"name", "arguments", "result"}]) and
 `malformed_calls` (tool-call blocks that did not parse) in the record: the built-ins `tool_call` (well-formed calls
-that ran) and `tool_result` (the answer uses a tool's result) read them; `numeric` checks the answer as in GRPO.
+that ran) and `tool_result` (the answer uses a tool's result) read them; `numeric` checks the answer as in GRPO, and
+`gt` the values of a MiniMind-3 prompt's "gt" list (the default reward for such prompts: `rl.fit_rewards`).
 The loss, advantages, logging and resume are GRPO's (`rl.py`).
 """
+
+import json
 
 import torch
 
@@ -34,14 +41,35 @@ def tool_turn_ids(tokenizer, results: list[str]) -> list[int]:
     return tokenizer.encode(text[end:], add_special_tokens=False)
 
 
+MINIMIND_MATH = str.maketrans({"^": "**", "×": "*", "÷": "/", "−": "-", "（": "(", "）": ")"})
+
+
+def run_offline(name: str, arguments) -> str:
+    """A tool call's result as text: a built-in tool (`minimind.tools.run_tool`), or MiniMind-3's `calculate_math`
+    (its agent data's calculator) as the built-in calculator, with the operators MiniMind reads (^ for **, × ÷ −, full
+    width parentheses) and its result shape, `{"result": "..."}`."""
+    from ..tools import run_tool
+
+    if name != "calculate_math":
+        return run_tool(name, arguments)
+    if isinstance(arguments, dict) and isinstance(arguments.get("expression"), str):
+        arguments = {**arguments, "expression": arguments["expression"].translate(MINIMIND_MATH)}
+    result = run_tool("calculator", arguments)
+    return result if result.startswith("error:") else json.dumps({"result": result})
+
+
+def offered(record: dict, default: list[str]) -> list[str]:
+    """The names of the tools a prompt offers: its own (MiniMind-3's, on its system message), else the run's."""
+    tools = getattr(record.get("messages"), "tools", None)
+    return [t["function"]["name"] for t in tools] if tools else list(default)
+
+
 class AgentSteps(RolloutSteps):
     """GRPO's rollout step with multi-turn, tool-calling rollouts (see the module docstring)."""
 
     def __init__(self, *args, tool_runner=None, **kw):
         super().__init__(*args, **kw)
-        if tool_runner is None:
-            from ..tools import run_tool as tool_runner
-        self.tool_runner = tool_runner
+        self.tool_runner = tool_runner or run_offline
         self.generate = generate_rollouts
 
     def rollout(self, policy, records: list[dict], G: int, temperature: float, generator):
@@ -72,11 +100,11 @@ class AgentSteps(RolloutSteps):
                 rows[i]["malformed_calls"] += text.count("<tool_call>") - len(parsed.tool_calls)
                 if not parsed.tool_calls or not new or new[-1] != eos or turn == c.max_turns - 1:
                     continue
-                results = []
+                results, names = [], offered(rows[i], c.tools)
                 for call in parsed.tool_calls:
-                    allowed = call["name"] in c.tools
+                    allowed = call["name"] in names
                     result = str(self.tool_runner(call["name"], call["arguments"])) if allowed else \
-                        f"error: unknown tool {call['name']!r}; the tools are {', '.join(c.tools)}"
+                        f"error: unknown tool {call['name']!r}; the tools are {', '.join(names)}"
                     rows[i]["tool_calls"].append({**call, "result": result})
                     results.append(result)
                 extra = tool_turn_ids(tok, results)

@@ -94,6 +94,14 @@ class TrainConfig:
     group_by_length: bool = setting(False, "batch conversations of similar length together (less padding: SFT "
                                            "of mixed lengths runs up to ~1.6x faster; the batches stay random)",
                                     DATA, shown="")
+    # MiniMind-3's data options (minimind.data.messages.Augment), drawn per record from --seed
+    add_system_ratio: float = setting(0.0, "share of the conversations with no system message and no tools that get "
+                                      "a generic system prompt (MiniMind-3's add_system_ratio; it uses 0.2)", DATA,
+                                      command=("train", "lora", "distill", "grpo", "ppo"))
+    empty_think_ratio: float = setting(1.0, "share of the conversations that keep the empty <think></think> blocks "
+                                       "the chat template writes, the others lose them (MiniMind-3's "
+                                       "empty_think_ratio; it uses 0.2; minimind's own template writes none)", DATA,
+                                       command=("train", "lora", "distill", "dpo"))
     # optimisation
     accumulation_steps: int = setting(1, "micro-batches per optimizer step", OPTIMISATION)
     warmup_ratio: float = setting(0.05, "warmup as a fraction of all steps", OPTIMISATION)
@@ -152,6 +160,9 @@ class TrainConfig:
     reward: list[str] = setting(["numeric", "format=0.2"], "a reward: built-in NAME[:ARG], module:function or "
                                 "file.py[:function], each [=WEIGHT]; repeatable, summed", ROLLOUTS, command=RL,
                                 per_command={"agent": ["numeric", "format=0.2", "tool_call=0.2"]}, metavar="SPEC")
+    thinking_ratio: float | None = setting(None, "share of the prompts rendered with thinking opened, the others with "
+                                           "it closed (MiniMind-3's thinking_ratio: 0.9 in its grpo and ppo, 0.1 in "
+                                           "its agent)", ROLLOUTS, command=RL, shown="the chat template's default")
     reward_model: str | None = setting(None, "a transformers sequence-classification model with one output, its "
                                        "score added to the reward", ROLLOUTS, command=RL, shown="", metavar="DIR")
     loss_type: str = setting("grpo", "grpo: PPO's clipped surrogate; cispo: the clipped importance weight, detached",

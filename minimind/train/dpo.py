@@ -99,12 +99,14 @@ def run_dpo(config: TrainConfig) -> dict | None:
     """DPO of config.pretrained_path on preference pairs (default: the built-in ones) against a frozen copy of
     itself."""
     from ..data.datasets import DPODataset, collate
+    from ..data.messages import Augment
 
     require_base(config, "dpo")
     config, dist_info, tokenizer = start(config, "dpo")
     model = build_model(config, tokenizer)
     reference = frozen_reference(model).to(config.device)  # the starting weights; a resumed run rebuilds the same
-    kw = {"tokenizer": tokenizer, "seq_len": config.max_seq_len, "skip_bad_records": config.skip_bad_records}
+    kw = {"tokenizer": tokenizer, "seq_len": config.max_seq_len, "skip_bad_records": config.skip_bad_records,
+          "augment": Augment(empty_think_ratio=config.empty_think_ratio, seed=config.seed)}
     train_set, val_set = DPODataset(config.data, split="train", **kw), DPODataset(config.data, split="val", **kw)
     return fit(config, "dpo", model, train_set, val_set, dist_info, loss_fn=dpo_loss_fn(reference, config.beta),
                collate_fn=partial(collate, pad_id=tokenizer.pad_token_id), save_model=model_saver(tokenizer),

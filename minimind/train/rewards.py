@@ -23,6 +23,15 @@ Built-ins (the answer is the completion after any `<think>...</think>` block):
     tool_call   (agent rollouts) the share of the tool calls made that were well formed and ran without an error
                 (0 when none was made)
     tool_result (agent rollouts) 1 if the answer's last number is a number a tool returned, else 0
+    gt          the share of record["gt"] (MiniMind-3's agent_rl lists of what the final answer must state; one value
+                or a list) that the answer after its last tool call states: a number when it equals one of the
+                answer's numbers, a text when the answer holds it (case-insensitive), as MiniMind's check, except that
+                a number must be a whole number of the answer ("18" does not state 8)
+
+Prompts without an `answer` field (MiniMind-3's rlaif.jsonl, agent_rl.jsonl) cannot be scored by exact or numeric:
+when the command's default reward is in effect it is replaced (`minimind.train.rl.fit_rewards`): by gt (agent: and
+tool_call=0.2) where every prompt has a gt list, else by length:20-800 + repetition (MiniMind-3's rule-based GRPO
+terms: its length band and a repetition penalty; its other term is a reward model, --reward_model here).
 
 `--reward_model DIR` adds a `transformers` sequence-classification model with one output (as the public MiniMind
 uses), scored in batches on the chat-rendered prompt + completion. A reward function that raises, returns NaN or
@@ -121,8 +130,27 @@ def tool_result(prompt: str, completion: str, tool_calls=(), **record) -> float:
     return float(float(numbers[-1]) in results)
 
 
+def gt(prompt: str, completion: str, gt=None, **record) -> float:
+    if gt is None:
+        raise KeyError("the record has no 'gt' field")
+    values = list(gt) if isinstance(gt, (list, tuple)) else [gt]
+    if not values:
+        return 0.0
+    text = answer_text(completion).rsplit("</tool_call>", 1)[-1]
+    numbers = [float(x) for x in NUMBER.findall(text.replace(",", ""))]
+
+    def stated(value) -> bool:
+        value = str(value).strip()
+        number = _as_number(value.replace(",", ""))
+        if number is not None:
+            return any(math.isclose(n, number, rel_tol=1e-9, abs_tol=1e-6) for n in numbers)
+        return bool(value) and value.lower() in text.lower()
+
+    return sum(map(stated, values)) / len(values)
+
+
 BUILTINS = {"exact": exact, "numeric": numeric, "regex": regex, "format": format_reward, "length": length,
-            "repetition": repetition, "tool_call": tool_call, "tool_result": tool_result}
+            "repetition": repetition, "tool_call": tool_call, "tool_result": tool_result, "gt": gt}
 _ARGUMENT = {"regex": "pattern", "length": "band"}  # the keyword a built-in's spec argument fills
 
 

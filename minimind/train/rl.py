@@ -30,9 +30,11 @@ logp_gap (engine vs training forward log-probs), and the loss; on the console a 
 reward and a sample.
 """
 
+from dataclasses import replace
+
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, command_defaults
 from .metrics import log
 from .rollout import forward_logps, generate_rollouts
 
@@ -202,9 +204,35 @@ def check_rl_config(config: TrainConfig, command: str):
         raise ValueError("--clip_eps and --clip_eps_high must be > 0")
 
 
+ANSWER_REWARDS = ("exact", "numeric")  # the built-ins that compare with a prompt's "answer"
+
+
+def fit_rewards(config: TrainConfig, command: str, records: list[dict]) -> TrainConfig:
+    """The config with rewards that fit prompts without an "answer" field (MiniMind-3's rlaif.jsonl and
+    agent_rl.jsonl): the command's default reward (which needs one) replaced by gt (agent: and tool_call=0.2) when
+    every prompt has a "gt" list, else by length:20-800 + repetition (MiniMind-3's rule-based GRPO terms; its other
+    term is a reward model: --reward_model). An answer reward the user chose is a ValueError instead."""
+    wanted = [s for s in config.reward if s.partition("=")[0].partition(":")[0] in ANSWER_REWARDS]
+    if not wanted or any("answer" in r for r in records):
+        return config
+    if config.reward != command_defaults(command)["reward"]:
+        raise ValueError(f"--reward {wanted[0]} compares with each prompt's \"answer\" field, and the prompts of "
+                         f"{config.data} have none: give answers, or a reward that needs none (gt with a \"gt\" "
+                         "list; length:20-800, repetition; --reward_model)")
+    if all("gt" in r for r in records):
+        reward = ["gt", "tool_call=0.2"] if command == "agent" else ["gt"]
+    else:
+        reward = ["length:20-800", "repetition"]
+    log.info(f"The prompts have no \"answer\" field, which the default reward ({', '.join(config.reward)}) needs: "
+             f"rewarding with {', '.join(reward)} instead (--reward chooses another)")
+    return replace(config, reward=reward)
+
+
 def rl_parts(config: TrainConfig, command: str, tools: list[dict] | None = None):
     """What GRPO and PPO share: (config, dist_info, tokenizer, policy (LoRA applied with --lora_rank), reference or
-    None (beta = 0), rewards, train_set, val_set, save_model). `tools`: the tool schemas the prompts offer."""
+    None (beta = 0), rewards, train_set, val_set, save_model). `tools`: the tool schemas the prompts offer (a prompt
+    whose system message offers its own offers those)."""
+    from ..data.messages import Augment
     from ..data.tasks import PromptDataset
     from .dpo import frozen_reference
     from .lora_finetune import lora_saver, target_names
@@ -214,6 +242,7 @@ def rl_parts(config: TrainConfig, command: str, tools: list[dict] | None = None)
     check_rl_config(config, command)
     if config.reward:
         Rewards(config.reward)  # the reward functions checked before anything loads
+    augment = Augment(add_system_ratio=config.add_system_ratio, thinking_ratio=config.thinking_ratio, seed=config.seed)
     config, dist_info, tokenizer = start(config, command)
     model = build_model(config, tokenizer)
     if config.max_seq_len > model.config.max_position_embeddings:
@@ -228,11 +257,12 @@ def rl_parts(config: TrainConfig, command: str, tools: list[dict] | None = None)
         model.requires_grad_(False)
         apply_lora(model, config.lora_rank, config.lora_alpha, config.lora_dropout, target_names(config.lora_targets))
         save_model = lora_saver(tokenizer, False, str(config.pretrained_path))
+    kw = {"tokenizer": tokenizer, "max_prompt_len": config.max_seq_len - config.max_new_tokens,
+          "skip_bad_records": config.skip_bad_records, "tools": tools, "augment": augment}
+    train_set, val_set = PromptDataset(config.data, split="train", **kw), PromptDataset(config.data, split="val", **kw)
+    config = fit_rewards(config, command, train_set.records)
     rewards = Rewards(config.reward, config.reward_model, config.device)
     log.info(f"Reward: {rewards!r}")
-    kw = {"tokenizer": tokenizer, "max_prompt_len": config.max_seq_len - config.max_new_tokens,
-          "skip_bad_records": config.skip_bad_records, "tools": tools}
-    train_set, val_set = PromptDataset(config.data, split="train", **kw), PromptDataset(config.data, split="val", **kw)
     return config, dist_info, tokenizer, model, reference, rewards, train_set, val_set, save_model
 
 

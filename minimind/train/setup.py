@@ -51,8 +51,15 @@ def model_config(config: TrainConfig, tokenizer=None) -> MiniMindConfig:
 
 def load_data(config: TrainConfig, tokenizer):
     from ..data.datasets import PretrainDataset, SFTDataset
+    from ..data.messages import Augment
+
     cls = {"pretrain": PretrainDataset, "sft": SFTDataset}[config.stage]
     kw = {"skip_bad_records": config.skip_bad_records}
+    augment = Augment(config.add_system_ratio, config.empty_think_ratio, seed=config.seed)
+    if config.stage == "sft":
+        kw["augment"] = augment
+    elif augment != Augment(seed=config.seed):
+        raise ValueError("--add_system_ratio and --empty_think_ratio change conversations: they need --stage sft")
     return (cls(config.data, tokenizer, config.max_seq_len, split="train", **kw),
             cls(config.data, tokenizer, config.max_seq_len, split="val", **kw))
 
@@ -79,20 +86,23 @@ def sampler_for(tokenizer, stage: str, max_new_tokens: int = 48):
 
 
 def model_saver(tokenizer):
-    """save_model(model, out, final, epoch): the seed's .pth files, plus a Hugging Face directory at the end."""
+    """save_model(model, out, final, epoch): the seed's .pth files, plus a Hugging Face directory at the end (each
+    written under a temporary name and renamed into place: a full disk or a kill leaves no half-written file)."""
     from ..tokenizer import save_tokenizer
 
     def save(model, out: Path, final: bool, epoch: int | None = None):
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        path = out / ("model_final.pth" if final else f"model_epoch_{epoch}.pth")
-        with atomic_write(path) as tmp:
-            torch.save(state, tmp)
         if not final:
+            path = out / f"model_epoch_{epoch}.pth"
+            with atomic_write(path) as tmp:
+                torch.save(state, tmp)
             log.info(seed_line("epoch_saved", path=path))
             return
-        model.save_pretrained(out)
-        save_tokenizer(tokenizer, out)
-        log.info(seed_line("final_saved", path=path))
+        with atomic_write(out, directory=True) as tmp:  # the final files appear once all of them are written
+            torch.save(state, tmp / "model_final.pth")
+            model.save_pretrained(tmp)
+            save_tokenizer(tokenizer, tmp)
+        log.info(seed_line("final_saved", path=out / "model_final.pth"))
     return save
 
 
