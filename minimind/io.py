@@ -5,6 +5,7 @@ into place, so an interrupted run never leaves a complete-looking file.
 """
 
 import errno
+import glob
 import json
 import os
 import shutil
@@ -36,11 +37,15 @@ def atomic_write(path: str | Path, directory: bool = False):
     never sees half a file and an interrupted writer leaves `path` as it was. Yields the temporary path: a file name
     to write (`with atomic_write(p) as tmp: torch.save(obj, tmp)`), or with `directory`, a fresh empty directory to
     fill, which replaces `path` when `path` is new or empty and else moves in file by file (each an atomic
-    replace). On an error the temporary is removed."""
+    replace). On an error the temporary is removed; so are the temporaries of `path` that killed writers left (no
+    process of their id runs on this machine)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    _remove(tmp)  # a leftover of an earlier, interrupted write by a process of the same id
+    for old in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):  # a killed run's (a state file can be GBs)
+        pid = old.name.rpartition("-")[2]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _running(int(pid))):
+            _remove(old)
     if directory:
         tmp.mkdir()
     try:
@@ -56,6 +61,8 @@ def atomic_write(path: str | Path, directory: bool = False):
                 for item in sorted(tmp.iterdir()):
                     os.replace(item, path / item.name)
     except Exception as e:
+        if isinstance(e, DiskFullError) and tmp not in (e.path, *e.path.parents):
+            raise  # a write that this one waited on (not one into the temporary): it names its own file
         if disk_full(e, path.parent):
             raise DiskFullError(path) from e
         raise
@@ -68,16 +75,19 @@ class DiskFullError(OSError, ValueError):
     line, as other errors a user can fix)."""
 
     def __init__(self, path: Path):
+        self.path = path = Path(path)
         free = shutil.disk_usage(path.parent).free
         super().__init__(errno.ENOSPC, f"no space left on the device to write {path} ({free / 2**20:.1f} MiB free "
                                        f"in {path.parent}); nothing was written there: free some space, or write "
                                        "elsewhere, and run the command again")
 
+    def __str__(self):
+        return self.strerror  # the message alone, without OSError's "[Errno 28]"
 
-def disk_full(error: BaseException, directory: Path, reserve: int = 1 << 20) -> bool:
-    """Whether `error` (or one it came from) is a full filesystem: an OSError with errno ENOSPC, an error that quotes
-    its text, or any error while `directory`'s filesystem has less than `reserve` bytes free (torch's writer loses the
-    errno)."""
+
+def no_space(error: BaseException) -> bool:
+    """Whether `error` (or one it came from) says that a filesystem is full: an OSError with errno ENOSPC (or
+    EDQUOT), or an error that quotes its text."""
     seen, depth = error, 0
     while seen is not None and depth < 20:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -85,10 +95,31 @@ def disk_full(error: BaseException, directory: Path, reserve: int = 1 << 20) -> 
         if os.strerror(errno.ENOSPC) in str(seen):  # safetensors: "I/O error: No space left on device (os error 28)"
             return True
         seen, depth = seen.__cause__ or seen.__context__, depth + 1
+    return False
+
+
+def disk_full(error: BaseException, directory: Path, reserve: int = 1 << 20) -> bool:
+    """Whether `error` is a full filesystem: `no_space(error)`, or any error while `directory`'s filesystem has less
+    than `reserve` bytes free (torch's writer loses the errno)."""
+    if no_space(error):
+        return True
     try:
         return shutil.disk_usage(directory).free < reserve
     except OSError:
         return False
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (where that cannot be told, as on Windows: True)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
 
 
 def _remove(path: Path) -> None:

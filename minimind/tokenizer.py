@@ -19,6 +19,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from .io import atomic_write
+
 SHIPPED = Path(__file__).parent / "assets" / "tokenizer"
 
 PAD, BOS, EOS = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
@@ -124,8 +126,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, 
     tok.add_tokens([AddedToken(m, normalized=False, special=False) for m in MARKERS])
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out / "tokenizer.json"))
     special = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": PAD}
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",  # not 5.x's "TokenizersBackend", which 4.x cannot load
@@ -141,9 +141,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, 
                                      "single_word": False, "special": False} for m in MARKERS},
         "chat_template": CHAT_TEMPLATE,
     }
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-                                                encoding="utf-8")
-    (out / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
+    with atomic_write(out, directory=True) as tmp:  # no half-written tokenizer on a full disk or a kill
+        tok.save(str(tmp / "tokenizer.json"))
+        (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
+                                                   encoding="utf-8")
+        (tmp / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
     return load_tokenizer(out)
 
 
@@ -188,16 +190,19 @@ def save_tokenizer(tokenizer, out_dir: str | Path) -> None:
     """`save_pretrained`, made loadable by transformers 4.x as well as 5.x: tokenizer_config.json names
     `PreTrainedTokenizerFast` (5.x writes "TokenizersBackend", which 4.x refuses) and holds the chat template."""
     out = Path(out_dir)
-    tokenizer.save_pretrained(str(out))
-    path = out / "tokenizer_config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    for key in ("backend", "is_local", "local_files_only"):  # 5.x bookkeeping, meaningless to 4.x
-        config.pop(key, None)
+    with atomic_write(out, directory=True) as tmp:  # no half-written tokenizer on a full disk or a kill
+        tokenizer.save_pretrained(str(tmp))
+        path = tmp / "tokenizer_config.json"
+        config = json.loads(path.read_text(encoding="utf-8"))
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        for key in ("backend", "is_local", "local_files_only"):  # 5.x bookkeeping, meaningless to 4.x
+            config.pop(key, None)
+        if tokenizer.chat_template:
+            config["chat_template"] = tokenizer.chat_template
+            (tmp / "chat_template.jinja").unlink(missing_ok=True)
+        path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if tokenizer.chat_template:
-        config["chat_template"] = tokenizer.chat_template
-        (out / "chat_template.jinja").unlink(missing_ok=True)
-    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (out / "chat_template.jinja").unlink(missing_ok=True)  # an earlier save's: the config holds the template
 
 
 def tokenizer_hash(tokenizer) -> str:

@@ -141,7 +141,10 @@ def convert_units(value: float, from_unit: str, to_unit: str) -> str:
     (qa, sa), (qb, sb) = UNITS[a], UNITS[b]
     if qa != qb:
         raise ToolError(f"cannot convert {qa} ({a}) to {qb} ({b})")
-    result = _from_kelvin(_to_kelvin(value, a), b) if qa == "temperature" else value * sa / sb
+    try:
+        result = _from_kelvin(_to_kelvin(value, a), b) if qa == "temperature" else value * sa / sb
+    except OverflowError:  # an integer too large for a float
+        raise ToolError("the value is too large") from None
     return format_number(round(result, 9))
 
 
@@ -214,7 +217,7 @@ def run_tool(name: str, arguments) -> str:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep ("[[[[...")
             return f"error: the arguments are not valid JSON: {arguments[:80]!r}"
     if not isinstance(arguments, dict):
         return "error: the arguments must be a JSON object"

@@ -70,7 +70,8 @@ def test_several_weights_give_their_outputs_concatenated():
     ws = [torch.randn(n, 128, generator=g) for n in (64, 16, 16)]
     x = torch.randn(128, generator=g)
     qs = [int8_rows(w) for w in ws]
-    y = torch.ops.minimind.matvec_q8(x, [q for q, _ in qs], [s for _, s in qs], [q.sum(1, dtype=torch.int32) for q, _ in qs])
+    y = torch.ops.minimind.matvec_q8(x, [q for q, _ in qs], [s for _, s in qs],
+                                     [q.sum(1, dtype=torch.int32) for q, _ in qs])
     assert torch.equal(y, torch.cat([torch.ops.minimind.matvec_q8(x, [q], [s], [q.sum(1, dtype=torch.int32)])
                                      for q, s in qs]))
     wb = [w.to(torch.bfloat16) for w in ws]
@@ -158,6 +159,17 @@ def test_turned_off_or_unbuildable_they_fall_back(tmp_path):
     if sys.platform.startswith("linux") and os.uname().machine == "x86_64":
         assert "CPU decoding kernels are not available (false failed to build decode.cpp" in broken.stderr
         assert not list((tmp_path / "broken" / "kernels").glob("*.so*"))  # nothing half-written left behind
+        # a compiler's errors over many lines: one line on stderr, naming the first error
+        compiler = tmp_path / "bad-c++"
+        compiler.write_text("#!/bin/sh\necho 'In file included from x.h:1:' >&2\n"
+                            "echo 'decode.cpp:7:3: error: expected ; before }' >&2\necho '  7 | }' >&2\nexit 1\n")
+        compiler.chmod(0o755)
+        bad = run_python(code, CXX=str(compiler), MINIMIND_CACHE=str(tmp_path / "bad"))
+        said = [line for line in bad.stderr.splitlines() if "minimind" in line]
+        assert bad.returncode == 0 and bad.stdout.strip() == "[] False", bad.stderr
+        assert said[0].startswith("building minimind's CPU decode kernels (once") and len(said) == 2, bad.stderr
+        assert said[1] == f"minimind's CPU decoding kernels are not available ({compiler} failed to build " \
+                          "decode.cpp: decode.cpp:7:3: error: expected ; before }); decoding uses PyTorch's kernels"
 
 
 class FakeCompiler:
@@ -180,9 +192,10 @@ class FakeCompiler:
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
 
-def test_a_built_library_is_reused_until_a_source_changes(tmp_path, monkeypatch):
-    """The first build writes one library into the cache; a later process finds that file and runs no compiler
-    (it is not rewritten: same mtime); a changed source names a new library, built afresh beside the old."""
+def test_a_built_library_is_reused_until_a_source_changes(tmp_path, monkeypatch, capsys):
+    """The first build writes one library into the cache, saying so in one line on stderr; a later process finds
+    that file and runs no compiler (it is not rewritten: same mtime) and says nothing; a changed source names a new
+    library, built afresh beside the old."""
     from minimind.kernels import build
 
     fake = FakeCompiler()
@@ -198,9 +211,13 @@ def test_a_built_library_is_reused_until_a_source_changes(tmp_path, monkeypatch)
     assert first.parent == tmp_path / "cache" / "kernels" and first.read_bytes() == b"built"
     assert len(fake.calls) == len(list(csrc.glob("*.cpp"))) + 1  # each source compiled, then one link
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no scratch files left
+    said = capsys.readouterr()
+    assert said.out == "" and said.err == f"building minimind's CPU decode kernels (once, ~20 s; cached in " \
+                                          f"{first.parent}) ...\n"
     mtime = first.stat().st_mtime_ns
     fake.calls.clear()
     assert build._build() == first and fake.calls == [] and first.stat().st_mtime_ns == mtime
+    assert capsys.readouterr().err == ""
 
     (csrc / "rows.h").write_text((csrc / "rows.h").read_text() + "\n// changed\n")
     changed = build._build()

@@ -94,6 +94,10 @@ def test_matches_hugging_face_llama_generate():
     hf_loop = GenerationMixin.generate(m, ids, attention_mask=mask, max_new_tokens=8, do_sample=False,
                                        eos_token_id=None, pad_token_id=0)
     assert torch.equal(ours, hf_loop)
+    # one row: on a CPU the default path's steps are minimind's native step (`minimind.kernels.native`)
+    one = ids[2:]
+    assert torch.equal(m.generate(one, max_new_tokens=16, do_sample=False, eos_token_id=None),
+                       llama.generate(one, max_new_tokens=16, do_sample=False, eos_token_id=None, pad_token_id=0))
 
 
 def test_hugging_face_calling_convention(model):

@@ -1,14 +1,17 @@
 """The OpenAI-compatible server, driven by the official `openai` client against a real uvicorn server: answers equal
 minimind.infer.generate's, streaming equals non-streaming, stop strings, usage, max_tokens, concurrent requests batched
-(and each as alone, sampled ones too), the API key, OpenAI-style errors naming the field, the web page."""
+(and each as alone, sampled ones too), the API key, OpenAI-style errors naming the field, the web page; any model name
+served and echoed, MiniMind-3's own client's request (open_thinking, reasoning_effort), reasoning_effort's levels."""
 
 import copy
 import http.client
 import json
+import re
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import openai
 import pytest
@@ -16,7 +19,7 @@ import torch
 import uvicorn
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
-from minimind.data.messages import parse_conversation
+from minimind.data.messages import parse_conversation, prompt_ids
 from minimind.infer.generate import generate, generate_text
 from minimind.serve.app import create_app
 from minimind.serve.server import listen
@@ -70,6 +73,16 @@ def client(server):
     return openai.OpenAI(base_url=server[1] + "/v1", api_key="unused", max_retries=0, timeout=60)
 
 
+def readme_snippet(marker: str, url: str) -> str:
+    """The README's code block holding `marker` (README.zh-CN.md shows the same code), pointed at the server `url`
+    instead of the README's http://127.0.0.1:8000."""
+    root = Path(__file__).resolve().parent.parent
+    found = [[b for b in re.findall(r"```python\n(.*?)```", (root / doc).read_text(encoding="utf-8"), re.S)
+              if marker in b] for doc in ("README.md", "README.zh-CN.md")]
+    assert len(found[0]) == 1 and found[1] == found[0], f"one README block with {marker!r}, the same in both"
+    return found[0][0].replace("http://127.0.0.1:8000/v1", url + "/v1")
+
+
 def http_call(url, body=None, method=None):
     """(status, content type, body bytes) of a plain HTTP request; `body`: bytes, or an object sent as JSON."""
     data = body if body is None or isinstance(body, bytes) else json.dumps(body).encode()
@@ -94,8 +107,7 @@ def user(text):
 def test_models_health_and_page(server, client):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     assert client.models.retrieve("tiny").id == "tiny"
-    with pytest.raises(openai.NotFoundError, match="other"):
-        client.models.retrieve("other")
+    assert client.models.retrieve("other").id == "other"  # any name is served, as in requests
     status, _, body = http_call(server[1] + "/health")
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok" and health["model"] == "tiny" and health["context"] == CONTEXT
@@ -456,12 +468,22 @@ def test_cache_columns_stay_bounded_while_the_server_stays_busy(server):
     (dict(temperature=2.5), "temperature", "[0, 2]"),
     (dict(top_p=0), "top_p", "(0, 1]"),
     (dict(max_tokens=0), "max_tokens", "max_tokens must be an integer"),
-    (dict(max_tokens=10_000), "max_tokens", "200"),
     (dict(max_tokens=2.5), "max_tokens", "integer"),
     (dict(n=50), "n", "[1, 4]"),
     (dict(stop=["a", "b", "c", "d", "e"]), "stop", "at most 4"),
     (dict(presence_penalty=0.5), "presence_penalty", "repetition_penalty"),
     (dict(logit_bias={"5": 1}), "logit_bias", "not supported"),
+    (dict(response_format={"type": "xml"}), "response_format", "json_schema"),
+    (dict(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"age": {"type": "integer", "minimum": 0}}}}}),
+     "response_format.json_schema.schema", "unsupported schema keyword minimum at properties.age"),
+    (dict(response_format={"type": "json_object"}, extra_body={"enable_thinking": True}), "response_format",
+     "without thinking"),
+    (dict(extra_body={"reasoning_effort": "max"}), "reasoning_effort", "one of none, minimal, low"),
+    (dict(extra_body={"reasoning_effort": "high", "enable_thinking": False}), "enable_thinking", "disagree"),
+    (dict(extra_body={"chat_template_kwargs": {"open_thinking": True, "enable_thinking": False}}),
+     "chat_template_kwargs", "disagree"),
+    (dict(extra_body={"chat_template_kwargs": {"tools_first": True}}), "chat_template_kwargs", "open_thinking"),
     (dict(top_logprobs=3), "top_logprobs", "needs logprobs"),
     (dict(logprobs=True, top_logprobs=30), "top_logprobs", "[0, 20]"),
     (dict(logprobs=True, stream=True), "logprobs", "without stream"),
@@ -490,9 +512,51 @@ def test_prompt_longer_than_the_context(client, tokenizer):
         client.completions.create(model="tiny", prompt=[], max_tokens=4)
 
 
-def test_unknown_model_route_bad_json_and_too_large(server, client):
-    with pytest.raises(openai.NotFoundError, match='"gpt-4o" does not exist; this server serves "tiny"'):
-        client.chat.completions.create(model="gpt-4o", messages=user("Hello"))
+def test_any_model_name_is_served_and_echoed(client):
+    """As MiniMind's own server: the one model answers whatever name a client sends, and the answer names it back."""
+    kw = dict(messages=user("Hello"), max_tokens=6, temperature=0)
+    ours = client.chat.completions.create(model="tiny", **kw)
+    other = client.chat.completions.create(model="minimind-local:latest", **kw)
+    assert other.model == "minimind-local:latest" and ours.model == "tiny"
+    assert other.choices[0].message.content == ours.choices[0].message.content
+    text = client.completions.create(model="gpt-4o", prompt="Hi", max_tokens=2)
+    assert text.model == "gpt-4o"
+
+
+def test_max_tokens_over_the_server_cap_gets_the_cap(client):
+    r = client.chat.completions.create(model="tiny", messages=user("Hello"), max_tokens=10_000, temperature=0)
+    capped = client.chat.completions.create(model="tiny", messages=user("Hello"), max_tokens=200, temperature=0)
+    assert r.usage.completion_tokens == capped.usage.completion_tokens <= 200  # --max_tokens_limit of this server
+    assert r.choices[0].message.content == capped.choices[0].message.content
+
+
+def test_minimind_chat_api_request(tokenizer, client):
+    """What MiniMind-3's own client (scripts/chat_api.py) sends: its model name, max_tokens 2048, thinking opened by
+    chat_template_kwargs {"open_thinking": true} and reasoning_effort "medium"; streamed, reasoning_content first."""
+    messages = user("Hello")
+    kw = dict(model="minimind-local:latest", messages=messages, temperature=0.8, max_tokens=2048, top_p=0.8,
+              extra_body={"chat_template_kwargs": {"open_thinking": True}, "reasoning_effort": "medium"}, seed=5)
+    thinking = len(prompt_ids(tokenizer, messages, enable_thinking=True))
+    whole = client.chat.completions.create(**kw)
+    assert whole.usage.prompt_tokens == thinking  # the prompt opened <think>
+    message = whole.choices[0].message
+    assert message.model_extra["reasoning_content"] and not message.content  # a random model never closes it
+    reasoning = ""
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        if chunk.choices and chunk.choices[0].delta is not None:
+            reasoning += getattr(chunk.choices[0].delta, "reasoning_content", None) or ""
+            assert not chunk.choices[0].delta.content
+    assert reasoning == message.model_extra["reasoning_content"]  # seeded: the same answer
+
+
+@pytest.mark.parametrize("effort, thinking", [("none", False), ("minimal", False), ("low", True), ("high", True)])
+def test_reasoning_effort_switches_thinking(tokenizer, client, effort, thinking):
+    r = client.chat.completions.create(model="tiny", messages=user("Hello"), max_tokens=2,
+                                       extra_body={"reasoning_effort": effort})  # (a field of newer clients)
+    assert r.usage.prompt_tokens == len(prompt_ids(tokenizer, user("Hello"), enable_thinking=thinking))
+
+
+def test_unknown_route_bad_json_and_too_large(server, client):
     url = server[1]
     for (status, kind, body), expected, words in [
         (http_call(url + "/v1/chat/completions", b'{"messages": ['), 400, "not valid JSON"),

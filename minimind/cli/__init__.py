@@ -82,8 +82,17 @@ def main(argv=None, prog: str | None = None):
     setup_logging()  # the "minimind" logger's one console handler, for every command
     try:
         args.func(args)
-    except (FileNotFoundError, ValueError, TrainingError) as e:  # DataError is a ValueError
+    except (FileNotFoundError, ValueError, TrainingError) as e:  # DataError and DiskFullError are ValueErrors
         print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:  # a full disk under a write that is not atomic_write's (a log appended to, a picture)
+        from ..io import disk_full, no_space
+
+        where = e.filename or getattr(args, "output_dir", None) or getattr(args, "out", None)
+        if not (no_space(e) or where and disk_full(e, Path(where))):
+            raise
+        print(f"{prog}: error: no space left on the device{f' while writing to {where}' if where else ''}; free some "
+              "space, or write elsewhere, and run the command again", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         # a training command (it has --resume) saved its state every --save_steps steps in its output directory

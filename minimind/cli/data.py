@@ -51,13 +51,26 @@ def tooluse(args):
 
 def prepare(args):
     import time
+    from pathlib import Path
 
     from ..data.tokens import prepare_shards
+    from ..io import DiskFullError, disk_full
     from ..tokenizer import load_tokenizer
 
     start = time.perf_counter()
-    index = prepare_shards(args.data, load_tokenizer(args.tokenizer), args.out,
-                           shard_tokens=args.shard_tokens, skip_bad_records=args.skip_bad_records)
+    try:
+        index = prepare_shards(args.data, load_tokenizer(args.tokenizer), args.out,
+                               shard_tokens=args.shard_tokens, skip_bad_records=args.skip_bad_records)
+    except OSError as e:
+        if not disk_full(e, Path(args.out)):  # (numpy's writer loses the errno: "N requested and M written")
+            raise
+        # prepare_shards removed the shards of any earlier run first: every shard there now is this run's, the last
+        # one maybe cut short, and there is no index.json (written last): none of them is of use
+        for shard in Path(args.out).glob("shard-*.bin"):
+            shard.unlink()
+        if isinstance(e, DiskFullError):
+            raise
+        raise DiskFullError(Path(args.out) / "shard-NNNNN.bin") from e
     seconds = time.perf_counter() - start
     print(f"{index['documents']:,} documents, {index['characters']:,} characters -> {index['tokens']:,} tokens "
           f"in {len(index['shards'])} shard(s), {seconds:.1f}s ({index['tokens'] / seconds:,.0f} tokens/s); "

@@ -270,10 +270,12 @@ def eval_questions(n: int = 200, seed: int = EVAL_SEED, ops=("+", "-", "*"), dig
 
 
 def write_jsonl(records: list[dict], out: str | Path) -> Path:
-    """Records as a .jsonl file, one JSON object a line."""
+    """Records as a .jsonl file, one JSON object a line (written under a temporary name and renamed into place, so a
+    full disk or a kill leaves no half-written file)."""
+    from ..io import atomic_write
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
+    with atomic_write(out) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return out

@@ -27,11 +27,17 @@ whole (`remove`) when reproducibility matters; `keep(rows)` drops single rows to
 
 Speed: `add(..., capacity=n)` on an empty batch preallocates the cache (and the mask) to n columns, so a decode of
 known length never reallocates; a batch with no padded row passes no mask and no position ids, so the model takes
-its causal fast path. `compile=True` runs the prefill under `torch.compile` (`compiled_forward`) and, while the
-rows are the ones that filled the empty batch (nobody joined or left) and the preallocated cache has room, each
-step as one compiled graph of fixed shapes (`compiled_step`: cache written in place, mask built in the graph);
-with `compile=True` the capacity is rounded up to a multiple of 256, so that decodes of different lengths share
-a graph. `use_cache=False`
+its causal fast path. A batch of one row on a CPU steps, by default, through the native step
+(`minimind.kernels.native`: the whole step as one C++ call, dense or mixture-of-experts, fp32, bf16, int8, int4),
+built at the first such step and kept on the model (the C++ itself is built once per machine and cached), with no
+torch.compile; the cache grows in place if it has no room. Where it does not apply (a GPU, a model it does not
+take, no C++ compiler: `native_problem`), or with `native=False`, one row steps through the model's forward as
+batches do. The prefill is the model's own forward. `compile=True` runs the prefill under `torch.compile`
+(`compiled_forward`) and, for several rows while they are the ones that filled the empty batch (nobody joined or
+left) and the preallocated cache has room, each step as one compiled graph of fixed shapes (`compiled_step`: cache
+written in place, mask built in the graph; one row takes it where the native step does not apply); with
+`compile=True` the capacity is rounded up to a multiple of 256, so that decodes of different lengths share a
+graph. `use_cache=False`
 recomputes the whole sequence every step (slow: for checking the cache). The engine does not stop rows: the caller
 reads the tokens, decides which rows have ended (eos, stop strings, lengths) and removes them. Put the model in
 eval mode around the decode (`eval_mode`).
@@ -46,10 +52,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..kv_cache import ColumnWrite, KVCache
 from ..kernels.attention import use_fast_attention
 from ..kernels.matvec import use_row_kernels, with_matvecs
 from ..kernels.native import native_step
+from ..kv_cache import ColumnWrite, KVCache
 from .sampling import (
     apply_repetition_penalty,
     as_id_list,
@@ -234,16 +240,27 @@ class DecodeBatch:
     docstring). `add` prefills new rows (joining the running batch), `step` decodes one token for every row,
     `remove` / `keep` drop rows. Not thread-safe: one thread drives it."""
 
-    def __init__(self, model, compile: bool = False, use_cache: bool = True):
+    def __init__(self, model, compile: bool = False, use_cache: bool = True, native: bool = True):
         self.model = use_row_kernels(model)  # one-row int8 products through minimind's kernel, where it has one
-        # first: building it moves the weights into huge pages, which the compiled functions' layout check would see
-        self.native_step = kept_on(model, "_minimind_native_step", lambda: native_step(model)) \
-            if compile and use_cache else None  # one row on a CPU: the whole step as one C++ call, or None
-        self.forward = compiled_forward(model, freezing=self.native_step is None) if compile else model
-        self.compiled_step = compiled_step(model) if compile and use_cache else None
         self.use_cache = use_cache
+        # the native one-row step, built at the first one-row step (`native`); native=False: one row steps through
+        # the model's forward as a batch does (eager numerics, for comparing)
+        self._native = _UNSET if native else None
+        # compiled: the native step first, as building it moves the weights into huge pages, which the compiled
+        # functions' layout check would see
+        self.forward = compiled_forward(model, freezing=self.native() is None) if compile else model
+        self.compiled_step = compiled_step(model) if compile and use_cache else None
         self.groups: list[Group] = []
         self.clear()
+
+    def native(self):
+        """The model's whole one-row decode step as one C++ call (`minimind.kernels.native.native_step`: on a CPU,
+        for the models it takes), built once per model and kept on it; None where it does not apply (or with
+        use_cache=False)."""
+        if self._native is _UNSET:
+            self._native = kept_on(self.model, "_minimind_native_step", lambda: native_step(self.model)) \
+                if self.use_cache else None
+        return self._native
 
     def clear(self):
         """Drop every row: the batch is empty (and holds no memory)."""
@@ -255,6 +272,7 @@ class DecodeBatch:
         self.last: torch.Tensor | None = None  # (B,) each row's last token, the input of the next step
         self.columns = 0  # cache columns (the batch's sequence length, padding included)
         self.fixed_rows: torch.Tensor | None = None  # (B, capacity) bool: the compiled step's row mask; None: unused
+        self.seen: torch.Tensor | None = None  # (capacity,) bool: the native step's mask of its one row; None: unmade
 
     @property
     def rows(self) -> int:
@@ -284,6 +302,7 @@ class DecodeBatch:
         if self.compiled_step is not None and capacity and not self.groups:
             width = -(-width // STEP_COLUMNS) * STEP_COLUMNS  # shared by decodes of similar lengths: one graph
         cache, first, after, ids = self._prefill(input_ids, mask, groups, width)
+        self.seen = None
         if self.groups:
             self._join(input_ids, mask, groups, cache, first, after, ids)
             return first
@@ -374,19 +393,41 @@ class DecodeBatch:
     def step(self) -> torch.Tensor:
         """One forward of every row's last token; returns every row's next token (B,)."""
         t = self.columns + 1  # columns once the last tokens are in
-        if self.fixed_rows is not None and t <= self.fixed_rows.shape[1]:
-            if self.native_step is not None and self.rows == 1:
-                logits = self.native_step(int(self.last), int(self.positions), self.columns, self.fixed_rows[0],
-                                          self.cache.keys, self.cache.values)
-            else:
-                column = torch.tensor([self.columns], device=self.last.device)
-                logits = self.compiled_step(self.last[:, None], self.positions[:, None], column, self.fixed_rows,
-                                            self.cache.keys, self.cache.values)
+        if self.rows == 1 and self.native() is not None:
+            logits = self._native_step(t)
+        elif self.fixed_rows is not None and t <= self.fixed_rows.shape[1]:
+            column = torch.tensor([self.columns], device=self.last.device)
+            logits = self.compiled_step(self.last[:, None], self.positions[:, None], column, self.fixed_rows,
+                                        self.cache.keys, self.cache.values)
             self.cache.lengths = [t] * len(self.cache.lengths)
-            self.columns = t
-            self.positions = self.positions + 1
-            self.last = self._choose(self.groups, logits)
-            return self.last
+        else:
+            logits = self._general_step(t)
+        self.columns = t
+        self.positions = self.positions + 1
+        self.last = self._choose(self.groups, logits)
+        return self.last
+
+    def _native_step(self, t: int) -> torch.Tensor:
+        """The one row's step through the native op, into its cache in place (grown first if it has no room for
+        column t - 1: a batch that rows joined or left holds exactly its columns). Returns its logits (1, V)."""
+        cache = self.cache
+        if cache.keys[0].shape[2] < t:
+            for buffers in (cache.keys, cache.values):
+                buffers[:] = [widen_columns(b, t, self.columns) for b in buffers]
+            self.seen = None
+        if self.seen is None:  # the row's real columns: all but its padding (every column from `columns` on)
+            self.seen = torch.ones(cache.keys[0].shape[2], dtype=torch.bool)
+            if self.mask is not None:
+                self.seen[:self.columns] = self.mask[0, :self.columns].bool()
+        logits = self.native()(int(self.last), int(self.positions), self.columns, self.seen, cache.keys,
+                               cache.values)
+        cache.lengths = [t] * len(cache.lengths)
+        if self.mask is not None:
+            self.mask = widen(self.mask, t, 1)
+        return logits
+
+    def _general_step(self, t: int) -> torch.Tensor:
+        """Every row's step through the model's forward (`compile=True`: compiled), t columns after it."""
         mask = positions = None
         if self.mask is not None:
             self.mask = widen(self.mask, t, 1)
@@ -401,11 +442,7 @@ class DecodeBatch:
             x = self.ids[:, :t]  # (B, t)
             if mask is not None:
                 positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, t)
-        logits = self._forward(x, mask, positions, self.cache)  # (B, V)
-        self.columns = t
-        self.positions = self.positions + 1
-        self.last = self._choose(self.groups, logits)
-        return self.last
+        return self._forward(x, mask, positions, self.cache)  # (B, V)
 
     def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
         """ids (B, T) -> the logits of each row's last token (B, V), appending to `cache`."""
@@ -467,11 +504,20 @@ class DecodeBatch:
             self.cache.select(index, first)
         if self.ids is not None:
             self.ids = self.ids[:, first:self.columns].index_select(0, index)
-        self.groups, self.columns, self.fixed_rows = groups, self.columns - first, None
+        self.groups, self.columns, self.fixed_rows, self.seen = groups, self.columns - first, None, None
         self.positions, self.last = self.positions[index], self.last[index]
 
 
 STEP_COLUMNS = 256  # with compile=True, preallocated caches are a multiple of this many columns
+_UNSET = object()
+
+
+def widen_columns(buffer: torch.Tensor, width: int, used: int) -> torch.Tensor:
+    """A cache buffer (B, Hkv, w, D) as a zeroed one at least `width` columns wide (doubling), its first `used`
+    columns copied."""
+    out = buffer.new_zeros(*buffer.shape[:2], max(width, 2 * buffer.shape[2]), buffer.shape[3])
+    out[:, :, :used] = buffer[:, :, :used]
+    return out
 
 
 def widen(buffer: torch.Tensor, width: int, fill: int) -> torch.Tensor:

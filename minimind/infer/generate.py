@@ -11,14 +11,18 @@ streaming text that never splits a UTF-8 character.
         print(piece, end="", flush=True)
 
 `model.generate(input_ids, attention_mask=..., max_new_tokens=..., do_sample=..., ...)` (Hugging Face's calling
-convention) lands in `minimind.infer.hf_generate.hf_generate` and returns prompt + new tokens as a LongTensor (B, T + n).
+convention) lands in `minimind.infer.hf_generate.hf_generate` and returns prompt + new tokens as a LongTensor
+(B, T + n).
 
 Layers, bottom up:
 - `generate_tokens`: the decode loop. Yields the next token of every row, step by step, from one
   `minimind.infer.engine.DecodeBatch` (the decode engine the server shares): one prefill of the whole prompt, then
   one forward of one token per row per step, writing into a KV cache preallocated to exactly
   prompt + max_new_tokens (no reallocation, no `cat`); a batch without padding passes no mask and no positions at
-  all, so the model takes its causal fast path.
+  all, so the model takes its causal fast path. One row on a CPU (the default, no flags): the prefill through the
+  model's forward, then each step as one C++ call (`minimind.kernels.native`), for dense and mixture-of-experts
+  models in fp32, bf16, int8 and int4, no torch.compile; other models and devices step through the model's
+  forward. `compile=True` compiles the prefill and the batched steps (minutes the first time).
 - `generate`: tokens in, tokens out (B, T + n); stops rows at eos or at a stop string and pads them after.
 - `stream_batch` / `stream` / `generate_text`: text in, text out, through `TextStream`, which turns token ids into
   text pieces incrementally, holding back an incomplete UTF-8 character and any tail that may begin a stop string

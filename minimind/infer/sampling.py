@@ -37,7 +37,11 @@ def token_chooser(do_sample: bool = False, temperature: float = 1.0, top_k: int 
     temperature = max(temperature, MIN_TEMPERATURE)  # below it, logits / temperature overflows float32
 
     def choose(logits):
-        logits = filter_logits(logits.float() / temperature, top_k, top_p)
+        logits = logits.float()
+        # the largest logit made 0 first: the rest are <= 0, so huge logits or a tiny temperature cannot overflow to
+        # inf (and inf - inf = NaN); softmax does not change
+        logits = (logits - logits.amax(-1, keepdim=True)) / temperature
+        logits = filter_logits(logits, top_k, top_p)
         return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
     return choose
 
@@ -61,8 +65,8 @@ def check_settings(max_new_tokens, temperature, top_k, top_p, repetition_penalty
     """Raise a ValueError naming the setting for values that cannot work."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
-    if temperature is None or temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
+    if temperature is None or not 0 <= temperature < float("inf"):  # NaN too
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k must be >= 0 (0 = off), got {top_k!r}")
     if top_p is not None and not 0 < top_p <= 1:

@@ -15,6 +15,7 @@ import math
 
 import torch
 
+
 def one_query_attention(q, k, v, mask=None):
     """Attention of one query per row, written as broadcast products and sums: q (B, H, 1, D), k and v (B, Hkv, S, D),
     mask (B, 1, 1, S) bool or None -> (B, H, 1, D). The heads that share a key/value head are grouped rather than

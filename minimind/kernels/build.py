@@ -1,6 +1,7 @@
 """minimind's own CPU kernels for batch-1 decoding (`csrc/`): one-row matrix products on the CPU's dot-product
 instructions (`rows.h`), as torch ops that run eagerly and inside a compiled graph (`matvec.cpp`), and the whole
-decode step of a dense model as one call (`decode.cpp`, used through `minimind.kernels.native`).
+decode step of a dense or mixture-of-experts model as one call (`decode.cpp`, used through
+`minimind.kernels.native`).
 
     ops = vector_ops()                               # frozenset({"f32", "bf16", "q8", "q4"}) or a part; empty: none
     y = torch.ops.minimind.matvec_bf16(x, [wq, wk, wv])   # x (K,), w* (N_i, K) bf16 -> (N_q + N_k + N_v,) float32
@@ -8,13 +9,13 @@ decode step of a dense model as one call (`decode.cpp`, used through `minimind.k
     step = torch.classes.minimind.DecodeModel(...)   # see minimind.kernels.native.native_step
 
 The sources are compiled on first use with the C++ compiler torch.compile uses on a CPU (`$CXX`, else `c++`) for this
-machine's instruction set (`-march=native`), about 15 seconds, and kept in `$MINIMIND_CACHE/kernels` (default
-`~/.cache/minimind/kernels`) under a name that hashes the sources, torch's version and the flags, so that a later
-process loads it at once. The file is written under a temporary name and renamed when complete, so an interrupted
-build leaves nothing half-written behind. Linux on x86-64 only. Where there is no compiler or the build fails,
-`vector_ops()` is empty and one warning says why; where the CPU lacks AVX-512, AVX512-BF16 or AVX512-VNNI, the
-kind of weights that would need it is left out of `vector_ops()`. Either way callers keep PyTorch's own kernels.
-`MINIMIND_CPU_KERNELS=0` turns them off.
+machine's instruction set (`-march=native`), about 20 seconds (one line on stderr says so), and kept in
+`$MINIMIND_CACHE/kernels` (default `~/.cache/minimind/kernels`) under a name that hashes the sources, torch's version
+and the flags, so that a later process loads it at once. The file is written under a temporary name and renamed
+when complete, so an interrupted build leaves nothing half-written behind. Linux on x86-64 only. Where there is no
+compiler or the build fails, `vector_ops()` is empty and one line on stderr says why; where the CPU lacks AVX-512,
+AVX512-BF16 or AVX512-VNNI, the kind of weights that would need it is left out of `vector_ops()`. Either way callers
+keep PyTorch's own kernels. `MINIMIND_CPU_KERNELS=0` turns them off.
 """
 
 import hashlib
@@ -25,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import warnings
 from pathlib import Path
 
 import torch
@@ -60,9 +60,9 @@ def _load() -> frozenset[str]:
     try:
         library = _build()
         torch.ops.load_library(str(library))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        warnings.warn(f"minimind's CPU decoding kernels are not available ({e}); decoding uses PyTorch's kernels",
-                      stacklevel=3)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:  # one line, once a process
+        print(f"minimind's CPU decoding kernels are not available ({e}); decoding uses PyTorch's kernels",
+              file=sys.stderr, flush=True)
         return frozenset()
     _register_fakes()
     return frozenset(op for op in torch.ops.minimind.vector_ops().split(",") if op)
@@ -85,6 +85,8 @@ def _build() -> Path:
     target = cache_dir() / f"kernels-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
+    print(f"building minimind's CPU decode kernels (once, ~20 s; cached in {target.parent}) ...", file=sys.stderr,
+          flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         # each source compiled at once in a process of its own (~12 s each, mostly torch's headers), then linked
@@ -97,17 +99,25 @@ def _build() -> Path:
             for p, job in zip(sources, jobs):
                 _, errors = job.communicate(timeout=600)
                 if job.returncode != 0:
-                    raise OSError(f"{compiler} failed to build {p.name}: {errors.strip()[-2000:]}")
+                    raise OSError(f"{compiler} failed to build {p.name}: {first_error(errors)}")
         finally:  # a failed source: the others stop too, before their scratch directory goes
             for job in jobs:
                 if job.poll() is None:
                     job.kill()
                     job.wait()
+                if getattr(job, "stderr", None) is not None:
+                    job.stderr.close()
         done = subprocess.run(link, capture_output=True, text=True, timeout=600, check=False)
         if done.returncode != 0:
-            raise OSError(f"{compiler} failed to link minimind's kernels: {done.stderr.strip()[-2000:]}")
+            raise OSError(f"{compiler} failed to link minimind's kernels: {first_error(done.stderr)}")
         os.replace(partial, target)  # whole or not at all
     return target
+
+
+def first_error(output: str) -> str:
+    """A compiler's output in one line: its first line that says "error", else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    return next((line for line in lines if "error" in line.lower()), lines[-1] if lines else "no output")
 
 
 def _register_fakes():

@@ -67,8 +67,8 @@ def kernel_call(kind: str, x, layers) -> torch.Tensor:
 
 
 class MatVec(nn.Module):
-    """Wraps a bias-free `nn.Linear` or an `Int8Linear` (its tensors shared): for one row under torch.compile, minimind's
-    CPU kernel where there is one (`kernel_kind`), else y = sum_j W_ij x_j (times the row's scale for int8),
+    """Wraps a bias-free `nn.Linear` or an `Int8Linear` (its tensors shared): for one row under torch.compile,
+    minimind's CPU kernel where there is one (`kernel_kind`), else y = sum_j W_ij x_j (times the row's scale for int8),
     accumulated in float32 and returned in x's dtype. Without the kernels, int8 rounds x, y and the scales to bf16
     as its eager kernel does, so that compiled and eager decoding choose the same tokens (with them, eager int8
     runs the same kernel)."""

@@ -1,12 +1,14 @@
 """Batch-1 decoding on a CPU as one C++ call a token: `minimind.DecodeModel` (`csrc/decode.cpp`) runs the
-whole step of a dense model (embedding, every block, the final norm and the head) in one OpenMP parallel region,
-with minimind's one-row product loops for fp32, bf16, int8 and int4 weights (`csrc/rows.h`).
+whole step of a model (embedding, every block, the final norm and the head) in one OpenMP parallel region, with
+minimind's one-row product loops for fp32, bf16, int8 and int4 weights (`csrc/rows.h`). Dense and
+mixture-of-experts models: a MoE block routes the row in the step (the router's softmax, its top k, their weights
+renormalized as the model's router does) and runs only the chosen and the shared experts.
 
     step = native_step(model)            # None where the model or the machine does not suit it (`native_problem`)
     logits = step(token, position, column, seen, cache.keys, cache.values)   # (1, V) float32
 
-`DecodeBatch(model, compile=True)` uses it for a batch of one row on a CPU (`minimind.infer.engine`), in place of
-the compiled one-row graph (benchmarks/generate.md compares them).
+`DecodeBatch` (`minimind.infer.engine`) steps a batch of one row on a CPU through it by default, and with
+`compile=True` (in place of the compiled one-row graph; benchmarks/generate.md compares them).
 
 What it computes is the model's forward for one token, in fp32 around the products: a bf16 model's hidden states
 are not rounded to bf16 between operations as in its eager forward (closer to the fp32 model, not equal to the
@@ -30,10 +32,16 @@ _NONE = torch.empty(0)  # the scale and row-sum of a layer that has none
 
 def native_problem(model) -> str | None:
     """Why `model` cannot decode through `minimind.DecodeModel` on this machine, or None if it can."""
-    if any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers()]):
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.device.type != "cpu" for t in tensors):
         return "the model is not on the CPU"
-    if getattr(model.config, "use_moe", False):
-        return "a mixture-of-experts model"
+    if any(type(t.data) is not torch.Tensor for t in tensors) or (
+            torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return "a model in distributed training (its tensors are sharded or synchronized)"
+    config = model.config
+    if getattr(config, "use_moe", False) and (config.scoring_func != "softmax" or
+                                              config.moe_router not in ("minimind2", "minimind3")):
+        return f"a mixture-of-experts router the step does not know ({config.scoring_func}, {config.moe_router})"
     ops = vector_ops()
     if not ops:
         return "minimind's CPU kernels are not available"
@@ -52,11 +60,20 @@ def native_problem(model) -> str | None:
 
 
 def linears(block) -> list[tuple[str, nn.Module]]:
-    """A block's seven products in the order `minimind.DecodeModel` takes them."""
+    """A block's products in the order `minimind.DecodeModel` takes them: q, k, v, o, then gate, up, down; a
+    mixture-of-experts block's router, then gate, up, down of each routed expert, then of each shared one."""
     a, f = block.self_attn, block.mlp
-    return [("self_attn.q_proj", a.q_proj), ("self_attn.k_proj", a.k_proj), ("self_attn.v_proj", a.v_proj),
-            ("self_attn.o_proj", a.o_proj), ("mlp.gate_proj", f.gate_proj), ("mlp.up_proj", f.up_proj),
-            ("mlp.down_proj", f.down_proj)]
+    out = [("self_attn.q_proj", a.q_proj), ("self_attn.k_proj", a.k_proj), ("self_attn.v_proj", a.v_proj),
+           ("self_attn.o_proj", a.o_proj)]
+    ffns = [("mlp", f)]
+    if hasattr(f, "experts"):
+        out.append(("mlp.gate", f.gate))
+        ffns = [(f"mlp.experts.{i}", e) for i, e in enumerate(f.experts)] + \
+               [(f"mlp.shared_experts.{i}", e) for i, e in enumerate(f.shared_experts)]
+    for name, ffn in ffns:
+        out += [(f"{name}.gate_proj", ffn.gate_proj), (f"{name}.up_proj", ffn.up_proj),
+                (f"{name}.down_proj", ffn.down_proj)]
+    return out
 
 
 def layer_problem(layer: nn.Module, ops: frozenset[str]) -> str | None:
@@ -139,9 +156,10 @@ def into_huge_pages(tensors: list[torch.Tensor]) -> bool:
 
 
 def native_step(model):
-    """The model's batch-1 decode step as one `minimind.DecodeModel.step` call, or None where `native_problem` says why not.
-    The model's tensors are gathered once here: build it again after changing the model (the engine does, through
-    `kept_on`). Building it moves the weights of the products into 2 MiB pages (`into_huge_pages`)."""
+    """The model's batch-1 decode step as one `minimind.DecodeModel.step` call, or None where `native_problem` says
+    why not. The model's tensors are gathered once here: build it again after changing the model's layers or moving
+    its tensors (the engine does, through `kept_on`); weights changed in place are seen. Building it moves the
+    weights of the products into 2 MiB pages (`into_huge_pages`)."""
     if native_problem(model) is not None:
         return None
     use_row_kernels(model)  # the int8 layers' row sums
@@ -158,17 +176,28 @@ def native_step(model):
         norms += [block.input_layernorm.weight, block.post_attention_layernorm.weight]
         if block.self_attn.qk_norm:
             norms += [block.self_attn.q_norm.weight, block.self_attn.k_norm.weight]
-    norms = [w.detach().float().contiguous() for w in [*norms, model.model.norm.weight]]
+    sources = [*norms, model.model.norm.weight]
+    norms = [w.detach().float().contiguous() for w in sources]
+    # the fp32 copies of bf16 norms, refreshed at a step if the model's own changed since (a model in training)
+    copies = [[w, copy, w._version] for w, copy in zip(sources, norms) if copy.data_ptr() != w.data_ptr()]
     config = model.config
+    moe = model.model.layers[0].mlp if config.use_moe else None
+    routing = (0, 0, 0, False) if moe is None else (
+        moe.n_experts, moe.top_k, len(moe.shared_experts), moe.norm_topk_prob and (moe.top_k > 1 or moe.minimind3))
     decoder = torch.classes.minimind.DecodeModel(
         model.model.embed_tokens.weight.detach().contiguous(), weights, scales, rowsums, norms,
         model.model.freqs_cos.float().contiguous(), model.model.freqs_sin.float().contiguous(),
-        config.num_attention_heads, config.num_key_value_heads, config.head_dim, float(config.rms_norm_eps))
+        config.num_attention_heads, config.num_key_value_heads, config.head_dim, float(config.rms_norm_eps), *routing)
 
     def step(token: int, position: int, column: int, seen: torch.Tensor, keys: list[torch.Tensor],
              values: list[torch.Tensor]) -> torch.Tensor:
         """One token's forward at RoPE `position`: its key and value written at cache `column` of every layer's
         (1, Hkv, capacity, D) buffers, attention over the columns <= `column` that `seen` (capacity,) bool keeps.
         Returns its logits (1, V) float32."""
+        for entry in copies:
+            if entry[0]._version != entry[2]:
+                with torch.inference_mode():
+                    entry[1].copy_(entry[0])
+                entry[2] = entry[0]._version
         return decoder.step(token, keys, values, seen, column, position)[None]
     return step

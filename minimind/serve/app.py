@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 
 from ..data.messages import prompt_ids
 from ..tools import TOOLS, run_tool, tool_schemas
+from . import responses
 from .answer import Answer
 from .protocol import APIError, ChatCompletionRequest, CompletionRequest, at_most, invalid, read_request
 from .reply import ChatReader
@@ -64,13 +65,9 @@ class Endpoints:
                        "missing API key: send the header 'Authorization: Bearer YOUR_KEY'")
             raise APIError(401, message, code="invalid_api_key")
 
-    def check_model(self, name: str | None):
-        if name is not None and name != self.model_name:
-            raise APIError(404, f"the model {json.dumps(name)} does not exist; this server serves "
-                                f"{json.dumps(self.model_name)}", param="model", code="model_not_found")
-
-    async def read_body(self, request, cls):
-        """The request's JSON body as a `cls` request, after the API key; 413 past --max_request_bytes."""
+    async def read_body(self, request, cls=None):
+        """The request's JSON body as a `cls` request (None: the JSON object), after the API key; 413 past
+        --max_request_bytes."""
         self.check_key(request)
         too_large = APIError(413, f"the request body is larger than this server's limit of {self.max_request_bytes} "
                                   "bytes (--max_request_bytes)", code="request_too_large")
@@ -88,9 +85,7 @@ class Endpoints:
             raise APIError(400, f"the request body is not valid JSON: {e}") from None
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
-        req = read_request(cls, body)
-        self.check_model(req.model)
-        return req
+        return body if cls is None else read_request(cls, body)
 
     # prompts and jobs
 
@@ -126,7 +121,8 @@ class Endpoints:
         limits and the context window."""
         max_tokens = getattr(req, limit_field)
         at_most("n", req.n, self.max_batch)
-        at_most(limit_field, max_tokens, self.max_tokens_limit)
+        if max_tokens is not None:  # an upper bound: the server's cap bounds it too
+            max_tokens = min(max_tokens, self.max_tokens_limit)
         if req.n * len(prompts) > self.max_batch:
             raise invalid("n", f"{len(prompts)} prompts x n={req.n} = {req.n * len(prompts)} choices, more than this "
                                f"server's --max_batch of {self.max_batch}")
@@ -142,27 +138,52 @@ class Endpoints:
                                  f"the {where} or lower {limit_field}", code="context_length_exceeded")
         return Job(prompts=[p for p in prompts for _ in range(req.n)], max_tokens=max_tokens, emit=None,
                    stops=req.stop, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                   repetition_penalty=req.repetition_penalty, seed=None if req.seed is None else req.seed % 2**63)
+                   repetition_penalty=req.repetition_penalty, seed=None if req.seed is None else req.seed % 2**63,
+                   grammar=json_grammar(req.json_format))
 
-    async def chat(self, request):
-        req = await self.read_body(request, ChatCompletionRequest)
-        # Tools are offered unless tool_choice is "none"; a forced call (tool_choice "required" or a named
-        # function) is written into the prompt as the start of the answer, with no thinking before it.
+    def chat_job(self, req: ChatCompletionRequest) -> tuple[Job, int, ChatReader]:
+        """The job of a chat request, its prompt's length and the reader of its answer. Tools are offered unless
+        tool_choice is "none"; a forced call (tool_choice "required" or a named function) is written into the
+        prompt as the start of the answer, with no thinking before it, and its arguments are decoded as JSON valid
+        against the function's parameters. A JSON response_format is written without thinking."""
         tools = req.tools if req.tool_choice != "none" else None
         forced = req.forced_call or ""
         thinking = None if forced else req.enable_thinking
+        if req.json_format and not forced:
+            thinking = False  # (asked on, it is refused by the request's model)
         prompt = self.chat_prompt(req.messages, tools, thinking)
         prompt += self.encoder.encode(forced, add_special_tokens=False) if forced else []
         job = self.job(req, [prompt], "messages", req.limit_field)
-        reader = ChatReader(job.rows, thinking=thinking is True, tools=tools is not None, forced=forced,
+        if forced:
+            job.grammar = call_grammar(tools, req.tool_choice)
+        calls = tools is not None and not (req.json_format and not forced)  # a JSON answer is never a call
+        reader = ChatReader(job.rows, thinking=thinking is True, tools=calls, forced=forced,
                             parallel=req.parallel_tool_calls)
+        return job, len(prompt), reader
+
+    async def chat(self, request):
+        req = await self.read_body(request, ChatCompletionRequest)
+        job, prompt_tokens, reader = self.chat_job(req)
         finish = None
         if req.logprobs:
             job.record = [[] for _ in range(job.rows)]
 
             async def finish(body):
                 return await self.chat_logprobs(req, job, body)
-        return await self.answer(req, "chat", job, len(prompt), reader, finish)
+        return await self.answer(req, "chat", job, prompt_tokens, reader, finish)
+
+    async def responses(self, request):
+        """POST /v1/responses: the Responses API over the chat path (`responses.py`)."""
+        req = responses.read(await self.read_body(request))
+        chat = responses.chat_request(req)
+        job, prompt_tokens, reader = self.chat_job(chat)
+        events = self.submit(job)
+        head = {"id": f"resp_{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model or self.model_name}
+        answer = Answer(self.engine, job, events, head, True, prompt_tokens, reader)
+        if not req.stream:
+            return JSONResponse(responses.whole(req, head, await answer.whole()))
+        return StreamingResponse(responses.stream(req, head, answer), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def completion(self, request):
         req = await self.read_body(request, CompletionRequest)
@@ -265,7 +286,7 @@ class Endpoints:
         chat = kind == "chat"
         head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
                 "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": self.model_name}
+                "model": req.model or self.model_name}
         answer = Answer(self.engine, job, events, head, chat, prompt_tokens, reader)
         if not req.stream:
             body = await answer.whole()
@@ -290,6 +311,40 @@ class Endpoints:
         return events
 
 
+# --- JSON answers ---------------------------------------------------------------------------------------------------
+
+CALL_TAIL = "}\n</tool_call>"  # what follows a call's arguments (the chat template's)
+CALL_CLOSE = "</tool_call>"  # only at the end: inside the arguments the parser would end the call there
+
+
+def json_grammar(fmt: dict | None):
+    """The grammar of a JSON response format (`protocol.json_format`), or None for text."""
+    if fmt is None:
+        return None
+    from .constrain import Grammar
+    from .schema import ANY_OBJECT
+
+    return Grammar.from_schema(fmt["schema"]) if fmt["type"] == "json_schema" else Grammar([("", ANY_OBJECT, "")])
+
+
+def call_grammar(tools: list[dict], choice: str):
+    """The grammar of the rest of a call that tool_choice forces (`ChatCompletionRequest.forced_call` wrote its
+    start into the prompt): the arguments of the named function, or for "required" the call of any one of the
+    tools (its name, then its arguments), each as JSON valid against the function's parameters (read leniently:
+    what the schema says beyond `schema.py`'s subset is not enforced)."""
+    from .constrain import Grammar
+    from .schema import ANY_OBJECT, compile_schema
+
+    def arguments(tool):
+        node = compile_schema(tool["function"].get("parameters") or {}, lenient=True)
+        return node if node.kind == "object" else ANY_OBJECT  # arguments are an object
+    if choice == "required":
+        return Grammar([('{"name": ' + json.dumps(t["function"]["name"], ensure_ascii=False) + ', "arguments": ',
+                         arguments(t), CALL_TAIL) for t in tools], forbid=CALL_CLOSE)
+    tool = next(t for t in tools if t["function"]["name"] == choice)
+    return Grammar([("", arguments(tool), CALL_TAIL)], space=True, forbid=CALL_CLOSE)
+
+
 # --- the web app ----------------------------------------------------------------------------------------------------
 
 def add_error_handlers(app: FastAPI):
@@ -305,8 +360,8 @@ def add_error_handlers(app: FastAPI):
     async def on_http_error(request, e: HTTPException):
         if e.status_code == 404:
             message = (f"unknown route {request.method} {request.url.path}; this server has GET /v1/models, "
-                       "POST /v1/chat/completions, POST /v1/completions, GET /health, the web chat at GET / and "
-                       "its built-in tools at GET /tools, POST /tools/NAME")
+                       "POST /v1/chat/completions, POST /v1/completions, POST /v1/responses, GET /health, the web "
+                       "chat at GET / and its built-in tools at GET /tools, POST /tools/NAME")
             return respond(APIError(404, message, code="unknown_url"))
         return respond(APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}"))
 
@@ -362,16 +417,19 @@ def add_api_routes(app: FastAPI, endpoints: Endpoints, model_name: str):
     async def completions(request: Request):
         return await endpoints.completion(request)
 
+    @app.post("/v1/responses")
+    async def responses_api(request: Request):
+        return await endpoints.responses(request)
+
     @app.get("/v1/models")
     async def list_models(request: Request):
         endpoints.check_key(request)
         return {"object": "list", "data": [card]}
 
     @app.get("/v1/models/{name:path}")
-    async def get_model(name: str, request: Request):
+    async def get_model(name: str, request: Request):  # any name is served (the one model), as in requests
         endpoints.check_key(request)
-        endpoints.check_model(name)
-        return card
+        return {**card, "id": name}
 
     @app.get("/health")
     async def health():

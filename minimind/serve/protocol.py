@@ -5,9 +5,11 @@ names the field at fault (`temperature`, `messages[0].content[1]`).
 The models are strict: a number is a JSON number (not "0.5"), a flag is true or false, an integer has no fraction;
 null means "not given", as OpenAI reads it. Unknown fields are refused, naming the field. Fields OpenAI defines that
 change nothing here (`user`, `metadata`, ...) are accepted; features this server lacks (logit_bias, ...) are
-accepted only when "off"; `logprobs` (and `echo`, `top_logprobs`) are answered without streaming. Tools (`tools`,
-`tool_choice`, `parallel_tool_calls`) and thinking (`enable_thinking`, also read from vLLM's `chat_template_kwargs`)
-are `ChatCompletionRequest`'s.
+accepted only when "off"; `logprobs` (and `echo`, `top_logprobs`) are answered without streaming. `response_format`
+asks for JSON (`json_object`, or `json_schema` with a schema of the subset `schema.py` reads; others are refused
+naming the keyword). Tools (`tools`, `tool_choice`, `parallel_tool_calls`) and thinking (`enable_thinking`, also
+read from `chat_template_kwargs` {"enable_thinking"} as vLLM sends it or {"open_thinking"} as MiniMind does, and
+from `reasoning_effort`: "none" / "minimal" off, "low" / "medium" / "high" on) are `ChatCompletionRequest`'s.
 Messages follow the chat format of `minimind.data.messages`, the rule the training data follows too.
 Limits of the server (max_tokens, n) and of the model (context window, vocabulary) are `app.py`'s.
 """
@@ -40,8 +42,11 @@ IGNORED = ("user", "metadata", "store", "service_tier")  # accepted, no effect h
 UNSUPPORTED = {
     "logit_bias": ({},),
     "functions": ([],), "function_call": ("none", "auto"), "best_of": (1,), "suffix": ("",),
-    "modalities": (["text"],), "audio": (), "prediction": (), "reasoning_effort": (), "web_search_options": (),
+    "modalities": (["text"],), "audio": (), "prediction": (), "web_search_options": (),
 }
+
+EFFORTS = {"none": False, "minimal": False, "low": True, "medium": True, "high": True, "xhigh": True}  # thinking
+THINKING_KWARGS = ("enable_thinking", "open_thinking")  # chat_template_kwargs: vLLM's / Qwen3's name, MiniMind's
 
 
 class APIError(Exception):
@@ -87,9 +92,32 @@ def _zero(value, info):
     return value
 
 
-def _text_format(value):
-    if value != {"type": "text"}:
-        raise refused("response_format", 'response_format: only {"type": "text"} is supported')
+def json_format(value, param: str = "response_format") -> dict | None:
+    """A response format (chat's response_format; the Responses API's text.format, flat) checked: None for text,
+    else {"type": "json_object"} or {"type": "json_schema", "schema": ...} with a schema of the subset `schema.py`
+    reads (a refusal naming `param` and the unsupported keyword otherwise)."""
+    from .schema import SchemaError, compile_schema
+
+    kinds = '"text", "json_object" or "json_schema"'
+    if not isinstance(value, dict) or value.get("type") not in ("text", "json_object", "json_schema"):
+        raise refused(param, f"{param} must be {{\"type\": {kinds}}}, got {json.dumps(value)[:80]}")
+    if value["type"] == "text":
+        return None
+    if value["type"] == "json_object":
+        return {"type": "json_object"}
+    spec = value.get("json_schema", value)  # chat nests it; the Responses API does not
+    where = f"{param}.json_schema" if "json_schema" in value else param
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+        raise refused(where, f'{where} must be an object with a "schema" (a JSON schema object)')
+    try:
+        compile_schema(spec.get("schema", {}))
+    except SchemaError as e:
+        raise refused(f"{where}.schema", f"{where}.schema: {e}") from None
+    return {"type": "json_schema", "schema": spec.get("schema", {})}
+
+
+def _response_format(value):
+    json_format(value)
     return value
 
 
@@ -126,7 +154,7 @@ class _Request(BaseModel):
     accepted for compatibility (IGNORED, and UNSUPPORTED ones left off)."""
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    model: str | None = None  # must be the served model's id when given (app.py)
+    model: str | None = None  # any name: the answer's model field echoes it (app.py)
     max_tokens: int | None = Field(None, ge=1)  # None: what is left of the context window, up to the server's cap
     temperature: float = Field(1.0, ge=0, le=2)  # 0: greedy
     top_p: float = Field(1.0, gt=0, le=1)
@@ -139,7 +167,7 @@ class _Request(BaseModel):
     stream_options: StreamOptions = StreamOptions()
     presence_penalty: Penalty = 0
     frequency_penalty: Penalty = 0
-    response_format: Annotated[Any, AfterValidator(_text_format)] = None  # only {"type": "text"}
+    response_format: Annotated[Any, AfterValidator(_response_format)] = None  # text, json_object, json_schema
     # IGNORED
     user: Any = None
     metadata: Any = None
@@ -152,6 +180,11 @@ class _Request(BaseModel):
     @classmethod
     def _null_is_not_given(cls, body):  # as OpenAI reads a null field
         return {k: v for k, v in body.items() if v is not None} if isinstance(body, dict) else body
+
+    @property
+    def json_format(self) -> dict | None:
+        """The JSON answer response_format asks for (see `json_format`), or None for text."""
+        return json_format(self.response_format) if self.response_format is not None else None
 
     @classmethod
     def supported(cls) -> list[str]:
@@ -167,7 +200,8 @@ class ChatCompletionRequest(_Request):
     tool_choice: Any = None  # "auto" (default with tools), "none", "required", {"type": "function", "function": ...}
     parallel_tool_calls: bool = True  # False: at most one call per answer
     enable_thinking: bool | None = None  # an extension: True opens the thinking, False skips it, null: the model's
-    chat_template_kwargs: dict | None = None  # vLLM's; only {"enable_thinking": bool} is read
+    chat_template_kwargs: dict | None = None  # only {"enable_thinking" or "open_thinking": bool} is read
+    reasoning_effort: str | None = None  # "none" / "minimal": thinking off; "low" / "medium" / "high": on
     logprobs: bool = False  # the answer's tokens with their log-probabilities (choices[i].logprobs.content)
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # and the most likely alternatives at each
     # UNSUPPORTED
@@ -176,7 +210,6 @@ class ChatCompletionRequest(_Request):
     modalities: Off = None
     audio: Off = None
     prediction: Off = None
-    reasoning_effort: Off = None
     web_search_options: Off = None
 
     @field_validator("messages", mode="plain")
@@ -207,14 +240,23 @@ class ChatCompletionRequest(_Request):
 
     @model_validator(mode="after")
     def _thinking(self):
+        """enable_thinking from itself, chat_template_kwargs and reasoning_effort, which must agree."""
         kwargs = self.chat_template_kwargs or {}
-        if set(kwargs) - {"enable_thinking"} or not isinstance(kwargs.get("enable_thinking", False), bool):
+        if set(kwargs) - set(THINKING_KWARGS) or not all(isinstance(v, bool) for v in kwargs.values()):
             raise refused("chat_template_kwargs", 'chat_template_kwargs: only {"enable_thinking": true or false} '
-                                                  "is supported")
-        if "enable_thinking" in kwargs:
-            if self.enable_thinking is not None and self.enable_thinking != kwargs["enable_thinking"]:
-                raise refused("enable_thinking", "enable_thinking and chat_template_kwargs.enable_thinking differ")
-            self.enable_thinking = kwargs["enable_thinking"]
+                                                  '(or MiniMind\'s "open_thinking") is supported')
+        said = [("enable_thinking", "enable_thinking", self.enable_thinking)]  # (param, what was said, on or off)
+        said += [("chat_template_kwargs", f"chat_template_kwargs.{k}", v) for k, v in kwargs.items()]
+        if self.reasoning_effort is not None:
+            if self.reasoning_effort not in EFFORTS:
+                raise refused("reasoning_effort", f"reasoning_effort must be one of {', '.join(EFFORTS)}, got "
+                                                  f"{json.dumps(self.reasoning_effort)}")
+            said.append(("reasoning_effort", f"reasoning_effort {json.dumps(self.reasoning_effort)}",
+                         EFFORTS[self.reasoning_effort]))
+        said = [s for s in said if s[2] is not None]
+        if len({on for _, _, on in said}) > 1:
+            raise refused(said[0][0], f"{' and '.join(what for _, what, _ in said)} disagree on thinking (on or off)")
+        self.enable_thinking = said[0][2] if said else None
         return self
 
     @model_validator(mode="after")
@@ -239,6 +281,13 @@ class ChatCompletionRequest(_Request):
             self.tool_choice = fn["name"]
         if self.tool_choice not in ("auto", "none") and not names:
             raise refused("tool_choice", f"tool_choice {json.dumps(choice)} needs tools; give the tools to call")
+        return self
+
+    @model_validator(mode="after")
+    def _json_without_thinking(self):  # (after _tool_choice, which forced_call reads)
+        if self.enable_thinking and self.json_format and not self.forced_call:
+            raise refused("response_format", "a JSON response_format is answered without thinking; leave thinking "
+                                             "off (enable_thinking, reasoning_effort)")
         return self
 
     @property

@@ -9,7 +9,9 @@ columns) are the decode engine's, `minimind.infer.engine.DecodeBatch`, the same 
 runs, so a row gives the same tokens as alone; this module keeps the worker thread, the queue, the text streams,
 the events and the stats. Each row keeps its own max_tokens, stop strings and text stream (UTF-8 safe,
 `TextStream`) and ends on its own; each job samples its rows with its own temperature / top_k /
-top_p / repetition penalty and its own seeded generator, so a seeded request gives the same text joined or alone.
+top_p / repetition penalty and its own seeded generator, so a seeded request gives the same text joined or alone;
+a job with a grammar (JSON by constrained decoding, `constrain.py`) has its rows choose only tokens that keep the
+answer valid.
 A job leaves the batch once all its rows have ended (until then its ended rows still draw, as they would alone),
 and the cache columns that no remaining row uses are dropped with it: the cache holds at most the context window
 however long the server stays busy. So no request waits for another's long answer, only for rows to free up.
@@ -46,6 +48,7 @@ class Job:
     repetition_penalty: float = 1.0
     seed: int | None = None
     record: list[list[int]] | None = None  # a list per row: the worker appends the row's tokens (eos left out)
+    grammar: object = None  # a `constrain.Grammar` every row's answer is decoded under (JSON), or None
     cancelled: bool = False  # the client left (or the answer is complete): the worker drops its rows
     finished: bool = False  # every row has ended
 
@@ -85,6 +88,7 @@ class Worker:
         self.lock = threading.Lock()  # held while the worker lets jobs join or decodes a step
         self.pause = threading.Event()  # `paused()` waits for the lock
         self.stopping = False
+        self.texts: list | None = None  # each token's text, for constrained decoding (made at its first use)
         self.stats = {"requests": 0, "batches": 0, "joined_running": 0, "largest_batch": 0, "largest_cache": 0,
                       "cancelled": 0}
         # The running batch: its jobs in row order, and their rows' decode state (cache, mask, positions, last
@@ -198,7 +202,7 @@ class Worker:
 
     def _join(self, jobs: list[Job]):
         """Prefill the jobs' prompts as one left-padded batch, a group of rows per job, joining the running batch."""
-        from ..infer.engine import DecodeBatch, Group
+        from ..infer.engine import DecodeBatch
         from ..infer.generate import encode_prompts
         from ..infer.textstream import TextStream
 
@@ -206,13 +210,28 @@ class Worker:
             self.batch = DecodeBatch(self.model, compile=self.compile)
         device = next(self.model.parameters()).device
         ids, mask = encode_prompts(self.tokenizer, [p for job in jobs for p in job.prompts], device=device)  # (b, T)
-        groups = [Group(job.rows, do_sample=job.temperature > 0, temperature=job.temperature, top_k=job.top_k or None,
-                        top_p=job.top_p, repetition_penalty=job.repetition_penalty, seed=job.seed) for job in jobs]
+        groups = [self._group(job) for job in jobs]
         first = self.batch.add(ids, mask, groups)  # (b,)
         members = [Member(job, group, [TextStream(self.tokenizer, job.stops) for _ in job.prompts], [0] * job.rows,
                           [False] * job.rows) for job, group in zip(jobs, groups)]
         self.members = self.members + members
         self._emit(members, first.tolist())
+
+    def _group(self, job: Job):
+        """The decode-engine group of the job's rows, with its sampling settings; a `ConstrainedGroup` with a
+        `RowConstraint` per row when the job has a grammar."""
+        settings = dict(do_sample=job.temperature > 0, temperature=job.temperature, top_k=job.top_k or None,
+                        top_p=job.top_p, repetition_penalty=job.repetition_penalty, seed=job.seed)
+        if job.grammar is None:
+            from ..infer.engine import Group
+
+            return Group(job.rows, **settings)
+        from .constrain import ConstrainedGroup, RowConstraint, token_texts
+
+        if self.texts is None:
+            self.texts = token_texts(self.tokenizer, self.model.config.vocab_size)
+        rows = [RowConstraint(job.grammar, self.texts, self.eos, job.max_tokens) for _ in range(job.rows)]
+        return ConstrainedGroup(job.rows, **settings, constraints=rows)
 
     def _step(self):
         """One decode step: one forward of every row's last token, then each job's rows choose their next."""

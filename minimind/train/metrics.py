@@ -67,7 +67,13 @@ class MetricsLog:
         if not main:
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.out / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
+        path = self.out / "metrics.jsonl"
+        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close)
+        if path.stat().st_size:  # a resumed run's: a last line cut short (a full disk) stays a line of its own
+            with open(path, "rb") as f:
+                f.seek(-1, 2)
+                if f.read(1) != b"\n":
+                    self.file.write("\n")
         for kind in [k.strip() for k in (report_to or "none").split(",") if k.strip()]:
             try:
                 if kind == "tensorboard":
@@ -115,7 +121,10 @@ def plot_loss_curve(metrics_path: Path, png_path: Path) -> bool:
         return False
     train, evals = [], []
     for line in Path(metrics_path).read_text(encoding="utf-8").splitlines():
-        r = json.loads(line)
+        try:
+            r = json.loads(line)
+        except ValueError:  # a line cut short by a full disk
+            continue
         if "loss" in r:
             train.append((r["step"], r["loss"]))
         if "eval_loss" in r:

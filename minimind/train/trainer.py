@@ -310,6 +310,11 @@ class Trainer:
             for k, v in m.items():
                 metrics[k] = metrics.get(k, 0.0) + float(v) / len(batches)
         total_loss = all_reduce_sum(total_loss, self.dist) / self.dist.world
+        if self.dist.world > 1 and metrics:  # the stage's metrics of the global batch too, not rank 0's share alone
+            names = sorted(metrics)
+            means = all_reduce_sum(torch.tensor([metrics[k] for k in names], dtype=torch.float64, device=self.device),
+                                   self.dist) / self.dist.world
+            metrics = dict(zip(names, means.tolist()))
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.requires_grad]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, c.grad_clip if c.grad_clip > 0 else float("inf"))

@@ -1,6 +1,8 @@
-// One whole decode step of a dense MiniMind model for one row on the CPU, as one call: the token's embedding,
-// every block (RMSNorm, q/k/v, per-head q/k norm where the model has it, RoPE, the step's keys and values written
-// into the cache, one-query attention over the cache, o, RMSNorm, SwiGLU), the final norm and the output head.
+// One whole decode step of a MiniMind model for one row on the CPU, as one call: the token's embedding, every block
+// (RMSNorm, q/k/v, per-head q/k norm where the model has it, RoPE, the step's keys and values written into the
+// cache, one-query attention over the cache, o, RMSNorm, SwiGLU), the final norm and the output head. A
+// mixture-of-experts block routes the row as `MoEFeedForward` does (the router's softmax in fp32, its top k, their
+// weights renormalized where the model asks) and runs only the chosen experts and the shared ones.
 //
 // Why one call: a step is ~60 matrix products of one row and ~100 small operations around them. As graph nodes (even
 // compiled, even with minimind's own product kernels) each pays a dispatch and a fork and join of the thread pool,
@@ -22,7 +24,9 @@
 #include <omp.h>
 
 #include <cmath>
+#include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -112,6 +116,13 @@ template <> inline float load<float>(const float* p, int64_t i) { return p[i]; }
 template <> inline float load<uint16_t>(const uint16_t* p, int64_t i) { return bf16_to_float(p[i]); }
 inline void store(float* p, int64_t i, float v) { p[i] = v; }
 inline void store(uint16_t* p, int64_t i, float v) { p[i] = float_to_bf16(v); }
+
+#ifdef MM_AVX512
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const uint16_t* p) {  // 16 bf16 as floats
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+#endif
 
 inline float dot(const float* q, const float* k, int64_t D) {
   int64_t d = 0;
@@ -210,14 +221,26 @@ void attend(const float* q, const T* keys, const T* values, const bool* seen, in
     top = std::max(top, scores[c]);
   }
   const float inv = 1.f / exp_shifted(scores, column + 1, top);
-  for (int64_t d = 0; d < D; ++d) out[d] = 0.f;
-  for (int64_t c = 0; c <= column; ++c) {
-    const float p = scores[c];
-    if (p == 0.f) continue;
-    const T* v = values + c * D;
-    for (int64_t d = 0; d < D; ++d) out[d] += p * load(v, d);
+  int64_t d0 = 0;
+#ifdef MM_AVX512
+  // out = sum_c p_c v_c, up to 64 of the D outputs at a time held in registers over all the columns
+  while (d0 + 16 <= D) {
+    const int regs = int(std::min<int64_t>(4, (D - d0) / 16));
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t c = 0; c <= column; ++c) {
+      const __m512 p = _mm512_set1_ps(scores[c]);
+      const T* v = values + c * D + d0;
+      for (int r = 0; r < regs; ++r) acc[r] = _mm512_fmadd_ps(p, load16(v + 16 * r), acc[r]);
+    }
+    for (int r = 0; r < regs; ++r) _mm512_storeu_ps(out + d0 + 16 * r, _mm512_mul_ps(acc[r], _mm512_set1_ps(inv)));
+    d0 += 16 * regs;
   }
-  for (int64_t d = 0; d < D; ++d) out[d] *= inv;
+#endif
+  for (; d0 < D; ++d0) {
+    float total = 0.f;
+    for (int64_t c = 0; c <= column; ++c) total += scores[c] * load(values + c * D, d0);
+    out[d0] = total * inv;
+  }
 }
 
 Matrix matrix(const at::Tensor& w, const at::Tensor& scale, const at::Tensor& rowsum, int64_t K, int64_t index) {
@@ -266,7 +289,7 @@ const float* vec(const at::Tensor& t, int64_t n, const char* what) {
 
 // Scratch for one thread: its normalized x and the copies of it the products read.
 struct Scratch {
-  std::vector<float> x, scores;
+  std::vector<float> x, y, scores;
   std::vector<uint16_t> b;
   std::vector<uint8_t> q;
   Input input(bool need_b, bool need_q) {
@@ -287,20 +310,30 @@ struct DecodeModel : torch::CustomClassHolder {
   std::vector<Matrix> ms;
   std::vector<const float*> norms;
   int64_t L, H, heads, kv_heads, D;
-  bool qk_norm;
+  int64_t experts, top_k, shared;  // experts == 0: a dense model
+  int64_t per_layer;  // matrices a layer: q, k, v, o, then gate, up, down (MoE: the router, then a triple an expert)
+  int64_t act_width = 0;  // the most SwiGLU activations a step computes (MoE: of k experts and the shared ones)
+  int64_t width = 0;  // the widest x a product reads
+  bool qk_norm, norm_topk;
   bool need_b = false, need_q = false;  // whether some product reads x as bf16, as int8
   int64_t align = 1;  // the row granularity of the products: 64 with int4 ones
   float eps;
 
   DecodeModel(at::Tensor embed_, std::vector<at::Tensor> weights, std::vector<at::Tensor> scales,
               std::vector<at::Tensor> rowsums, std::vector<at::Tensor> norms_, at::Tensor cos_, at::Tensor sin_,
-              int64_t heads_, int64_t kv_heads_, int64_t head_dim, double eps_)
-      : embed(embed_), cos(cos_), sin(sin_), heads(heads_), kv_heads(kv_heads_), D(head_dim), eps(float(eps_)) {
-    TORCH_CHECK(!weights.empty() && weights.size() % 7 == 1 && scales.size() == weights.size() &&
+              int64_t heads_, int64_t kv_heads_, int64_t head_dim, double eps_, int64_t experts_, int64_t top_k_,
+              int64_t shared_, bool norm_topk_)
+      : embed(embed_), cos(cos_), sin(sin_), heads(heads_), kv_heads(kv_heads_), D(head_dim), experts(experts_),
+        top_k(top_k_), shared(shared_), norm_topk(norm_topk_), eps(float(eps_)) {
+    TORCH_CHECK(experts == 0 || (experts > 0 && top_k >= 1 && top_k <= experts && shared >= 0),
+                "minimind.DecodeModel: ", top_k, " of ", experts, " experts (and ", shared, " shared) do not route");
+    per_layer = experts ? 5 + 3 * (experts + shared) : 7;
+    TORCH_CHECK(!weights.empty() && weights.size() % per_layer == 1 && scales.size() == weights.size() &&
                     rowsums.size() == weights.size(),
-                "minimind.DecodeModel: 7 weights per layer (q, k, v, o, gate, up, down) and the head expected, with "
-                "a scale and a row-sum tensor each; got ", weights.size(), " weights");
-    L = weights.size() / 7;
+                "minimind.DecodeModel: ", per_layer, " weights per layer (q, k, v, o, ",
+                experts ? "the router, gate, up and down of each expert" : "gate, up, down",
+                ") and the head expected, with a scale and a row-sum tensor each; got ", weights.size(), " weights");
+    L = weights.size() / per_layer;
     TORCH_CHECK(norms_.size() == size_t(2 * L + 1) || norms_.size() == size_t(4 * L + 1),
                 "minimind.DecodeModel: 2 norms per layer (4 with q/k norms) and the final one expected, got ",
                 norms_.size(), " for ", L, " layers");
@@ -317,19 +350,41 @@ struct DecodeModel : torch::CustomClassHolder {
                     sin.is_contiguous(),
                 "minimind.DecodeModel: RoPE tables (positions, ", D, ") float32 expected, got ", cos.sizes());
     for (int64_t l = 0; l < L; ++l) {
-      const int64_t I = weights[7 * l + 4].size(0);
-      const int64_t in[7] = {H, H, H, heads * D, H, H, I};
-      for (int i = 0; i < 7; ++i) {
-        const int64_t w = 7 * l + i;
-        ms.push_back(matrix(weights[w], scales[w], rowsums[w], in[i], w));
+      const int64_t first = per_layer * l;
+      auto add = [&](int64_t i, int64_t K) { ms.push_back(matrix(weights[first + i], scales[first + i],
+                                                                 rowsums[first + i], K, first + i)); };
+      for (int i = 0; i < 3; ++i) add(i, H);
+      add(3, heads * D);
+      const Matrix* m = ms.data() + first;
+      TORCH_CHECK(m[0].N == heads * D && m[1].N == kv_heads * D && m[2].N == kv_heads * D && m[3].N == H,
+                  "minimind.DecodeModel: layer ", l, "'s attention weights do not fit hidden ", H, ", ", heads,
+                  " heads of ", D, ", ", kv_heads, " key/value heads");
+      int64_t i = 4;
+      if (experts) {
+        add(i++, H);
+        TORCH_CHECK(ms.back().N == experts, "minimind.DecodeModel: layer ", l, "'s router has ", ms.back().N,
+                    " outputs for ", experts, " experts");
       }
-      const Matrix* m = ms.data() + 7 * l;
-      TORCH_CHECK(m[0].N == heads * D && m[1].N == kv_heads * D && m[2].N == kv_heads * D && m[3].N == H &&
-                      m[5].N == I && m[6].N == H,
-                  "minimind.DecodeModel: layer ", l, "'s weights do not fit hidden ", H, ", ", heads, " heads of ",
-                  D, ", ", kv_heads, " key/value heads");
+      std::vector<int64_t> widths;  // of the layer's feed-forwards
+      for (int64_t f = 0; f < (experts ? experts + shared : 1); ++f, i += 3) {
+        const int64_t I = weights[first + i].size(0);
+        add(i, H);
+        add(i + 1, H);
+        add(i + 2, I);
+        TORCH_CHECK(ms[ms.size() - 2].N == I && ms.back().N == H, "minimind.DecodeModel: layer ", l,
+                    "'s feed-forward ", f, " does not fit hidden ", H, " and width ", I);
+        widths.push_back(I);
+        width = std::max(width, I);
+      }
+      // the activations of the widest choice a token can make: the k widest routed experts and the shared ones
+      std::sort(widths.begin(), widths.begin() + (experts ? experts : 1), std::greater<>());
+      int64_t active = 0;
+      for (int64_t f = 0; f < int64_t(widths.size()); ++f)
+        if (!experts || f < top_k || f >= experts) active += widths[f];
+      act_width = std::max(act_width, active);
     }
-    ms.push_back(matrix(weights.back(), scales.back(), rowsums.back(), H, 7 * L));
+    ms.push_back(matrix(weights.back(), scales.back(), rowsums.back(), H, per_layer * L));
+    width = std::max({width, H, heads * D});
     for (const Matrix& m : ms) {
       need_b |= m.kind == Kind::bf16;
       need_q |= m.kind == Kind::q8;
@@ -340,13 +395,41 @@ struct DecodeModel : torch::CustomClassHolder {
     for (auto* list : {&weights, &scales, &rowsums, &norms_}) held.insert(held.end(), list->begin(), list->end());
   }
 
+  // A MoE layer's feed-forwards that this token runs, (gate, up, down) each, with the weight of its output: the
+  // top-k routed experts by the softmax of the router's logits (E,), then the shared ones (weight 1).
+  struct Active {
+    const Matrix* ffn;
+    float weight;
+  };
+  void route(const Matrix* m, const float* logits, Active* out) const {
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t e = 0; e < experts; ++e) top = std::max(top, logits[e]);
+    std::vector<float> p(experts);
+    float total = 0.f;
+    for (int64_t e = 0; e < experts; ++e) total += p[e] = std::exp(logits[e] - top);
+    for (int64_t e = 0; e < experts; ++e) p[e] /= total;
+    std::vector<bool> taken(experts, false);
+    float chosen = 0.f;
+    for (int64_t k = 0; k < top_k; ++k) {  // the largest probability not yet taken (ties: the lower index)
+      int64_t best = -1;
+      for (int64_t e = 0; e < experts; ++e)
+        if (!taken[e] && (best < 0 || p[e] > p[best])) best = e;
+      taken[best] = true;
+      out[k] = {m + 5 + 3 * best, p[best]};
+      chosen += p[best];
+    }
+    if (norm_topk)
+      for (int64_t k = 0; k < top_k; ++k) out[k].weight /= chosen + 1e-20f;
+    for (int64_t f = 0; f < shared; ++f) out[top_k + f] = {m + 5 + 3 * (experts + f), 1.f};
+  }
+
   // The step itself (see `step`): every pointer checked by the caller; keys and values (capacity, D) per kv head.
   template <typename T>
   void run(int64_t token, T* const* keys, T* const* values, const bool* seen, int64_t column, int64_t capacity,
            const float* cos, const float* sin, float* logits) const {
-    const int64_t Dq = heads * D, Dkv = kv_heads * D, G = heads / kv_heads;
-    const int64_t I = ms[4].N, V = ms.back().N, width = std::max({H, Dq, I});
-    std::vector<float> h(H), qkv(Dq + 2 * Dkv), attn(Dq), act(I), up(I);
+    const int64_t Dq = heads * D, Dkv = kv_heads * D, G = heads / kv_heads, V = ms.back().N;
+    std::vector<float> h(H), qkv(Dq + 2 * Dkv), attn(Dq), act(act_width), up(act_width), router(experts);
+    std::vector<Active> chosen(top_k + shared);  // a MoE layer's, shared by the threads
     if (embed.scalar_type() == at::kFloat) {
       const float* e = embed.data_ptr<float>() + token * H;
       std::copy(e, e + H, h.begin());
@@ -358,6 +441,7 @@ struct DecodeModel : torch::CustomClassHolder {
     std::vector<Scratch> scratch(nt);
     for (Scratch& s : scratch) {
       s.x.resize(width);
+      s.y.resize(experts ? H : 0);
       s.scores.resize(capacity);
       s.b.resize(need_b ? width : 0);
       s.q.resize(need_q ? width + 64 : 0);
@@ -377,7 +461,7 @@ struct DecodeModel : torch::CustomClassHolder {
         for (int64_t i = b; i < e; ++i) h[i] += s.x[i];
       };
       for (int64_t l = 0; l < L; ++l) {
-        const Matrix* m = ms.data() + 7 * l;  // q, k, v, o, gate, up, down
+        const Matrix* m = ms.data() + per_layer * l;  // q, k, v, o, then the feed-forward's (see `route`)
         const float* const* norm = norms.data() + norms_per_layer * l;
         // q/k norm and RoPE of head j of qkv (query heads, then key heads); a key head's key and value go into the
         // cache at `column`
@@ -429,17 +513,43 @@ struct DecodeModel : torch::CustomClassHolder {
 #pragma omp barrier
         residual(m[3], attn.data(), Dq);  // h += o(attention)
 #pragma omp barrier
-        // act = silu(gate(norm(h))) * up(norm(h)), each thread over its rows of both
-        {
-          rms_norm(h.data(), norm[1], s.x.data(), H, eps);
-          in.prepare(s.x.data(), H);
-          const auto [b, e] = share(I, t, n, align);
-          rows(m[4], in, act.data(), b, e);
-          rows(m[5], in, up.data(), b, e);
-          swiglu(act.data() + b, up.data() + b, e - b);
+        // act = silu(gate(norm(h))) * up(norm(h)) of each feed-forward the token runs (a MoE layer's router is
+        // small: one thread computes it, the others wait), each thread over its rows of every gate and up
+        rms_norm(h.data(), norm[1], s.x.data(), H, eps);
+        in.prepare(s.x.data(), H);
+        const Active dense{m + 4, 1.f};
+        const Active* ffns = &dense;
+        int64_t count = 1;
+        if (experts) {
+#pragma omp single
+          {
+            rows(m[4], in, router.data(), 0, experts);
+            route(m, router.data(), chosen.data());
+          }  // (an implied barrier)
+          ffns = chosen.data();
+          count = top_k + shared;
+        }
+        for (int64_t f = 0, offset = 0; f < count; offset += ffns[f].ffn[0].N, ++f) {
+          const Matrix* ffn = ffns[f].ffn;
+          const auto [b, e] = share(ffn[0].N, t, n, align);
+          rows(ffn[0], in, act.data() + offset, b, e);
+          rows(ffn[1], in, up.data() + offset, b, e);
+          swiglu(act.data() + offset + b, up.data() + offset + b, e - b);
         }
 #pragma omp barrier
-        residual(m[6], act.data(), I);  // h += down(act)
+        if (!experts) {
+          residual(m[6], act.data(), m[6].K);  // h += down(act)
+        } else {  // h += the sum of each chosen expert's down(act) times its weight, then the shared experts'
+          const auto [b, e] = share(H, t, n, align);
+          std::fill(s.y.begin() + b, s.y.begin() + e, 0.f);
+          for (int64_t f = 0, offset = 0; f < count; offset += ffns[f].ffn[0].N, ++f) {
+            const Matrix& down = ffns[f].ffn[2];
+            in.prepare(act.data() + offset, down.K);
+            rows(down, in, s.x.data(), b, e);
+            for (int64_t i = b; i < e; ++i) s.y[i] += ffns[f].weight * s.x[i];
+          }
+          for (int64_t i = b; i < e; ++i) h[i] += s.y[i];
+        }
 #pragma omp barrier
       }
       rms_norm(h.data(), norms.back(), s.x.data(), H, eps);
@@ -504,6 +614,7 @@ struct DecodeModel : torch::CustomClassHolder {
 TORCH_LIBRARY_FRAGMENT(minimind, m) {
   m.class_<DecodeModel>("DecodeModel")
       .def(torch::init<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>,
-                       std::vector<at::Tensor>, at::Tensor, at::Tensor, int64_t, int64_t, int64_t, double>())
+                       std::vector<at::Tensor>, at::Tensor, at::Tensor, int64_t, int64_t, int64_t, double, int64_t,
+                       int64_t, int64_t, bool>())
       .def("step", &DecodeModel::step);
 }
