@@ -401,8 +401,8 @@ def join_while_running(server, client, ask, long_body, after=5):
 
 def test_a_request_joins_the_running_batch_and_answers_as_alone(server, client):
     engine = idle_engine(server)
-    long_body = {"messages": user("Tell me a story"), "max_tokens": 200, "temperature": 0}
-    long_alone = ask_alone(client, "Tell me a story", max_tokens=200, temperature=0)
+    long_body = {"messages": user("Tell me a story"), "max_tokens": 600, "temperature": 0}
+    long_alone = ask_alone(client, "Tell me a story", max_tokens=600, temperature=0)
     short_alone = ask_alone(client, "你好", temperature=0)
     before = dict(engine.stats)
     short, long, still_running = join_while_running(
