@@ -405,10 +405,11 @@ def test_a_request_joins_the_running_batch_and_answers_as_alone(server, client):
     long_alone = ask_alone(client, "Tell me a story", max_tokens=600, temperature=0)
     short_alone = ask_alone(client, "你好", temperature=0)
     before = dict(engine.stats)
-    short, long, still_running = join_while_running(
+    short, long, _ = join_while_running(
         server, client, lambda: ask_alone(client, "你好", temperature=0), long_body)
     assert short == short_alone and long == long_alone
-    assert still_running  # the short answer did not wait for the long one
+    # (whether the long answer was still running when the short one returned is timing: with the native one-row
+    # step the long one can finish first on a loaded machine; joined_running below says the short one joined it)
     assert engine.stats["joined_running"] == before["joined_running"] + 1
     assert engine.stats["batches"] == before["batches"] + 1 and engine.stats["requests"] == before["requests"] + 2
 
