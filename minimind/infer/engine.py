@@ -228,10 +228,14 @@ class Group:
             logits = apply_repetition_penalty(logits, self.seen[:, :-1], self.repetition_penalty)
         if self.steps < self.min_new_tokens and len(self.eos):
             logits = logits.index_fill(-1, self.eos, float("-inf"))
-        tokens = self.choose(logits)
+        tokens = self.constrain(self.choose(logits), logits)
         if self.seen is not None:
             self.seen.scatter_(1, tokens[:, None], True)
         self.steps += 1
+        return tokens
+
+    def constrain(self, tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The sampler's `tokens` (rows,), as a subclass may replace them (a grammar: serve.constrain); as they are."""
         return tokens
 
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..infer.engine import Group
-from ..infer.sampling import MIN_TEMPERATURE, apply_repetition_penalty, filter_logits, make_generator
+from ..infer.sampling import MIN_TEMPERATURE, filter_logits, make_generator
 from .schema import ANY, ANY_ARRAY, ANY_OBJECT, ANY_WORD, Node, compile_schema, first_chars, required_text, shortest
 
 WHITESPACE = " \t\n\r"
@@ -412,19 +412,11 @@ class ConstrainedGroup(Group):
             self.generator = make_generator(self.seed, input_ids.device)
         super()._bind(input_ids, attention_mask, vocab_size)
 
-    def next_tokens(self, logits: torch.Tensor) -> torch.Tensor:
-        """logits (rows, V) -> the rows' next tokens (rows,): the sampler's choice where valid, else `ranked`'s."""
-        if self.seen is not None:
-            logits = apply_repetition_penalty(logits, self.seen[:, :-1], self.repetition_penalty)
-        if self.steps < self.min_new_tokens and len(self.eos):
-            logits = logits.index_fill(-1, self.eos, float("-inf"))
-        tokens = self.choose(logits)
+    def constrain(self, tokens: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The sampler's choice where the row's grammar takes it, else `ranked`'s first token that it takes."""
         for i, row in enumerate(self.constraints):
             if row.state is not None:
                 tokens[i] = row.pick(int(tokens[i]), lambda i=i: self.ranked(logits[i]))
-        if self.seen is not None:
-            self.seen.scatter_(1, tokens[:, None], True)
-        self.steps += 1
         return tokens
 
     def ranked(self, logits: torch.Tensor):
