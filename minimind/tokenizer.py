@@ -15,6 +15,7 @@ built-in corpus (`minimind/assets/tokenizer/`). Byte-level means every string ro
 """
 
 import hashlib
+import itertools
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -101,12 +102,13 @@ CHAT_TEMPLATE = (
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, model_max_length: int = 32768,
-                    split_digits: bool = False):
+                    split_digits: int = 0):
     """Train a byte-level BPE tokenizer on `texts` and save it to `out_dir` as a Hugging Face tokenizer directory
     (tokenizer.json, tokenizer_config.json, special_tokens_map.json). Returns the loaded tokenizer.
-    `split_digits`: every digit is a token of its own (as LLaMA's tokenizer does), so that a number reads the same
-    after a space, a quote or a newline: a small model copying numbers (arguments, results) learns it much faster."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    `split_digits` N: digits are read in groups of at most N, left to right, each group one token (1: every digit
+    its own token, as LLaMA's tokenizer; 3: 0-999 as GPT-4's), so that a number reads the same after a space, a
+    quote or a newline, and a small model copying numbers (arguments, results) copies a few whole tokens."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     least = 256 + len(SPECIAL_TOKENS) + len(MARKERS)
     if vocab_size < least:
@@ -115,7 +117,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path, 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     if split_digits:
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), tok.pre_tokenizer])
+        groups = pre_tokenizers.Split(Regex(rf"\d{{1,{int(split_digits)}}}"), behavior="isolated")
+        tok.pre_tokenizer = pre_tokenizers.Sequence([groups, tok.pre_tokenizer])
+        # every group of digits seen often enough to become one token, whatever the corpus holds
+        numbers = " ".join(f"{i:0{n}d}" for n in range(1, int(split_digits) + 1) for i in range(10 ** n))
+        texts = itertools.chain([numbers] * 1000, texts)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(MARKERS), special_tokens=SPECIAL_TOKENS,
                                   show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())

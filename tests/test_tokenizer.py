@@ -177,6 +177,16 @@ def test_split_digits_reads_a_number_the_same_everywhere(tmp_path):
     assert split.decode(split.encode("x 12.5 * -3", add_special_tokens=False)) == "x 12.5 * -3"
 
 
+def test_digits_in_groups_of_three_are_one_token_each_from_0_to_999(tmp_path):
+    tok = train_tokenizer(["the sum is 5535 and 123 * 45 = 5535"] * 40, 1400, tmp_path, split_digits=3)
+    groups = [f"{i:0{n}d}" for n in (1, 2, 3) for i in range(10 ** n)]
+    assert all(len(tok.encode(g, add_special_tokens=False)) == 1 for g in groups)
+    for text in (" 123456", "\n123456", '"123456'):  # left to right, whatever comes before
+        assert [tok.decode([i]) for i in tok.encode(text, add_special_tokens=False)][-2:] == ["123", "456"]
+    assert [tok.decode([i]) for i in tok.encode("x 5535", add_special_tokens=False)][-2:] == ["553", "5"]
+    assert tok.decode(tok.encode("x 12.5 * -3 = -37.5", add_special_tokens=False)) == "x 12.5 * -3 = -37.5"
+
+
 def test_cli_tokenizer_train_on_conversations(tmp_path, capsys):
     """A conversations file (as MiniMind trains its tokenizer on its SFT file) is read as the chat template renders
     it, tools included; a record with neither text nor messages is an error naming its line."""

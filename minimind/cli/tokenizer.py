@@ -2,6 +2,9 @@
 <|im_start|> 1, <|im_end|> 2; ChatML chat template) and saves it as a Hugging Face tokenizer directory."""
 
 
+DIGITS = {0: "", 1: " (digits split)"}
+
+
 def add_arguments(p):
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     t = actions.add_parser("train", help="train a tokenizer on a corpus",
@@ -11,8 +14,9 @@ def add_arguments(p):
                    help="file, folder or glob of .jsonl ({\"text\": ...}, or conversations as the chat template "
                         "renders them), .txt or .parquet; repeatable (default: the built-in corpus)")
     t.add_argument("--builtin", action="store_true", help="also the built-in corpus, with --data")
-    t.add_argument("--split_digits", action="store_true", help="every digit a token of its own (numbers read the "
-                                                               "same in any context; for arithmetic and tool use)")
+    t.add_argument("--split_digits", nargs="?", type=int, const=1, default=0, metavar="N",
+                   help="digits in groups of at most N (default 1: every digit), each group one token: numbers read "
+                        "the same in any context (for arithmetic and tool use; 3 makes 0-999 one token each)")
     t.add_argument("--vocab_size", type=int, default=6400, help="vocabulary size, special tokens included "
                                                                 "(default: %(default)s)")
     t.add_argument("--out", required=True, help="directory to write tokenizer.json and tokenizer_config.json to")
@@ -34,5 +38,6 @@ def main(args):
         sources.append("the built-in corpus")
     start = time.perf_counter()
     tokenizer = train_tokenizer(itertools.chain(*texts), args.vocab_size, args.out, split_digits=args.split_digits)
-    print(f"trained a {len(tokenizer)}-token byte-level BPE tokenizer{' (digits split)' * args.split_digits} on "
+    digits = DIGITS.get(args.split_digits, f" (digits in groups of {args.split_digits})")
+    print(f"trained a {len(tokenizer)}-token byte-level BPE tokenizer{digits} on "
           f"{' + '.join(sources)} in {time.perf_counter() - start:.1f}s; saved to {args.out}")

@@ -23,7 +23,8 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
     return logits
 
 
-MIN_TEMPERATURE = 1e-6  # a lower sampling temperature samples as this one does (greedy but for near-ties)
+MIN_TEMPERATURE = 1e-6  # a lower sampling temperature samples as this one does (greedy but for near-ties); below
+# it, logits / temperature could overflow float32
 
 
 def token_chooser(do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
@@ -34,16 +35,21 @@ def token_chooser(do_sample: bool = False, temperature: float = 1.0, top_k: int 
     if not do_sample or temperature == 0:
         return lambda logits: logits.argmax(-1)
 
-    temperature = max(temperature, MIN_TEMPERATURE)  # below it, logits / temperature overflows float32
-
     def choose(logits):
-        logits = logits.float()
-        # the largest logit made 0 first: the rest are <= 0, so huge logits or a tiny temperature cannot overflow to
-        # inf (and inf - inf = NaN); softmax does not change
-        logits = (logits - logits.amax(-1, keepdim=True)) / temperature
-        logits = filter_logits(logits, top_k, top_p)
+        logits = sampling_logits(logits, temperature, top_k, top_p)
         return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
     return choose
+
+
+def sampling_logits(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+                    top_p: float | None = None) -> torch.Tensor:
+    """logits (B, V) -> the float32 logits sampling draws from: top-k, then temperature, then top-p, finite for any
+    finite logits and temperature (a softmax of them never holds NaN)."""
+    logits = filter_logits(logits.float(), top_k)  # before any arithmetic, whose rounding could make ties
+    # the largest logit made 0 first: the rest are <= 0, so huge logits or a tiny temperature cannot overflow to
+    # inf (and inf - inf = NaN); softmax does not change
+    logits = (logits - logits.amax(-1, keepdim=True)) / max(temperature, MIN_TEMPERATURE)
+    return filter_logits(logits, top_p=top_p)
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..infer.engine import Group
-from ..infer.sampling import MIN_TEMPERATURE, filter_logits, make_generator
+from ..infer.sampling import make_generator, sampling_logits
 from .schema import ANY, ANY_ARRAY, ANY_OBJECT, ANY_WORD, Node, compile_schema, first_chars, required_text, shortest
 
 WHITESPACE = " \t\n\r"
@@ -424,8 +424,7 @@ class ConstrainedGroup(Group):
         (Gumbel-max: logit / temperature minus the log of an exponential draw, within top-k / top-p), then the
         tokens those filters left out, by logit."""
         if self.do_sample and self.temperature > 0:
-            scores = filter_logits(logits[None].float() / max(self.temperature, MIN_TEMPERATURE), self.top_k,
-                                   self.top_p)[0]  # (V,)
+            scores = sampling_logits(logits[None], self.temperature, self.top_k, self.top_p)[0]  # (V,)
             draw = torch.empty_like(scores).exponential_(generator=self.generator)
             order = (scores - draw.log()).argsort(descending=True)
             yield from order[:int(torch.isfinite(scores).sum())].tolist()
