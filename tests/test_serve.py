@@ -52,7 +52,7 @@ def start_server(app):
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.time() + 20
+    deadline = time.time() + 300  # the first server on a machine builds the native decode step (cached)
     while not server.started:
         assert time.time() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.01)

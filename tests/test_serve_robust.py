@@ -38,6 +38,38 @@ def test_a_tiny_temperature_samples_and_fails_no_other_request(url):
     assert json.loads(answers[0][2])["choices"][0]["text"] == json.loads(greedy[2])["choices"][0]["text"]
 
 
+def test_a_request_whose_token_choice_fails_fails_alone(url, monkeypatch):
+    """A request whose sampling raises mid-answer (here a broken chooser, as a bad setting or grammar would) gets a
+    500; the requests decoded beside it answer as they would alone, and the server goes on."""
+    from minimind.serve.worker import Worker
+
+    make = Worker._group
+
+    def group(self, job):
+        g = make(self, job)
+        if job.seed == 13:
+            calls = iter(range(1000))
+
+            def broken(logits, choose=g.next_tokens):
+                if next(calls) == 3:
+                    raise RuntimeError("the sampler broke")
+                return choose(logits)
+            g.next_tokens = broken
+        return g
+
+    monkeypatch.setattr(Worker, "_group", group)
+    good = {"model": "tiny", "prompt": "The sun", "max_tokens": 48, "temperature": 0}
+    bad = {"model": "tiny", "prompt": "Hello", "max_tokens": 48, "temperature": 0.7, "seed": 13}
+    alone = http_call(url + "/v1/completions", good)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda body: http_call(url + "/v1/completions", body), [good, bad, good, bad]))
+    assert [status for status, _, _ in answers] == [200, 500, 200, 500], [body[:200] for _, _, body in answers]
+    assert "the sampler broke" in json.loads(answers[1][2])["error"]["message"]
+    assert json.loads(answers[0][2])["choices"] == json.loads(answers[2][2])["choices"] == \
+        json.loads(alone[2])["choices"]
+    assert http_call(url + "/v1/completions", {**bad, "seed": 1})[0] == 200
+
+
 def test_sampling_at_any_accepted_temperature_gives_tokens():
     logits = torch.randn(3, 50) * 30
     for t in (1e-300, 1e-40, 1e-8, 0.5, 2.0):

@@ -211,6 +211,9 @@ class Group:
     choose: Callable | None = field(default=None, init=False, repr=False)  # logits (rows, V) -> tokens (rows,)
     seen: torch.Tensor | None = field(default=None, init=False, repr=False)  # (rows, V + 1) bool; None: no penalty
     eos: torch.Tensor | None = field(default=None, init=False, repr=False)  # (E,) ids kept out for min_new_tokens
+    # the exception its token choice raised in a batch of several groups (its rows got token 0 and should leave);
+    # the other groups' tokens are unaffected
+    failed: Exception | None = field(default=None, init=False, repr=False)
 
     def _bind(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab_size: int):
         """Build the chooser and the penalty state from the group's prompts, input_ids (rows, T)."""
@@ -455,13 +458,18 @@ class DecodeBatch:
 
     @staticmethod
     def _choose(groups: list[Group], logits: torch.Tensor) -> torch.Tensor:
-        """logits (B, V) -> next tokens (B,), each group's rows with the group's own settings."""
+        """logits (B, V) -> next tokens (B,), each group's rows with the group's own settings. With several groups,
+        one whose choice raises is marked `failed` (its rows get token 0) and the others go on."""
         if len(groups) == 1:
             return groups[0].next_tokens(logits)
-        out = torch.empty(logits.shape[0], dtype=torch.long, device=logits.device)
+        out = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         start = 0
         for g in groups:
-            out[start:start + g.rows] = g.next_tokens(logits[start:start + g.rows])
+            if g.failed is None:
+                try:
+                    out[start:start + g.rows] = g.next_tokens(logits[start:start + g.rows])
+                except Exception as e:  # one request's settings or grammar must not fail its neighbours
+                    g.failed = e
             start += g.rows
         return out
 

@@ -98,6 +98,12 @@ class Worker:
         self.thread = threading.Thread(target=self._run, name="minimind-decode", daemon=True)
 
     def start(self):
+        """Start the worker thread, the native one-row step built first (once per machine, cached; one line), so
+        that no request waits for a build."""
+        from ..infer.engine import DecodeBatch
+
+        self.batch = DecodeBatch(self.model, compile=self.compile)
+        self.batch.native()
         self.thread.start()
 
     def shutdown(self):
@@ -239,17 +245,23 @@ class Worker:
             return
         try:
             tokens = self.batch.step()  # (B,)
-            self._emit(self.members, tokens.tolist())
-        except Exception as e:  # a failed step answers the running requests with an error; the worker goes on
+        except Exception as e:  # a failed forward answers the running requests with an error; the worker goes on
             for member in self.members:
                 member.job.emit(("error", f"generation failed: {type(e).__name__}: {e}", 500))
             self._clear()
             return
+        self._emit(self.members, tokens.tolist())
         self.stats["largest_cache"] = max(self.stats["largest_cache"], self.batch.columns)
         self._leave()
 
     def _emit(self, members: list[Member], tokens: list[int]):
-        """Send each row's new token as text (or its end) to its request."""
+        """Send each row's new token as text (or its end) to its request. A job whose token choice failed (its
+        group's `failed`: a bad setting or grammar, one request's own) gets the error instead, and leaves."""
+        for m in members:
+            if m.group.failed is not None and not m.job.cancelled:
+                e = m.group.failed
+                m.job.emit(("error", f"generation failed: {type(e).__name__}: {e}", 500))
+                m.job.cancelled = True  # its rows leave the batch with `_leave`
         b = 0
         for m in members:
             job = m.job
