@@ -3,6 +3,8 @@ writes against the model's own forward, fp32, bf16, int8 and int4, with and with
 mixture-of-experts models with both routers; the engine using it by default (and with compile=True) with the eager
 path's tokens, for a row alone in a batch that others join and leave; the models it refuses, and its errors."""
 
+import copy
+
 import pytest
 import torch
 from helpers import tiny_model
@@ -83,20 +85,22 @@ def test_head_sizes_off_the_vector_width(kind, hidden, heads):
     assert (got - want).abs().max() <= {"fp32": 1e-5, "bf16": 3e-2}[kind] * want.abs().max()
 
 
+@pytest.mark.parametrize("qk_norm", [False, True])
 @pytest.mark.parametrize("kind,kv_heads", [("fp32", 1), ("fp32", 2), ("fp32", 4), ("int4", 1), ("int4", 2)])
-def test_thread_counts_that_divide_the_key_value_heads_or_not(kind, kv_heads):
-    """Threads that divide the key/value heads own whole groups (q, k, v rows to attention, no barrier between);
-    otherwise the rows are shared evenly with barriers (int4: in blocks of 64 rows). Both give the same logits and
-    cache writes, the model's up to the order of sums (int4: up to eager's bf16 x)."""
-    model = model_of(kind, kv_heads=kv_heads)
+def test_thread_counts_that_divide_the_key_value_heads_or_not(kind, kv_heads, qk_norm):
+    """Threads that divide the key/value heads own whole groups (q, k, v rows to attention, no barrier between; a
+    thread with several groups, their q/k norms between their products); otherwise the rows are shared evenly with
+    barriers (int4: in blocks of 64 rows). Both give the same logits and cache writes, the model's up to the order of
+    sums (int4: up to eager's bf16 x)."""
+    model = model_of(kind, qk_norm, kv_heads=kv_heads)
     tolerance = {"fp32": 1e-5, "int4": 1e-2}[kind]
     ids = torch.randint(3, 6400, (1, 12), generator=torch.Generator().manual_seed(5))
-    want, _, theirs = next_logits(model, ids)
+    want, prefilled, theirs = next_logits(model, ids)  # one prefill for all: PyTorch's sums may vary with threads
     threads = torch.get_num_threads()
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            cache = next_logits(model, ids)[1]
+            cache = copy.deepcopy(prefilled)
             got = native_step(model)(int(ids[0, -1]), 11, 11, torch.ones(CAPACITY, dtype=torch.bool), cache.keys,
                                      cache.values)[0]
             assert (got - want).abs().max() <= tolerance * want.abs().max(), (n, (got - want).abs().max())

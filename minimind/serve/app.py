@@ -391,7 +391,8 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
         yield
         engine.stop()
 
-    app = FastAPI(title="minimind", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="minimind", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url="/openapi.json")
+    app.openapi = lambda: openapi_document(app)
     app.state.engine = engine
     if cors_origins:
         from starlette.middleware.cors import CORSMiddleware
@@ -402,6 +403,28 @@ def create_app(model, tokenizer, model_name: str = "minimind", api_key: str | No
     add_page_routes(app)
     add_tool_routes(app, endpoints, demo_schemas)
     return app
+
+
+def openapi_document(app: FastAPI) -> dict:
+    """The OpenAPI document of `app` (GET /openapi.json), with the request bodies the API reads: its pydantic
+    request models (the endpoints read raw requests, to answer bad ones with OpenAI-style errors)."""
+    from fastapi.openapi.utils import get_openapi
+    from pydantic.json_schema import models_json_schema
+
+    from .. import __version__
+
+    if app.openapi_schema is None:
+        document = get_openapi(title="minimind", version=__version__, routes=app.routes)
+        bodies = {"/v1/chat/completions": ChatCompletionRequest, "/v1/completions": CompletionRequest,
+                  "/v1/responses": responses.ResponsesRequest}
+        refs, defs = models_json_schema([(m, "validation") for m in bodies.values()],
+                                        ref_template="#/components/schemas/{model}")
+        document.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+        for path, model in bodies.items():
+            document["paths"][path]["post"]["requestBody"] = {
+                "required": True, "content": {"application/json": {"schema": refs[(model, "validation")]}}}
+        app.openapi_schema = document
+    return app.openapi_schema
 
 
 def add_api_routes(app: FastAPI, endpoints: Endpoints, model_name: str):

@@ -149,6 +149,14 @@ class StreamOptions(BaseModel):
 
 # --- the requests ---------------------------------------------------------------------------------------------------
 
+# What the plain validators below accept, for the OpenAPI document (GET /openapi.json)
+MESSAGE_SCHEMA = {"type": "object", "required": ["role", "content"],
+                  "properties": {"role": {"enum": ["system", "user", "assistant"]},  # tool results need a call
+                                 "content": {"type": "string"}}}
+PROMPT_SCHEMAS = [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                  {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}]
+
+
 class _Request(BaseModel):
     """The fields both endpoints read: the model, sampling settings, stop strings, streaming; and the fields
     accepted for compatibility (IGNORED, and UNSUPPORTED ones left off)."""
@@ -194,7 +202,8 @@ class _Request(BaseModel):
 
 class ChatCompletionRequest(_Request):
     """POST /v1/chat/completions. `messages` is the conversation as the chat template takes it."""
-    messages: list[dict] = Field(description='a non-empty list of {"role", "content"} messages')
+    messages: list[dict] = Field(description='a non-empty list of {"role", "content"} messages',
+                                 json_schema_extra={"type": "array", "minItems": 1, "items": MESSAGE_SCHEMA})
     max_completion_tokens: int | None = Field(None, ge=1)  # max_tokens' newer name
     tools: Any = None  # OpenAI's function tools, rendered into the prompt (`minimind.data.messages.parse_tools`)
     tool_choice: Any = None  # "auto" (default with tools), "none", "required", {"type": "function", "function": ...}
@@ -312,7 +321,8 @@ def _token_ids(p) -> bool:
 
 class CompletionRequest(_Request):
     """POST /v1/completions. `prompt` is a list of prompts, each a string or token ids."""
-    prompt: list[str | list[int]] = Field(description="a string, a list of strings, or token ids")
+    prompt: list[str | list[int]] = Field(description="a string, a list of strings, or token ids",
+                                          json_schema_extra={"anyOf": PROMPT_SCHEMAS})
     echo: bool = False  # the prompt comes back in front of the answer (with its logprobs, when asked)
     logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)  # tokens' log-probabilities and this many alternatives
     # UNSUPPORTED

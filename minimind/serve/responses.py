@@ -19,9 +19,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .protocol import APIError, invalid, read_request, refused
+from .protocol import MESSAGE_SCHEMA, APIError, invalid, read_request, refused
 
 NOT_KEPT = ("previous_response_id", "conversation", "prompt")
+
+
+INPUT_MESSAGE = {**MESSAGE_SCHEMA, "properties": {**MESSAGE_SCHEMA["properties"],
+                                                 "role": {"enum": ["system", "developer", "user", "assistant"]}}}
 
 
 class ResponsesRequest(BaseModel):
@@ -30,7 +34,9 @@ class ResponsesRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     model: str | None = None
-    input: Any = Field(description="a string, or a list of message / function_call / function_call_output items")
+    input: Any = Field(description="a string, or a list of message / function_call / function_call_output items",
+                       json_schema_extra={"anyOf": [{"type": "string"},
+                                                    {"type": "array", "minItems": 1, "items": INPUT_MESSAGE}]})
     instructions: str | None = None  # a system message in front of the input
     max_output_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)

@@ -289,7 +289,7 @@ const float* vec(const at::Tensor& t, int64_t n, const char* what) {
 
 // Scratch for one thread: its normalized x and the copies of it the products read.
 struct Scratch {
-  std::vector<float> x, y, scores;
+  std::vector<float> x, y, scores, head;
   std::vector<uint16_t> b;
   std::vector<uint8_t> q;
   Input input(bool need_b, bool need_q) {
@@ -443,6 +443,7 @@ struct DecodeModel : torch::CustomClassHolder {
       s.x.resize(width);
       s.y.resize(experts ? H : 0);
       s.scores.resize(capacity);
+      s.head.resize(D);
       s.b.resize(need_b ? width : 0);
       s.q.resize(need_q ? width + 64 : 0);
     }
@@ -467,9 +468,9 @@ struct DecodeModel : torch::CustomClassHolder {
         // cache at `column`
         auto place = [&](int64_t j) {
           float* x = qkv.data() + j * D;
-          if (qk_norm) {
-            rms_norm(x, norm[j < heads ? 2 : 3], s.x.data(), D, eps);
-            std::copy(s.x.data(), s.x.data() + D, x);
+          if (qk_norm) {  // (not into s.x: it is the x that a thread's next key/value group's products read)
+            rms_norm(x, norm[j < heads ? 2 : 3], s.head.data(), D, eps);
+            std::copy(s.head.data(), s.head.data() + D, x);
           }
           rope(x, cos, sin, D);
           if (j >= heads) {
