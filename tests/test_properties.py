@@ -13,7 +13,7 @@ sampling settings.
   accepts and any finite logits give valid token ids; temperature 0 is argmax.
 
 The examples are derandomized (the same on every run) and few enough that the module takes seconds.
-Known failures found this way are the xfail tests at the end of each part.
+Failures found this way became the plain tests at the end of each part (fixed; kept as regressions).
 """
 
 import json
@@ -188,10 +188,6 @@ def test_read_records_with_skip_keeps_every_parsable_record(tmp_path_factory, re
     assert [c.tools for c in got] == [c.tools for c in parsable]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="minimind/data/files.py (_jsonl_texts) and minimind/data/messages.py (parse_conversation, "
-                          "parse_pair) list a record's keys as they are (', '.join(record)): a key holding a newline "
-                          "breaks the one-line error; repr or json.dumps of the keys would keep it one line")
 @pytest.mark.parametrize("reader", ["read_texts", "parse_conversation", "parse_pair"])
 def test_a_bad_record_error_is_one_line_even_when_a_key_holds_a_newline(tmp_path, reader):
     path = tmp_path / "keys.jsonl"
@@ -204,27 +200,18 @@ def test_a_bad_record_error_is_one_line_even_when_a_key_holds_a_newline(tmp_path
     assert str(caught.value).startswith(f"{path}:2: ") and "\n" not in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="minimind/data/files.py jsonl_records catches UnicodeDecodeError and JSONDecodeError only: "
-                          "json.loads raises RecursionError on a line nested too deep")
 def test_a_line_nested_too_deep_is_a_bad_record(tmp_path):
     path = tmp_path / "deep.jsonl"
     path.write_text('{"text": "kept"}\n' + "[" * 100_000 + "\n", encoding="utf-8")
     assert list(read_texts(path, skip_bad_records=True)) == ["kept"]
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="minimind/data/files.py: json.loads raises a plain ValueError (not JSONDecodeError) for an "
-                          "integer of more than 4300 digits; it escapes jsonl_records without the file and line")
 def test_an_integer_too_long_to_read_is_a_bad_record(tmp_path):
     path = tmp_path / "long.jsonl"
     path.write_text('{"text": "kept"}\n{"text": "x", "n": ' + "9" * 5000 + "}\n", encoding="utf-8")
     assert list(read_texts(path, skip_bad_records=True)) == ["kept"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="minimind/data/files.py reads UTF-8, not utf-8-sig: a file that starts with a byte order "
-                          "mark (Windows tools write one) loses its first record (malformed JSON, unexpected BOM)")
 def test_a_byte_order_mark_does_not_lose_the_first_record(tmp_path):
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b'\xef\xbb\xbf{"text": "first"}\n{"text": "second"}\n')

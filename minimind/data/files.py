@@ -91,6 +91,11 @@ def _open_text(path: Path):
     return open(path, "rb")
 
 
+def keys_of(record: dict) -> str:
+    """A record's keys for an error message, quoted as JSON (one line, whatever a key holds), or "none"."""
+    return ", ".join(json.dumps(key, ensure_ascii=False) for key in record) or "none"
+
+
 def jsonl_records(path: Path, bad: BadRecords) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each JSON object line; blank lines are skipped."""
     with _open_text(path) as f:
@@ -98,12 +103,19 @@ def jsonl_records(path: Path, bad: BadRecords) -> Iterator[tuple[int, dict]]:
             if not raw.strip():
                 continue
             try:
-                record = json.loads(raw.decode("utf-8"))
+                text = raw.decode("utf-8")
+                record = json.loads(text.removeprefix("\ufeff") if n == 1 else text)  # a byte order mark: Windows'
             except UnicodeDecodeError:
                 bad(data_error(f"{path}:{n}", "not valid UTF-8", "UTF-8 text"))
                 continue
             except json.JSONDecodeError as e:
                 bad(data_error(f"{path}:{n}", f"malformed JSON ({e.msg} at column {e.colno})", "one JSON object per line"))
+                continue
+            except RecursionError:
+                bad(data_error(f"{path}:{n}", "JSON nested too deep to read", "one JSON object per line"))
+                continue
+            except ValueError as e:  # e.g. an integer of more digits than Python converts
+                bad(data_error(f"{path}:{n}", f"unreadable JSON ({e})", "one JSON object per line"))
                 continue
             if not isinstance(record, dict):
                 bad(data_error(f"{path}:{n}", f"a JSON {type(record).__name__}, not an object", "one JSON object per line"))
@@ -161,7 +173,7 @@ def _parquet_documents(path: Path, bad: BadRecords, column: str = "text") -> Ite
 def _jsonl_texts(path: Path, bad: BadRecords) -> Iterator[tuple[int, str]]:
     for n, record in jsonl_records(path, bad):
         if "text" not in record:
-            bad(data_error(f"{path}:{n}", f'no "text" field (keys: {", ".join(record) or "none"})',
+            bad(data_error(f"{path}:{n}", f'no "text" field (keys: {keys_of(record)})',
                        '{"text": "..."}'))
         elif not isinstance(record["text"], str):
             bad(data_error(f"{path}:{n}", f'"text" is a {type(record["text"]).__name__}', "a string"))

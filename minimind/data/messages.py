@@ -53,7 +53,7 @@ import os
 import random
 from dataclasses import dataclass
 
-from .files import DataError, data_error
+from .files import DataError, data_error, keys_of
 from .parse import THINK_CLOSE, THINK_OPEN
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
@@ -281,7 +281,7 @@ def parse_conversation(record: dict, where: str) -> list[dict]:
     `Conversation`; DataError if invalid."""
     field = "conversations" if "conversations" in record else "messages" if "messages" in record else None
     if field is None:
-        raise data_error(where, f'no "conversations" or "messages" field (keys: {", ".join(record) or "none"})',
+        raise data_error(where, f'no "conversations" or "messages" field (keys: {keys_of(record)})',
                      '{"conversations": [{"role": ..., "content": ...}, ...]}')
     messages = _messages(record[field], where, field)
     if not any(m["role"] == "assistant" for m in messages):
@@ -312,7 +312,7 @@ def parse_prompt(value, where: str, field: str) -> Conversation:
 def parse_pair(record: dict, where: str) -> tuple[list[dict], list[dict]]:
     """(chosen messages, rejected messages) of a DPO record, each ending with the assistant response."""
     if "chosen" not in record or "rejected" not in record:
-        raise data_error(where, f'no "chosen" and "rejected" fields (keys: {", ".join(record) or "none"})',
+        raise data_error(where, f'no "chosen" and "rejected" fields (keys: {keys_of(record)})',
                      '{"chosen": [messages], "rejected": [messages]} or {"prompt", "chosen", "rejected"}')
     prompt = record.get("prompt")
     if isinstance(prompt, str):
@@ -439,7 +439,7 @@ def chat_texts(data, tokenizer, skip_bad_records: bool = False):
             try:
                 if "messages" not in record and "conversations" not in record:
                     raise data_error(where, f'no "text", "messages" or "conversations" field (keys: '
-                                            f'{", ".join(record) or "none"})', '{"text": "..."} or {"messages": [...]}')
+                                            f'{keys_of(record)})', '{"text": "..."} or {"messages": [...]}')
                 yield render(tokenizer, parse_conversation(record, where))
             except DataError as e:
                 bad(e)

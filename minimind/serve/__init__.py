@@ -9,8 +9,8 @@
 
 Endpoints: `GET /v1/models` (the one model served, named after MODEL or --model_name), `POST /v1/chat/completions`,
 `POST /v1/completions`, `POST /v1/responses` (OpenAI's Responses API over the same chat path: `responses.py`),
-`GET /health` (status and batching counters), `GET /` (the web chat page), `GET /tools` and `POST /tools/NAME` (the
-built-in tools the page runs). Both completion endpoints stream with `"stream": true` (server-sent events in OpenAI's
+`GET /health` (status and batching counters), `GET /openapi.json` (the OpenAPI document, request bodies included),
+`GET /` (the web chat page), `GET /tools` and `POST /tools/NAME` (the built-in tools the page runs). Both completion endpoints stream with `"stream": true` (server-sent events in OpenAI's
 chunk format, ending with `data: [DONE]`; `stream_options: {"include_usage": true}` adds a last chunk with the token
 counts); logprobs and echo are answered whole only (a 400 with stream). /v1/responses streams the Responses API's
 typed events (response.created ... response.completed, or response.incomplete when max_output_tokens ran out).
@@ -51,7 +51,8 @@ Every bad request gets OpenAI's error shape, `{"error": {"message", "type", "par
 400 for invalid values (a prompt longer than the context window says both lengths), 401 for a missing or wrong API
 key (`--api_key` or MINIMIND_API_KEY; then `Authorization: Bearer KEY` is required on /v1 and /tools), 404 for an
 unknown route or tool, 413 for a body over --max_request_bytes, 503 once the server is shutting down, 500 for
-a failure of the server's own (an answer already streaming gets the error as its last event). max_tokens is capped
+a failure of the server's own (an answer already streaming gets the error as its last event; a failure in one
+request's token choice fails that request alone, the others in its batch decode on). max_tokens is capped
 by --max_tokens_limit; without it a request gets what is left of the context window, up to that cap.
 
 The parts: `protocol.py` (the requests as pydantic models, and errors), `worker.py` (the batching worker),
