@@ -10,9 +10,10 @@
 Endpoints: `GET /v1/models` (the one model served, named after MODEL or --model_name), `POST /v1/chat/completions`,
 `POST /v1/completions`, `POST /v1/responses` (OpenAI's Responses API over the same chat path: `responses.py`),
 `GET /health` (status and batching counters), `GET /openapi.json` (the OpenAPI document, request bodies included),
-`GET /` (the web chat page), `GET /tools` and `POST /tools/NAME` (the built-in tools the page runs). Both completion endpoints stream with `"stream": true` (server-sent events in OpenAI's
-chunk format, ending with `data: [DONE]`; `stream_options: {"include_usage": true}` adds a last chunk with the token
-counts); logprobs and echo are answered whole only (a 400 with stream). /v1/responses streams the Responses API's
+`GET /` (the web chat page), `GET /tools` and `POST /tools/NAME` (the built-in tools the page runs). Both
+completion endpoints stream with `"stream": true` (server-sent events in OpenAI's chunk format, ending with
+`data: [DONE]`; `stream_options: {"include_usage": true}` adds a last chunk with the token counts); logprobs and
+echo are answered whole only (a 400 with stream). /v1/responses streams the Responses API's
 typed events (response.created ... response.completed, or response.incomplete when max_output_tokens ran out).
 
 Request fields: model (optional; any name is served, as MiniMind's own server does, and the answer's model field
