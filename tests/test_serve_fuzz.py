@@ -53,7 +53,6 @@ def test_the_openapi_document_describes_the_request_bodies(url):
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_generated_request_gets_a_5xx(case, url):
     response = case.call(base_url=url, timeout=60)
-    print("FUZZ", case.method, case.path, response.status_code, str(case.body)[:150], response.text[:200])
     assert response.status_code < 500, (case.method, case.path, case.body, response.text[:300])
     if response.status_code >= 400 and case.path.startswith("/v1/"):
         error = response.json()["error"]  # OpenAI's shape: a message a person can act on
