@@ -70,6 +70,16 @@ def test_a_request_whose_token_choice_fails_fails_alone(url, monkeypatch):
     assert http_call(url + "/v1/completions", {**bad, "seed": 1})[0] == 200
 
 
+@pytest.mark.parametrize("penalty", [1e-300, 1e-30, 10.0])
+def test_any_accepted_repetition_penalty_decodes(url, penalty):
+    """repetition_penalty 1e-300 passes validation ((0, 10]); dividing a seen token's logit by it made inf, and the
+    sampler's max-subtraction inf - inf = NaN: a 500 (found by tests/test_serve_fuzz.py)."""
+    for body in ({"temperature": 0.7, "seed": 3}, {"temperature": 0}):
+        status, _, raw = http_call(url + "/v1/completions", {"model": "tiny", "prompt": "Hello Hello", "max_tokens": 6,
+                                                             "repetition_penalty": penalty, **body})
+        assert status == 200 and json.loads(raw)["usage"]["completion_tokens"] == 6, raw[:300]
+
+
 def test_sampling_at_any_accepted_temperature_gives_tokens():
     logits = torch.randn(3, 50) * 30
     for t in (1e-300, 1e-40, 1e-8, 0.5, 2.0):

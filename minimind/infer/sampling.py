@@ -56,7 +56,8 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     """CTRL's repetition penalty, as Hugging Face: logits (B, V) of tokens already seen ((B, V) bool) are divided
     by `penalty` when positive and multiplied by it when negative, so a penalty > 1 makes repeats less likely."""
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalized, logits)
+    big = torch.finfo(penalized.dtype).max  # a tiny penalty must not overflow a logit to inf (inf - inf: NaN)
+    return torch.where(seen, penalized.clamp(-big, big), logits)
 
 
 def seen_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, vocab_size: int) -> torch.Tensor:
