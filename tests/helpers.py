@@ -15,6 +15,16 @@ def tiny_model(seed=0, hidden=32, vocab=6400, **fields):
     return MiniMindForCausalLM(MiniMindConfig(hidden_size=hidden, vocab_size=vocab, **fields))
 
 
+def varied(model):
+    """`model` with its matrices redrawn larger than the default init (std 0.15): peaked, varied next-token
+    distributions (varied text, greedy choices far from ties), not one token over and over. Returns it."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.15)
+    return model
+
+
 def save_model_dir(model, out):
     """`out` as a model directory (config, weights, the shipped tokenizer) that every command takes; returns it."""
     from minimind.tokenizer import load_tokenizer, save_tokenizer

@@ -7,8 +7,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from helpers import TOOL_ANSWER, TOOL_QUESTION, TOOL_REASONING, tiny_model, tool_model
+from helpers import TOOL_ANSWER, TOOL_QUESTION, TOOL_REASONING, tiny_model, tool_model, varied
 
 from minimind.infer.chat import ChatSession, completion_reason, run_chat
 from minimind.infer.generate import generate_text
@@ -24,11 +23,8 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model():
-    m = tiny_model(0, hidden=64, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.15)
+    m = varied(tiny_model(0, hidden=64, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=512).eval())
     return m
 
 

@@ -10,9 +10,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price list d
 litellm = pytest.importorskip("litellm")
 
 import openai  # noqa: E402
-import torch  # noqa: E402
-from helpers import tiny_model  # noqa: E402
-from test_serve import readme_snippet, start_server  # noqa: E402
+from helpers import tiny_model, varied  # noqa: E402
+from test_serve import readme_snippet, serving  # noqa: E402
 
 from minimind.serve.app import create_app  # noqa: E402
 from minimind.tokenizer import load_tokenizer  # noqa: E402
@@ -25,16 +24,10 @@ WEATHER = {"type": "function", "function": {"name": "weather", "description": "T
 
 @pytest.fixture(scope="module")
 def url():
-    model = tiny_model(max_position_embeddings=512)
-    with torch.no_grad():  # larger weights than the default init: varied text, not one token over and over
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.15)
+    model = varied(tiny_model(max_position_embeddings=512))
     app = create_app(model.eval(), load_tokenizer(), model_name="tiny", max_tokens_limit=100, max_batch=4)
-    server, thread, url = start_server(app)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

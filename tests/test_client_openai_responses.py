@@ -11,7 +11,7 @@ openai = pytest.importorskip("openai", minversion="1.66")  # the first client wi
 
 from helpers import TOOL_ANSWER, TOOL_QUESTION, TOOL_REASONING, tool_model  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
-from test_serve import start_server  # noqa: E402
+from test_serve import serving  # noqa: E402
 
 from minimind.serve.app import create_app  # noqa: E402
 from minimind.tokenizer import load_tokenizer  # noqa: E402
@@ -23,10 +23,8 @@ CALCULATOR = {"type": "function", **tool_schemas(["calculator"])[0]["function"]}
 @pytest.fixture(scope="module")
 def client():
     app = create_app(tool_model(), load_tokenizer(), model_name="tools", max_tokens_limit=120, max_batch=4)
-    server, thread, url = start_server(app)
-    yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def test_text_is_the_chat_completion_of_the_same_conversation(client):

@@ -4,6 +4,7 @@ gives alone, greedy, with a repetition penalty and sampled with a seed; the cach
 
 import pytest
 import torch
+from helpers import varied
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.infer.engine import DecodeBatch, Group
@@ -17,11 +18,7 @@ def model():
     torch.manual_seed(0)
     config = MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                             vocab_size=VOCAB, max_position_embeddings=256)
-    m = MiniMindForCausalLM(config).eval()
-    with torch.no_grad():  # peaked, varied distributions: greedy choices far from ties
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.15)
+    m = varied(MiniMindForCausalLM(config).eval())
     return m
 
 

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from helpers import varied
 from transformers import GenerationConfig, GenerationMixin, LlamaForCausalLM
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
@@ -29,11 +30,7 @@ def tiny(vocab_size=6400, **overrides):
 
 def make_model(config, seed=0):
     torch.manual_seed(seed)
-    model = MiniMindForCausalLM(config).eval()
-    with torch.no_grad():  # larger weights than the default init: peaked, varied distributions, fewer near-ties
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.15)
+    model = varied(MiniMindForCausalLM(config).eval())
     return model
 
 

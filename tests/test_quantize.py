@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import save_model_dir, tiny_model
+from helpers import save_model_dir, tiny_model, varied
 from torch import nn
 
 from minimind.cli import main
@@ -28,11 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def scaled_model(**fields):
     """A tiny model with unit-scale weights, so that its logits differ enough for rounding to show."""
-    model = tiny_model(0, hidden=64, num_attention_heads=4, num_key_value_heads=2, **fields).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.15)
+    model = varied(tiny_model(0, hidden=64, num_attention_heads=4, num_key_value_heads=2, **fields).eval())
     return model
 
 

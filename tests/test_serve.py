@@ -11,12 +11,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import openai
 import pytest
 import torch
 import uvicorn
+from helpers import varied
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.data.messages import parse_conversation, prompt_ids
@@ -38,11 +40,7 @@ def model():
     torch.manual_seed(0)
     config = MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                             vocab_size=6400, max_position_embeddings=CONTEXT)
-    m = MiniMindForCausalLM(config).eval()
-    with torch.no_grad():  # larger weights than the default init: varied text (multi-byte characters too)
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.15)
+    m = varied(MiniMindForCausalLM(config).eval())
     return m
 
 
@@ -57,6 +55,17 @@ def start_server(app):
         assert time.time() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.01)
     return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextmanager
+def serving(app):
+    """`start_server(app)` as a context: the base url, and the server stopped after."""
+    server, thread, url = start_server(app)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
-from test_serve import http_call, start_server
+from test_serve import http_call, serving
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.serve.app import create_app
@@ -24,11 +24,8 @@ def url():
                                                num_key_value_heads=1, vocab_size=6400,
                                                max_position_embeddings=256)).eval()
     # max_tokens_limit 4: a generated max_tokens of millions is trimmed, so every answer is short
-    server, thread, url = start_server(create_app(model, load_tokenizer(), model_name="tiny", max_tokens_limit=4,
-                                                  max_batch=4))
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(model, load_tokenizer(), model_name="tiny", max_tokens_limit=4, max_batch=4)) as url:
+        yield url
 
 
 def document():

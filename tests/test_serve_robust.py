@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
-from test_serve import http_call, start_server
+from test_serve import http_call, serving
 
 from minimind import MiniMindConfig, MiniMindForCausalLM
 from minimind.infer.sampling import token_chooser
@@ -20,10 +20,8 @@ def url():
     model = MiniMindForCausalLM(MiniMindConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                                num_key_value_heads=2, vocab_size=6400,
                                                max_position_embeddings=256)).eval()
-    server, thread, url = start_server(create_app(model, load_tokenizer(), model_name="tiny", max_batch=4))
-    yield url
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(model, load_tokenizer(), model_name="tiny", max_batch=4)) as url:
+        yield url
 
 
 def test_a_tiny_temperature_samples_and_fails_no_other_request(url):

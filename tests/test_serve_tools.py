@@ -8,7 +8,7 @@ import json
 import openai
 import pytest
 from helpers import TOOL_ANSWER, TOOL_QUESTION, TOOL_REASONING, tool_model
-from test_serve import start_server
+from test_serve import serving
 
 from minimind.serve.app import create_app
 from minimind.tokenizer import load_tokenizer
@@ -20,10 +20,8 @@ TOOLS = tool_schemas(["calculator"])
 @pytest.fixture(scope="module")
 def client():
     app = create_app(tool_model(), load_tokenizer(), model_name="tools", max_tokens_limit=120, max_batch=4)
-    server, thread, url = start_server(app)
-    yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(app) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def ask(client, messages, **kw):
