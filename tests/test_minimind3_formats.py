@@ -270,7 +270,7 @@ def test_agent_rl_offers_its_tools_runs_them_and_rewards_the_gt(base, tmp_path, 
 
     steps = AgentSteps(build_config("agent", {"max_seq_len": 512}), tok, Rewards(["gt", "tool_call"]))
     steps.generate = scripted
-    _, texts, rows = steps.rollout(tiny_model(), [ds[0], ds[1]], 1, 1.0, None)
+    _, texts, rows = steps.rollout(tiny_model(), [ds[0], ds[1]], 1, 1.0, [0, 1])
     assert rows[0]["tool_calls"][0]["result"] == '{"result": "12"}'  # MiniMind's result shape
     assert rows[1]["tool_calls"][0]["result"].startswith("error: unknown tool 'calculator'; the tools are "
                                                          "calculate_math")

@@ -275,15 +275,17 @@ def kls_of(out):
 
 def test_kl_stays_bounded_with_beta(base, tmp_path):
     """The same run with a negligible beta (the KL is measured, not paid) and with beta = 2: the KL to the reference
-    over the last steps is smaller with the pull, and stays below a bound throughout."""
-    flags = [*RUN, "--pretrained_path", str(base), "--max_steps", "12", "--learning_rate", "1e-2",
-             "--reward", "format"]
+    over the last steps is smaller with the pull, and stays below a bound throughout. The reward (an "e" in the
+    answer) is dense, so the policy drifts; at lr 1e-2 Adam's own step size held the KL near 0.03 with or without the
+    pull, so the rate is 2e-3. Measured with seeds 42, 1 and 2: late KL 0.009-0.010 held against 0.018-0.021 free."""
+    flags = [*RUN, "--pretrained_path", str(base), "--max_steps", "12", "--learning_rate", "2e-3",
+             "--reward", "regex:e"]
     free, held = tmp_path / "free", tmp_path / "held"
     run_grpo(parse_args([*flags, "--beta", "1e-9", "--output_dir", str(free)], command="grpo"))
     run_grpo(parse_args([*flags, "--beta", "2.0", "--output_dir", str(held)], command="grpo"))
     k_free, k_held = kls_of(free), kls_of(held)
     late_free, late_held = sum(k_free[-4:]) / 4, sum(k_held[-4:]) / 4
-    assert max(k_held) < 0.045 and late_held < 0.75 * late_free, (k_free, k_held)  # ~0.024 vs ~0.043
+    assert max(k_held) < 0.045 and late_held < 0.75 * late_free, (k_free, k_held)
 
 
 def test_lora_only_rl_trains_the_adapters_alone(base, tmp_path):
@@ -370,7 +372,7 @@ def test_agent_rollouts_run_tools_and_train_only_the_model_turns():
     records = [{"prompt": "What is 3 plus 5?", "answer": "8", "messages": [],
                 "prompt_ids": tok.encode(f"<|im_start|>user\nRow {i}: What is 3 plus 5?<|im_end|>\n"
                                          "<|im_start|>assistant\n", add_special_tokens=False)} for i in range(4)]
-    ro, texts, rows = steps.rollout(tiny_model(), records, 1, 1.0, None)
+    ro, texts, rows = steps.rollout(tiny_model(), records, 1, 1.0, [0, 1, 2, 3])
     assert seen == [("calculator", {"expression": "3+5"}), ("calculator", {"expression": "3+5"})]
     assert texts[0] == "It is 8." and rows[0]["tool_calls"][0]["result"] == "8"
     assert rows[1]["malformed_calls"] == 1 and not rows[1]["tool_calls"]

@@ -145,13 +145,9 @@ def test_two_process_runs_save_one_complete_model(runs, stage, data):
 
 
 @pytest.mark.parametrize("stage", RL_STAGES)
-@pytest.mark.xfail(strict=True, reason="RL rollouts are sampled with a generator seeded from (seed, step, rank) "
-                   "(minimind/train/rl.py: rollout_seed) over all of a process's rows at once, so 2 processes draw "
-                   "other completions than 1 process does for the same prompts; PPO also whitens advantages over "
-                   "each process's rows only (ppo.py: whiten). Equal losses need per-sample seeding of the rollouts",
-                   raises=AssertionError)
 def test_two_process_rl_logs_the_single_process_losses(runs, stage):
-    """(Step 1 of GRPO matches trivially: its loss is 0 when every answer has the same length; steps 2-3 do not.)"""
+    """Each prompt's samples come from a generator seeded by its index in the data (`rl.rollout_seed`), and PPO
+    whitens its advantages over the global batch, so 2 processes train on what 1 process does."""
     single, double = (root / stage for root in runs)
     a, b = logged_losses(single), logged_losses(double)
     assert max(abs(x - y) for x, y in zip(a, b)) < 1e-4, (a, b)

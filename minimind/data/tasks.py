@@ -95,7 +95,8 @@ def parse_prompt_record(record: dict, where: str) -> dict:
 
 
 class PromptDataset(Dataset):
-    """Prompts to roll out: item i is the record (its "messages", "prompt" and other fields) plus "prompt_ids" (the
+    """Prompts to roll out: item i is the record (its "messages", "prompt" and other fields) plus "prompt_index" (i)
+    and "prompt_ids" (the
     chat-template rendering with the assistant turn opened, offering the record's own tools, else `tools`
     (OpenAI-style schemas) when given; `augment`: MiniMind-3's system prompt and thinking options, drawn per record).
     `data=None`: the built-in arithmetic task. A prompt longer than `max_prompt_len` tokens is an error naming its
@@ -126,7 +127,7 @@ class PromptDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i):
-        return {**self.records[i], "prompt_ids": self.ids[i]}
+        return {**self.records[i], "prompt_ids": self.ids[i], "prompt_index": i}
 
 
 def collate_prompts(items: list[dict]) -> dict:

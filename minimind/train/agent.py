@@ -27,7 +27,7 @@ import torch
 from ..data.messages import render
 from ..data.parse import parse_output
 from .config import TrainConfig
-from .rl import RolloutSteps, grpo_loss_fn, rl_parts
+from .rl import RolloutSteps, grpo_loss_fn, rl_parts, rollout_seed
 from .rollout import Rollout, generate_rollouts
 
 
@@ -72,10 +72,13 @@ class AgentSteps(RolloutSteps):
         self.tool_runner = tool_runner or run_offline
         self.generate = generate_rollouts
 
-    def rollout(self, policy, records: list[dict], G: int, temperature: float, generator):
+    def rollout(self, policy, records: list[dict], G: int, temperature: float, seeds: list[int]):
         c, tok = self.config, self.tokenizer
         eos = tok.eos_token_id
         rows = [{**r, "tool_calls": [], "malformed_calls": 0} for r in records for _ in range(G)]
+        device = next(policy.parameters()).device  # one generator per row, kept over its turns
+        generators = [torch.Generator(device=device).manual_seed(rollout_seed(s, 0, g)) for s in seeds
+                      for g in range(G)]
         ids = [list(r["prompt_ids"]) for r in rows]
         trained = [[0] * len(x) for x in ids]  # 1 on the model's own tokens
         logps = [[0.0] * len(x) for x in ids]
@@ -86,7 +89,7 @@ class AgentSteps(RolloutSteps):
             if room <= 0:
                 break
             ro = self.generate(policy, [ids[i] for i in active], 1, min(c.max_new_tokens, room), eos, temperature,
-                               generator, self.full_length)
+                               [generators[i] for i in active], self.full_length)
             still = []
             for j, i in enumerate(active):
                 new = ro.completions[j]

@@ -56,11 +56,18 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, (adv + values) * mask
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8, across_processes: bool = False) -> torch.Tensor:
+    """(x - mean) / std over the masked entries; `across_processes`: over every process' entries (the global
+    batch), as one process with all of them computes it."""
+    def total(t):
+        if across_processes and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+            torch.distributed.all_reduce(t)
+        return t
+
     m = mask.float()
-    n = m.sum().clamp(min=1)
-    mean = (x * m).sum() / n
-    var = (((x - mean) * m) ** 2).sum() / n
+    n = total(m.sum()).clamp(min=1)
+    mean = total((x * m).sum()) / n
+    var = total((((x - mean) * m) ** 2).sum()) / n
     return (x - mean) * torch.rsqrt(var + eps) * m
 
 
@@ -104,7 +111,7 @@ class PPOSteps(RolloutSteps):
         last = mask.cumsum(1).argmax(1)  # (N,) each row's last completion token (the first max of the cumsum)
         per_token[torch.arange(len(last), device=last.device), last] += batch["rewards"]
         adv, returns = gae(per_token, batch["old_values"], mask, c.gamma, c.lam)
-        batch["advantages"], batch["returns"] = whiten(adv, mask), returns
+        batch["advantages"], batch["returns"] = whiten(adv, mask, across_processes=training), returns
 
 
 def ppo_loss_fn(config: TrainConfig):

@@ -3,8 +3,9 @@ shares with PPO (`ppo.py`): the rollout step, the reference, the rewards, LoRA-o
 
 A step (the trainer's `prepare` hook, then its usual loop):
 1. roll out: the step's prompts (every micro-batch of the step at once), `num_generations` samples each, through
-   the decode engine with the KV cache (`rollout.py`); the sampling generator is seeded from (seed, step, rank), so a
-   resumed run draws the same samples;
+   the decode engine with the KV cache (`rollout.py`); each prompt's samples draw from a generator seeded from
+   (seed, step, the prompt's index in the data), so a resumed run draws the same samples, and so does a run on
+   another number of processes;
 2. score: the rewards (`rewards.py`) of every completion;
 3. old and reference log-probs: one forward of the policy and one of the frozen reference (skipped when beta = 0),
    no gradients, under the training autocast (why not the engine's: see `rollout.py`);
@@ -104,8 +105,10 @@ def grpo_loss(logps, old_logps, ref_logps, advantages, mask, beta: float = 0.0, 
 
 # --- the step ------------------------------------------------------------------------------------------------------
 
-def rollout_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2 ** 63)
+def rollout_seed(seed: int, step: int, prompt: int) -> int:
+    """The seed of the samples of prompt number `prompt` (its index in the data) at optimizer step `step`: the same
+    on whichever process and in whichever batch the prompt is rolled out."""
+    return (seed * 1_000_003 + step * 7919 + prompt * 104_729) % (2 ** 63)
 
 
 class RolloutSteps:
@@ -127,8 +130,8 @@ class RolloutSteps:
         G = c.num_generations if training else 1  # evaluation: one greedy answer per prompt
         policy = self.policy(model)
         device = next(policy.parameters()).device
-        generator = torch.Generator(device=device).manual_seed(rollout_seed(c.seed, step, self.rank))
-        ro, texts, rows = self.rollout(policy, records, G, c.temperature if training else 0.0, generator)
+        seeds = [rollout_seed(c.seed, step, r["prompt_index"]) for r in records]
+        ro, texts, rows = self.rollout(policy, records, G, c.temperature if training else 0.0, seeds)
         rewards = torch.tensor(self.rewards(rows, texts), dtype=torch.float32, device=device)
         batch = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "completion_mask": ro.completion_mask,
                  "rewards": rewards}
@@ -155,10 +158,13 @@ class RolloutSteps:
             chunks.append(chunk)
         return [chunks] * (c.updates_per_batch if training else 1)
 
-    def rollout(self, policy, records: list[dict], G: int, temperature: float, generator):
-        """(Rollout, completion texts, the record of each row): G samples of each record's prompt, one turn."""
+    def rollout(self, policy, records: list[dict], G: int, temperature: float, seeds: list[int]):
+        """(Rollout, completion texts, the record of each row): G samples of each record's prompt, one turn, drawn
+        with a generator seeded by the record's seed."""
+        device = next(policy.parameters()).device
+        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
         ro = generate_rollouts(policy, [r["prompt_ids"] for r in records], G, self.config.max_new_tokens,
-                               self.tokenizer.eos_token_id, temperature, generator, self.full_length)
+                               self.tokenizer.eos_token_id, temperature, generators, self.full_length)
         texts = self.tokenizer.batch_decode(ro.completions, skip_special_tokens=True)
         return ro, texts, [r for r in records for _ in range(G)]
 

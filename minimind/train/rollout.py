@@ -49,9 +49,10 @@ class Rollout:
 
 @torch.no_grad()
 def generate_rollouts(model, prompts: list[list[int]], num_generations: int, max_new_tokens: int, eos_token_id: int,
-                      temperature: float = 1.0, generator: torch.Generator | None = None,
+                      temperature: float = 1.0, generator: torch.Generator | list | None = None,
                       full_length: bool = False) -> Rollout:
     """Sample `num_generations` completions of each prompt (token id lists) in one batch; see the module docstring.
+    `generator`: one for the whole batch, or a list of one per prompt (its samples are then the same in any batch).
     `full_length`: decode all `max_new_tokens` steps even when every row has ended (processes that must run the
     same number of forwards, e.g. under FSDP)."""
     device = next(model.parameters()).device
@@ -63,12 +64,14 @@ def generate_rollouts(model, prompts: list[list[int]], num_generations: int, max
     for i, p in enumerate(rows):  # left-padded, as the engine takes prompts
         ids[i, T - len(p):] = torch.tensor(p, device=device)
         mask[i, T - len(p):] = 1
-    group = LoggedGroup(rows=N, do_sample=temperature > 0, temperature=temperature if temperature > 0 else 1.0,
-                        generator=generator)
+    per_prompt = isinstance(generator, list)
+    groups = [LoggedGroup(rows=G if per_prompt else N, do_sample=temperature > 0,
+                          temperature=temperature if temperature > 0 else 1.0, generator=g)
+              for g in (generator if per_prompt else [generator])]
     tokens = []
     with eval_mode(model):
         batch = DecodeBatch(model)
-        tok = batch.add(ids, mask, [group], capacity=T + max_new_tokens)
+        tok = batch.add(ids, mask, groups, capacity=T + max_new_tokens)
         tokens.append(tok)
         ended = tok == eos_token_id
         while len(tokens) < max_new_tokens and (full_length or not bool(ended.all())):
@@ -77,7 +80,7 @@ def generate_rollouts(model, prompts: list[list[int]], num_generations: int, max
             ended |= tok == eos_token_id
         batch.clear()
     new = torch.stack(tokens, 1)  # (N, n)
-    logps = torch.stack(group.logps, 1)  # (N, n)
+    logps = torch.cat([torch.stack(g.logps, 1) for g in groups])  # (N, n)
     completions, finished = [], []
     for row in new.tolist():
         end = row.index(eos_token_id) + 1 if eos_token_id in row else len(row)
