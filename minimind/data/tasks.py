@@ -96,11 +96,10 @@ def parse_prompt_record(record: dict, where: str) -> dict:
 
 class PromptDataset(Dataset):
     """Prompts to roll out: item i is the record (its "messages", "prompt" and other fields) plus "prompt_index" (i)
-    and "prompt_ids" (the
-    chat-template rendering with the assistant turn opened, offering the record's own tools, else `tools`
-    (OpenAI-style schemas) when given; `augment`: MiniMind-3's system prompt and thinking options, drawn per record).
-    `data=None`: the built-in arithmetic task. A prompt longer than `max_prompt_len` tokens is an error naming its
-    record."""
+    and "prompt_ids" (the chat-template rendering with the assistant turn opened, offering the record's own tools,
+    else `tools` (OpenAI-style schemas) when given; `augment`: MiniMind-3's system prompt and thinking options,
+    drawn per record). `data=None`: the built-in arithmetic task. A prompt longer than `max_prompt_len` tokens is an
+    error naming its record."""
 
     def __init__(self, data, tokenizer, max_prompt_len: int, split: str = "train", skip_bad_records: bool = False,
                  tools: list[dict] | None = None, augment: Augment | None = None):

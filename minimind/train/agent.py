@@ -26,6 +26,7 @@ import torch
 
 from ..data.messages import render
 from ..data.parse import parse_output
+from ..infer.sampling import make_generator
 from .config import TrainConfig
 from .rl import RolloutSteps, grpo_loss_fn, rl_parts, rollout_seed
 from .rollout import Rollout, generate_rollouts
@@ -77,8 +78,7 @@ class AgentSteps(RolloutSteps):
         eos = tok.eos_token_id
         rows = [{**r, "tool_calls": [], "malformed_calls": 0} for r in records for _ in range(G)]
         device = next(policy.parameters()).device  # one generator per row, kept over its turns
-        generators = [torch.Generator(device=device).manual_seed(rollout_seed(s, 0, g)) for s in seeds
-                      for g in range(G)]
+        generators = [make_generator(rollout_seed(s, 0, g), device) for s in seeds for g in range(G)]
         ids = [list(r["prompt_ids"]) for r in rows]
         trained = [[0] * len(x) for x in ids]  # 1 on the model's own tokens
         logps = [[0.0] * len(x) for x in ids]

@@ -35,6 +35,7 @@ from dataclasses import replace
 
 import torch
 
+from ..infer.sampling import make_generator
 from .config import TrainConfig, command_defaults
 from .metrics import log
 from .rollout import forward_logps, generate_rollouts
@@ -162,7 +163,7 @@ class RolloutSteps:
         """(Rollout, completion texts, the record of each row): G samples of each record's prompt, one turn, drawn
         with a generator seeded by the record's seed."""
         device = next(policy.parameters()).device
-        generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+        generators = [make_generator(s, device) for s in seeds]
         ro = generate_rollouts(policy, [r["prompt_ids"] for r in records], G, self.config.max_new_tokens,
                                self.tokenizer.eos_token_id, temperature, generators, self.full_length)
         texts = self.tokenizer.batch_decode(ro.completions, skip_special_tokens=True)
